@@ -1,0 +1,60 @@
+//! `atomup`, the device agent. Parses the command line, dispatches to one
+//! command module, and prints an error chain exactly once.
+
+use std::error::Error;
+use std::process::ExitCode;
+
+type Result<T = ()> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
+
+const USAGE: &str = "\
+atomup — atomic A/B updates for embedded Linux devices
+
+Usage: atomup <command> [options]
+
+Commands:
+  help                 show this text
+  version              show the version
+
+Run `atomup <command> --help` for a command's options.
+";
+
+fn main() -> ExitCode {
+    let mut args = lexopt::Parser::from_env();
+    match run(&mut args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            report(err.as_ref());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &mut lexopt::Parser) -> Result {
+    use lexopt::prelude::*;
+    let command = match args.next()? {
+        Some(Value(cmd)) => cmd.string()?,
+        Some(Long("help") | Short('h')) | None => {
+            print!("{USAGE}");
+            return Ok(());
+        }
+        Some(Long("version") | Short('V')) => "version".to_owned(),
+        Some(other) => return Err(other.unexpected().into()),
+    };
+    match command.as_str() {
+        "help" => print!("{USAGE}"),
+        "version" => println!("atomup {}", env!("CARGO_PKG_VERSION")),
+        other => return Err(format!("unknown command `{other}` (see `atomup --help`)").into()),
+    }
+    Ok(())
+}
+
+/// Prints `error: <top>` then one ` -> <cause>` line per source. Library
+/// errors never repeat their source in their own message, so nothing prints twice.
+fn report(err: &(dyn Error + 'static)) {
+    eprintln!("error: {err}");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        eprintln!(" -> {cause}");
+        source = cause.source();
+    }
+}

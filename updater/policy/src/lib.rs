@@ -1,0 +1,2 @@
+//! Pure policy: what the device should do, as functions of their inputs
+//! (time is a parameter). Nothing here reads or writes a disk.

@@ -3,22 +3,21 @@
 
 use std::path::PathBuf;
 
-/// Path of a binary built from this workspace (`atomup`, `atomup-publish`),
-/// building it first if the test run has not.
+/// Path of a binary built from this workspace (`atomup`, `atomup-publish`).
+///
+/// Cargo does not build other packages' binaries for integration tests, and a
+/// nested `cargo build` would wait forever on the lock `cargo test` holds, so
+/// `./test` builds them first (`cargo build --workspace --bins`).
 pub fn workspace_bin(name: &str) -> PathBuf {
-    let root = workspace_root();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+        .unwrap_or_else(|| workspace_root().join("target"));
     let path = target.join("debug").join(name);
-    if !path.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--bin", name])
-            .current_dir(&root)
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "cargo build --bin {name} failed");
-    }
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests (./test does)",
+        path.display()
+    );
     path
 }
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds the device binary `atomup` fully static for aarch64-unknown-linux-musl,
+# proves it is a static aarch64 ELF that runs, prints its size and fails if it
+# grew past the budget.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+budget=$((5 * 1024 * 1024 / 2))   # 2.5 MiB, stripped
+target=aarch64-unknown-linux-musl
+cargo build --release --locked --target "$target" -p atomup
+bin="${CARGO_TARGET_DIR:-target}/$target/release/atomup"
+
+info=$(file -b "$bin")
+case "$info" in
+    *"ARM aarch64"*"statically linked"*) ;;
+    *) echo "build-device: $bin is not a static aarch64 ELF: $info" >&2; exit 1 ;;
+esac
+qemu-aarch64-static "$bin" --help >/dev/null
+
+size=$(stat -c %s "$bin")
+awk -v b="$bin" -v i="$info" -v s="$size" -v m="$budget" 'BEGIN {
+    printf "device binary: %s\n  %s\n  size %d bytes (%.2f MiB) of budget %d bytes (%.2f MiB): %d%%\n",
+        b, i, s, s / 1048576, m, m / 1048576, s * 100 / m }'
+if [ "$size" -gt "$budget" ]; then
+    echo "build-device: FAIL: atomup is $size bytes, over the $budget-byte budget" >&2
+    exit 1
+fi

@@ -1,6 +1,8 @@
 //! Shared helpers for the end-to-end tests: locating the built binaries and
 //! the real peer tools the tests use as oracles.
 
+pub mod ostree_fixture;
+
 use std::path::PathBuf;
 
 /// Path of a binary built from this workspace (`atomup`, `atomup-publish`).

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of applying ONE static delta between two realistic
+# Debian arm64 root trees:
+#   (a) ours:     atomup delta apply  (release build, into an empty target,
+#                 old content read from a checkout of v1)
+#   (b) upstream: ostree static-delta apply-offline into a bare-user repo that
+#                 already holds v1, then ostree checkout of v2
+# Wall time and peak RSS (GNU time -v) of both, REPS repetitions, medians and
+# ratios ours/upstream. Not a test: nothing here asserts; it prints figures.
+#
+# Usage: bench/delta-apply.sh [--prepare-only]
+# Env:   REPS (default 5), EXTRA_PKGS (default less,nano,curl),
+#        BENCH_CACHE (default target/bench-cache), MIRROR (default: read from
+#        this machine's apt sources), SUITE (default bookworm),
+#        DELTA_OPTS (extra `ostree static-delta generate` options).
+# Needs root (uid/gid 0 ownership), ostree, debootstrap, GNU time (apt `time`).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${BENCH_CACHE:-$ROOT/target/bench-cache}
+REPS=${REPS:-5}
+SUITE=${SUITE:-bookworm}
+EXTRA_PKGS=${EXTRA_PKGS:-less,nano,curl}
+DELTA_OPTS=${DELTA_OPTS:-}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+
+die() { echo "bench: $*" >&2; exit 1; }
+for tool in ostree debootstrap /usr/bin/time cargo; do
+    command -v "$tool" >/dev/null || die "missing tool: $tool (run ./bootstrap)"
+done
+[ "$(id -u)" = 0 ] || die "run as root: trees are committed and written with uid/gid 0"
+
+# The Debian mirror this machine already uses (deb822 `URIs:` or one-line
+# `deb URL SUITE ...`), so the benchmark never hard-codes a host.
+apt_mirror() {
+    local f line
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list; do
+        [ -r "$f" ] || continue
+        if [[ $f == *.sources ]]; then
+            # First stanza whose Suites contain the plain suite name.
+            awk -v suite="$SUITE" '
+                /^[[:space:]]*$/ { if (uri && ok) { print uri; exit } uri=""; ok=0; next }
+                /^URIs:/ { uri=$2 }
+                /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == suite) ok=1 }
+                END { if (uri && ok) print uri }' "$f" | head -n1
+        else
+            while read -r line; do
+                set -- $line
+                [ "${1:-}" = deb ] || continue
+                shift
+                [[ ${1:-} == \[* ]] && shift
+                [ "${2:-}" = "$SUITE" ] && { echo "$1"; break; }
+            done <"$f"
+        fi
+    done | head -n1
+}
+MIRROR=${MIRROR:-$(apt_mirror)}
+[ -n "$MIRROR" ] || die "no $SUITE mirror found in /etc/apt/sources.list*; set MIRROR="
+
+# Builds a first-stage arm64 minbase tree once; later runs reuse it.
+build_tree() {
+    local name=$1 include=$2 dir=$CACHE/$1
+    [ -e "$dir.done" ] && return 0
+    rm -rf "$dir" "$dir.tmp"
+    mkdir -p "$CACHE"
+    echo "bench: debootstrap $name (${include:-minbase only}) from $MIRROR" >&2
+    debootstrap --foreign --arch=arm64 --variant=minbase ${include:+--include=$include} \
+        "$SUITE" "$dir.tmp" "$MIRROR" >"$CACHE/$name.log" 2>&1 ||
+        die "debootstrap failed, see $CACHE/$name.log"
+    # A root filesystem image holds neither the downloaded .debs nor device
+    # nodes (OSTree refuses device files; /dev is a devtmpfs at run time).
+    rm -rf "$dir.tmp/var/cache/apt/archives/"*.deb "$dir.tmp/dev/"*
+    find "$dir.tmp" \( -type b -o -type c -o -type p -o -type s \) -delete
+    mv "$dir.tmp" "$dir"
+    touch "$dir.done"
+}
+
+build_tree v1 ""
+build_tree v2 "$EXTRA_PKGS"
+[ "${1:-}" = --prepare-only ] && exit 0
+
+echo "bench: building atomup and atomup-publish (profile bench-host)" >&2
+(cd "$ROOT" && cargo build --quiet --profile bench-host -p atomup -p atomup-publish)
+ATOMUP=$CARGO_TARGET_DIR/bench-host/atomup
+PUBLISH=$CARGO_TARGET_DIR/bench-host/atomup-publish
+
+WORK=$CACHE/run
+rm -rf "$WORK"
+mkdir -p "$WORK"
+REPO=$WORK/repo
+ostree --repo="$REPO" init --mode=archive
+commit() {
+    ostree --repo="$REPO" commit -b bench/main --owner-uid=0 --owner-gid=0 \
+        --timestamp=2024-01-01T00:00:00Z -s "$1" "$CACHE/$1"
+}
+V1=$(commit v1)
+V2=$(commit v2)
+DELTA=$WORK/delta
+mkdir -p "$DELTA"
+# shellcheck disable=SC2086 # DELTA_OPTS is a list of options
+ostree --repo="$REPO" static-delta generate --from="$V1" --to="$V2" \
+    --min-fallback-size=0 $DELTA_OPTS --filename="$DELTA/superblock"
+"$PUBLISH" keygen --secret-out "$WORK/secret.key" --public-out "$WORK/trusted.pub"
+"$PUBLISH" sign --key "$WORK/secret.key" --delta "$DELTA"
+ostree --repo="$REPO" checkout "$V1" "$WORK/active-v1"
+
+# Prints "wall_ms peak_rss_kib" of one command, from GNU time -v.
+measure() {
+    local log=$WORK/time.log
+    /usr/bin/time -v -o "$log" "$@" >/dev/null 2>"$WORK/cmd.err" ||
+        { cat "$WORK/cmd.err" >&2; die "command failed: $*"; }
+    awk -F': ' '
+        /Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; wall = s * 1000 }
+        /Maximum resident set size/ { rss = $2 }
+        END { printf "%d %d\n", wall, rss }' "$log"
+}
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+
+: >"$WORK/ours.txt"
+: >"$WORK/upstream.txt"
+for rep in $(seq 1 "$REPS"); do
+    # (a) ours: empty target, old content from the active v1 checkout.
+    rm -rf "$WORK/target"
+    mkdir "$WORK/target"
+    sync
+    measure "$ATOMUP" delta apply --delta "$DELTA" --from-root "$WORK/active-v1" \
+        --from-meta "$REPO" --to "$WORK/target" --trusted-keys "$WORK/trusted.pub" \
+        >>"$WORK/ours.txt"
+
+    # (b) upstream: fresh bare-user repo holding v1 (not timed), then
+    # apply-offline + checkout of v2 (timed; walls add, RSS is the max).
+    rm -rf "$WORK/bare" "$WORK/upstream-co"
+    ostree --repo="$WORK/bare" init --mode=bare-user
+    ostree --repo="$WORK/bare" pull-local "$REPO" "$V1" >/dev/null
+    sync
+    read -r w1 r1 < <(measure ostree --repo="$WORK/bare" static-delta apply-offline "$DELTA")
+    read -r w2 r2 < <(measure ostree --repo="$WORK/bare" checkout "$V2" "$WORK/upstream-co")
+    echo "$((w1 + w2)) $((r1 > r2 ? r1 : r2))" >>"$WORK/upstream.txt"
+    echo "bench: rep $rep ours=[$(tail -n1 "$WORK/ours.txt")] upstream=[$(tail -n1 "$WORK/upstream.txt")] (wall_ms rss_kib)" >&2
+done
+
+# The two writers must agree on the result before their timings mean anything.
+diff -r --no-dereference "$WORK/target" "$WORK/upstream-co" >/dev/null ||
+    die "atomup's tree differs from ostree checkout of v2"
+
+ours_wall=$(cut -d' ' -f1 "$WORK/ours.txt" | median)
+ours_rss=$(cut -d' ' -f2 "$WORK/ours.txt" | median)
+up_wall=$(cut -d' ' -f1 "$WORK/upstream.txt" | median)
+up_rss=$(cut -d' ' -f2 "$WORK/upstream.txt" | median)
+files_v2=$(find "$CACHE/v2" | wc -l)
+delta_bytes=$(du -sb "$DELTA" | cut -f1)
+parts=$(find "$DELTA" -type f ! -name superblock | wc -l)
+cat <<EOF
+delta: v1 -> v2 (+${EXTRA_PKGS}), ${files_v2} entries in v2, ${parts} part files, ${delta_bytes} bytes, options: --min-fallback-size=0 ${DELTA_OPTS}
+reps=${REPS} (medians)
+ours:     wall_ms=${ours_wall} peak_rss_kib=${ours_rss}
+upstream: wall_ms=${up_wall} peak_rss_kib=${up_rss}   (apply-offline + checkout)
+ratio wall (ours/upstream) = $(awk -v a="$ours_wall" -v b="$up_wall" 'BEGIN { printf "%.2f", a / b }')   target <= 0.5
+ratio rss  (ours/upstream) = $(awk -v a="$ours_rss" -v b="$up_rss" 'BEGIN { printf "%.2f", a / b }')
+our peak RSS = $(awk -v a="$ours_rss" 'BEGIN { printf "%.1f", a / 1024 }') MiB   target <= 8 MiB with small-dictionary parts
+EOF

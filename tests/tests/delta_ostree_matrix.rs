@@ -1,0 +1,468 @@
+//! `atomup delta apply` writes exactly the tree `ostree checkout` writes, for
+//! deltas the real `ostree` CLI generates with every option that changes the
+//! delta's shape (inline/separate parts, bsdiff on/off, big-endian, one part
+//! per object, from-scratch, fallback objects), signed by `atomup-publish`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use atomup_tests::ostree_fixture::{
+    assert_same_tree, pseudo_bytes, tree_digest, Apply, Keys, Repo, ScratchDir, TreeBuilder,
+};
+
+/// Above upstream's 4 MB default `--min-fallback-size`.
+const BIG_FILE_SIZE: usize = 5 * 1024 * 1024;
+const MANY_FILES: usize = 300;
+
+/// One archive repo with three commits, shared by every case to keep the run short.
+struct Fixture {
+    _dir: ScratchDir,
+    root: PathBuf,
+    repo: Repo,
+    keys: Keys,
+    v1: String,
+    v2: String,
+    v3: String,
+}
+
+impl Fixture {
+    fn checkout(&self, commit: &str) -> PathBuf {
+        // One oracle checkout per commit, made on first use.
+        let dest = self.root.join(format!("co-{commit}"));
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if !dest.exists() {
+            let tmp = self.root.join(format!("co-{commit}.tmp"));
+            let _ = fs::remove_dir_all(&tmp);
+            self.repo.checkout(commit, &tmp);
+            fs::rename(&tmp, &dest).unwrap();
+        }
+        dest
+    }
+
+    /// A new delta directory made by `ostree static-delta generate`, signed
+    /// unless `signed` is false. Returns the dir and the generator's stats.
+    fn delta(
+        &self,
+        name: &str,
+        from: Option<&str>,
+        to: &str,
+        opts: &[&str],
+        signed: bool,
+    ) -> (PathBuf, String) {
+        let dir = self.root.join("deltas").join(name);
+        let stats = self.repo.delta(from, to, opts, &dir);
+        if signed {
+            self.keys.sign_delta(&dir);
+        }
+        (dir, stats)
+    }
+
+    fn case_dir(&self, name: &str) -> PathBuf {
+        let dir = self.root.join("cases").join(name);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Applies `delta` from `from` (a commit, whose checkout is the active
+    /// root) into a fresh target and checks it equals the checkout of `to`.
+    fn apply_and_compare(
+        &self,
+        case: &str,
+        delta: &Path,
+        from: Option<&str>,
+        to: &str,
+        verify: bool,
+    ) -> PathBuf {
+        let dir = self.case_dir(case);
+        let target = dir.join("target");
+        fs::create_dir(&target).unwrap();
+        let active = from.map(|c| self.checkout(c));
+        let active_before = active.as_deref().map(tree_digest);
+        Apply {
+            delta: delta.to_path_buf(),
+            to: target.clone(),
+            from_root: active.clone(),
+            from_meta: from.map(|_| self.repo.path.clone()),
+            meta_out: Some(dir.join("meta")),
+            trusted: verify.then(|| self.keys.public.clone()),
+            ..Apply::default()
+        }
+        .run_ok();
+        assert_same_tree(&target, &self.checkout(to));
+        if let (Some(active), Some(before)) = (active, active_before) {
+            assert_eq!(tree_digest(&active), before, "the active root was modified");
+        }
+        target
+    }
+}
+
+/// v1: every entry kind the engine must reproduce, plus hundreds of files.
+fn build_v1(t: &TreeBuilder) {
+    t.file("etc/hostname", b"device\n", 0o644)
+        .file("etc/empty.conf", b"", 0o644)
+        .file("usr/bin/tool", &pseudo_bytes(1, 20_000, false), 0o755)
+        .file("usr/bin/su", &pseudo_bytes(2, 3_000, false), 0o4755)
+        .file("usr/bin/wall", &pseudo_bytes(3, 2_000, false), 0o2755)
+        .file(
+            "usr/share/doc/changelog.txt",
+            &pseudo_bytes(4, 60_000, true),
+            0o644,
+        )
+        .file("usr/share/doc/to-delete.txt", b"going away\n", 0o644)
+        .file(
+            "usr/share/doc/old-name.txt",
+            &pseudo_bytes(5, 5_000, true),
+            0o644,
+        )
+        .file("root/.secret", b"only root\n", 0o600)
+        .dir("root", 0o700)
+        .dir("var/empty", 0o755)
+        .dir("tmp", 0o1777)
+        .symlink("usr/lib/libfoo.so", "libfoo.so.1")
+        .file("usr/lib/libfoo.so.1", &pseudo_bytes(6, 9_000, false), 0o644)
+        .file("usr/lib/libbar.so", &pseudo_bytes(9, 40_000, false), 0o644)
+        .symlink("etc/localtime", "/usr/share/zoneinfo/UTC")
+        .symlink("etc/dangling", "../nowhere/at/all")
+        .symlink("bin", "usr/bin")
+        .symlink("usr/share/doc/link-to-dir", "/usr/lib");
+    for i in 0..MANY_FILES {
+        t.file(
+            &format!("usr/share/many/d{}/f{i:03}", i % 10),
+            format!("file {i}\n").as_bytes(),
+            0o644,
+        );
+    }
+}
+
+/// v2 changes v1: modified (bsdiff-sized), deleted, renamed, new, mode and
+/// symlink-target changes, a directory replaced by a file.
+fn build_v2(t: &TreeBuilder) {
+    let mut changelog = pseudo_bytes(4, 60_000, true);
+    changelog[30_000..30_100].copy_from_slice(&[b'Z'; 100]);
+    changelog.extend_from_slice(b"v2 entry\n");
+    // A byte changed every 512 defeats rollsum matching, so upstream picks bsdiff.
+    let mut libbar = pseudo_bytes(9, 40_000, false);
+    for i in (0..libbar.len()).step_by(512) {
+        libbar[i] ^= 0xff;
+    }
+    t.file("usr/share/doc/changelog.txt", &changelog, 0o644)
+        .file("usr/lib/libbar.so", &libbar, 0o644)
+        .remove("usr/share/doc/to-delete.txt")
+        .rename("usr/share/doc/old-name.txt", "usr/share/doc/new-name.txt")
+        .file("etc/hostname", b"device-v2\n", 0o644)
+        .file("usr/bin/tool", &pseudo_bytes(1, 20_000, false), 0o750)
+        .symlink("usr/lib/libfoo.so", "libfoo.so.2")
+        .rename("usr/lib/libfoo.so.1", "usr/lib/libfoo.so.2")
+        .file("usr/bin/newtool", &pseudo_bytes(7, 4_000, false), 0o755)
+        .dir("var/lib/new-empty", 0o750)
+        .remove("var/empty")
+        .file("var/empty", b"now a file\n", 0o644);
+    for i in (0..MANY_FILES).step_by(7) {
+        t.file(
+            &format!("usr/share/many/d{}/f{i:03}", i % 10),
+            format!("file {i} v2\n").as_bytes(),
+            0o644,
+        );
+    }
+}
+
+/// v3 adds a file above the default fallback size.
+fn build_v3(t: &TreeBuilder) {
+    t.file(
+        "usr/share/big.bin",
+        &pseudo_bytes(8, BIG_FILE_SIZE, true),
+        0o644,
+    )
+    .file("etc/hostname", b"device-v3\n", 0o644);
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        atomup_tests::require_tool("ostree");
+        let dir = ScratchDir::new("delta-matrix");
+        let root = dir.path().to_path_buf();
+        let repo = Repo::init(root.join("repo"), "archive");
+        let tree = TreeBuilder::new(root.join("tree"));
+        build_v1(&tree);
+        let v1 = repo.commit(&tree.root, "v1");
+        build_v2(&tree);
+        let v2 = repo.commit(&tree.root, "v2");
+        build_v3(&tree);
+        let v3 = repo.commit(&tree.root, "v3");
+        let keys = Keys::generate(&root.join("keys"), "vendor");
+        Fixture {
+            _dir: dir,
+            root,
+            repo,
+            keys,
+            v1,
+            v2,
+            v3,
+        }
+    })
+}
+
+fn stat(stats: &str, key: &str) -> u64 {
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_else(|| panic!("no `{key}` in generator output:\n{stats}"));
+    line[key.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn separate_parts_with_bsdiff() {
+    let f = fixture();
+    let (delta, stats) = f.delta(
+        "separate-bsdiff",
+        Some(&f.v1),
+        &f.v2,
+        &["--min-fallback-size=0"],
+        true,
+    );
+    // The case only proves bspatch if upstream really chose it.
+    assert!(
+        stat(&stats, "bsdiff=") >= 1,
+        "generator made no bsdiff object:\n{stats}"
+    );
+    assert!(
+        stat(&stats, "rollsum=") >= 1,
+        "generator made no rollsum object:\n{stats}"
+    );
+    assert!(delta.join("0").is_file(), "expected a separate part file");
+    f.apply_and_compare("separate-bsdiff", &delta, Some(&f.v1), &f.v2, true);
+}
+
+#[test]
+fn inline_parts() {
+    let f = fixture();
+    let (delta, _) = f.delta(
+        "inline",
+        Some(&f.v1),
+        &f.v2,
+        &["--inline", "--min-fallback-size=0"],
+        true,
+    );
+    assert!(
+        !delta.join("0").exists(),
+        "--inline must leave no part files"
+    );
+    f.apply_and_compare("inline", &delta, Some(&f.v1), &f.v2, true);
+}
+
+#[test]
+fn bsdiff_disabled() {
+    let f = fixture();
+    let (delta, stats) = f.delta(
+        "no-bsdiff",
+        Some(&f.v1),
+        &f.v2,
+        &["--disable-bsdiff", "--min-fallback-size=0"],
+        true,
+    );
+    assert_eq!(stat(&stats, "bsdiff="), 0, "{stats}");
+    f.apply_and_compare("no-bsdiff", &delta, Some(&f.v1), &f.v2, true);
+}
+
+#[test]
+fn big_endian_superblock() {
+    let f = fixture();
+    let (delta, _) = f.delta(
+        "big-endian",
+        Some(&f.v1),
+        &f.v2,
+        &["--set-endianness=B", "--min-fallback-size=0"],
+        true,
+    );
+    f.apply_and_compare("big-endian", &delta, Some(&f.v1), &f.v2, true);
+}
+
+#[test]
+fn one_part_per_object_with_max_chunk_size_1() {
+    let f = fixture();
+    let (delta, _) = f.delta(
+        "many-parts",
+        Some(&f.v1),
+        &f.v2,
+        &["--max-chunk-size=1", "--min-fallback-size=0"],
+        true,
+    );
+    let parts = fs::read_dir(&delta).unwrap().count() - 1;
+    assert!(parts >= 10, "expected many parts, got {parts}");
+    f.apply_and_compare("many-parts", &delta, Some(&f.v1), &f.v2, true);
+}
+
+#[test]
+fn from_scratch_delta_needs_no_active_root() {
+    let f = fixture();
+    let (delta, _) = f.delta("scratch-v2", None, &f.v2, &["--min-fallback-size=0"], true);
+    f.apply_and_compare("scratch-v2", &delta, None, &f.v2, true);
+}
+
+#[test]
+fn unsigned_delta_applies_with_no_verify() {
+    let f = fixture();
+    let (delta, _) = f.delta(
+        "unsigned",
+        Some(&f.v1),
+        &f.v2,
+        &["--min-fallback-size=0"],
+        false,
+    );
+    f.apply_and_compare("unsigned", &delta, Some(&f.v1), &f.v2, false);
+}
+
+#[test]
+fn big_file_inside_parts_with_min_fallback_size_0() {
+    let f = fixture();
+    let (delta, stats) = f.delta(
+        "big-in-parts",
+        Some(&f.v2),
+        &f.v3,
+        &["--min-fallback-size=0"],
+        true,
+    );
+    assert!(!stats.contains("fallback"), "{stats}");
+    f.apply_and_compare("big-in-parts", &delta, Some(&f.v2), &f.v3, true);
+}
+
+#[test]
+fn big_file_as_fallback_object_from_archive_repo() {
+    let f = fixture();
+    let (delta, stats) = f.delta("big-fallback", Some(&f.v2), &f.v3, &[], true);
+    assert!(stats.contains("fallback for"), "{stats}");
+    // The big object is not in any part, so only --fallback-repo can supply it.
+    let delta_bytes: u64 = fs::read_dir(&delta)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        delta_bytes < 1024 * 1024,
+        "big file went into the parts ({delta_bytes} bytes)"
+    );
+    let dir = f.case_dir("big-fallback");
+    let target = dir.join("target");
+    fs::create_dir(&target).unwrap();
+    let active = f.checkout(&f.v2);
+    let before = tree_digest(&active);
+    let apply = Apply {
+        delta,
+        to: target.clone(),
+        from_root: Some(active.clone()),
+        from_meta: Some(f.repo.path.clone()),
+        trusted: Some(f.keys.public.clone()),
+        ..Apply::default()
+    };
+    // Without the archive repo the fallback object cannot be fetched.
+    let out = apply.run();
+    assert!(!out.status.success(), "applied without the fallback object");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error:"));
+    fs::remove_dir_all(&target).unwrap();
+    fs::create_dir(&target).unwrap();
+    Apply {
+        fallback_repo: Some(f.repo.path.clone()),
+        ..apply
+    }
+    .run_ok();
+    assert_same_tree(&target, &f.checkout(&f.v3));
+    assert_eq!(tree_digest(&active), before, "the active root was modified");
+}
+
+#[test]
+fn stale_entries_in_target_are_removed() {
+    let f = fixture();
+    let (delta, _) = f.delta(
+        "stale",
+        Some(&f.v1),
+        &f.v2,
+        &["--min-fallback-size=0"],
+        true,
+    );
+    let dir = f.case_dir("stale");
+    let target = dir.join("target");
+    // Junk where the new tree has files, dirs and nothing; a symlink where a
+    // directory must go; an unwritable directory.
+    let junk = TreeBuilder::new(&target);
+    junk.file("junk.txt", b"stale\n", 0o644)
+        .file("usr/bin/old-binary", b"stale\n", 0o755)
+        .file("etc/hostname", b"stale hostname\n", 0o600)
+        .dir("usr/share/many/d3/f003", 0o755)
+        .file("usr/share/many/d3/f003/inside", b"x", 0o644)
+        .symlink("var", "../outside")
+        .dir("stale-dir/deep/er", 0o500);
+    fs::create_dir(dir.join("outside")).unwrap();
+    Apply {
+        delta,
+        to: target.clone(),
+        from_root: Some(f.checkout(&f.v1)),
+        from_meta: Some(f.repo.path.clone()),
+        trusted: Some(f.keys.public.clone()),
+        ..Apply::default()
+    }
+    .run_ok();
+    assert_same_tree(&target, &f.checkout(&f.v2));
+    // Rule: writes never follow a symlink out of the target.
+    assert_eq!(
+        fs::read_dir(dir.join("outside")).unwrap().count(),
+        0,
+        "wrote through a stale symlink"
+    );
+}
+
+#[test]
+fn second_delta_chains_from_first_result_via_meta_out() {
+    let f = fixture();
+    let (first, _) = f.delta("chain-1", None, &f.v1, &["--min-fallback-size=0"], true);
+    let (second, _) = f.delta(
+        "chain-2",
+        Some(&f.v1),
+        &f.v2,
+        &["--min-fallback-size=0"],
+        true,
+    );
+    let dir = f.case_dir("chain");
+    let (slot_a, slot_b, meta_a, meta_b) = (
+        dir.join("a"),
+        dir.join("b"),
+        dir.join("meta-a"),
+        dir.join("meta-b"),
+    );
+    fs::create_dir(&slot_a).unwrap();
+    fs::create_dir(&slot_b).unwrap();
+    Apply {
+        delta: first,
+        to: slot_a.clone(),
+        meta_out: Some(meta_a.clone()),
+        trusted: Some(f.keys.public.clone()),
+        ..Apply::default()
+    }
+    .run_ok();
+    assert_same_tree(&slot_a, &f.checkout(&f.v1));
+    // The second update knows v1 only through what the first one left behind.
+    let before = tree_digest(&slot_a);
+    Apply {
+        delta: second,
+        to: slot_b.clone(),
+        from_root: Some(slot_a.clone()),
+        from_meta: Some(meta_a),
+        meta_out: Some(meta_b.clone()),
+        trusted: Some(f.keys.public.clone()),
+        ..Apply::default()
+    }
+    .run_ok();
+    assert_same_tree(&slot_b, &f.checkout(&f.v2));
+    assert_eq!(tree_digest(&slot_a), before, "the active slot was modified");
+    assert!(
+        fs::read_dir(meta_b.join("objects")).unwrap().count() > 0,
+        "meta-out left empty"
+    );
+}

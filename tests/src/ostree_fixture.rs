@@ -119,6 +119,7 @@ pub struct Repo {
 impl Repo {
     pub fn init(path: impl Into<PathBuf>, mode: &str) -> Self {
         let path = path.into();
+        fs::create_dir_all(&path).unwrap();
         run_ok(
             Command::new("ostree")
                 .arg(repo_arg(&path))
@@ -153,7 +154,7 @@ impl Repo {
     }
 
     /// `ostree static-delta generate` into `dir/superblock` (+ part files);
-    /// `from = None` makes a from-scratch delta. Returns the generator's stdout
+    /// `from = None` makes a from-scratch delta. Returns the generator's output
     /// (its statistics, e.g. `bsdiff=N objects`).
     pub fn delta(&self, from: Option<&str>, to: &str, opts: &[&str], dir: &Path) -> String {
         fs::create_dir_all(dir).unwrap();
@@ -166,7 +167,9 @@ impl Repo {
         cmd.arg(format!("--to={to}"))
             .args(opts)
             .arg(format!("--filename={}", dir.join("superblock").display()));
-        String::from_utf8(run_ok(&mut cmd).stdout).unwrap()
+        let out = run_ok(&mut cmd);
+        // The statistics go to stderr.
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     }
 
     /// `ostree checkout` as root without `-U`, so uid/gid are kept: the oracle.

@@ -1,0 +1,78 @@
+//! GRUB env storage: the two sealed grubenv blocks of the scheme in
+//! `atomup_bootenv::grubab`. The agent overwrites the NON-current block in
+//! place (1024 bytes, fsync), exactly as GRUB's own `save_env` does; the
+//! scheme makes that safe, and in-place keeps the file's clusters where
+//! GRUB's blocklist write expects them. On FAT a rename is not atomic (a cut
+//! can leave the name missing), so temp+fsync+rename+fsync-dir is used only
+//! to CREATE a block that is missing or has the wrong size; the current block
+//! is never touched either way.
+
+use crate::io::{io_err, replace_file, write_at};
+use crate::{Bootloader, BootctlError};
+use atomup_bootenv::grub::BLOCK_SIZE;
+use atomup_bootenv::grubab::{self, Pair};
+use atomup_bootenv::Vars;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct GrubEnv {
+    files: [PathBuf; 2],
+}
+
+impl GrubEnv {
+    /// `path` is block 1; block 2 is `path` + "2" (grubenv -> grubenv2).
+    pub fn new(path: &Path) -> GrubEnv {
+        let mut second = path.as_os_str().to_os_string();
+        second.push("2");
+        GrubEnv { files: [path.to_path_buf(), PathBuf::from(second)] }
+    }
+
+    pub fn files(&self) -> &[PathBuf; 2] {
+        &self.files
+    }
+
+    fn read_block(path: &Path) -> Result<Vec<u8>, BootctlError> {
+        match std::fs::read(path) {
+            Ok(b) => Ok(b),
+            // A missing block is simply not valid; the pair logic copes.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_err(path, "reading grubenv")(e)),
+        }
+    }
+
+    pub fn read_pair(&self) -> Result<Pair, BootctlError> {
+        Ok(Pair::parse(&Self::read_block(&self.files[0])?, &Self::read_block(&self.files[1])?))
+    }
+
+    fn write_block(&self, index: usize, vars: &Vars, seq: u64) -> Result<(), BootctlError> {
+        let path = &self.files[index % 2];
+        let block = grubab::serialize_sealed(vars, seq)
+            .map_err(|source| BootctlError::Format { what: "serializing grubenv", source: source.into() })?;
+        let existing = std::fs::metadata(path).map(|m| m.len()).ok();
+        if existing == Some(BLOCK_SIZE as u64) {
+            write_at(path, 0, &block, false)
+        } else {
+            replace_file(path, &block)
+        }
+    }
+}
+
+impl Bootloader for GrubEnv {
+    fn read(&mut self) -> Result<Option<Vars>, BootctlError> {
+        Ok(self.read_pair()?.current().map(|s| s.vars.clone()))
+    }
+
+    fn write(&mut self, vars: &Vars) -> Result<(), BootctlError> {
+        let (index, seq) = self.read_pair()?.next_write();
+        self.write_block(index, vars, seq)
+    }
+
+    fn init(&mut self, vars: &Vars) -> Result<(), BootctlError> {
+        self.write_block(1, vars, 0)?;
+        self.write_block(0, vars, 1)
+    }
+
+    fn describe(&self) -> String {
+        format!("GRUB env {} + {}", self.files[0].display(), self.files[1].display())
+    }
+}

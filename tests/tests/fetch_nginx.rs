@@ -1,0 +1,265 @@
+//! The device downloader against a real nginx: size caps, sha256 before use,
+//! Range resume over a link that cuts, and clear errors for bad answers.
+
+use atomup_fetch::{Expect, FetchError, Fetcher, Options};
+use atomup_tests::nginx::{FlakyProxy, Nginx};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::time::Duration;
+
+fn quick() -> Options {
+    Options {
+        attempts: 5,
+        backoff: Duration::from_millis(10),
+        connect_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_secs(5),
+    }
+}
+
+/// Deterministic, incompressible-looking payload.
+fn payload(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut block = Sha256::digest(b"atomup fetch payload").to_vec();
+    while out.len() < len {
+        block = Sha256::digest(&block).to_vec();
+        out.extend_from_slice(&block);
+    }
+    out.truncate(len);
+    out
+}
+
+fn expect_of(data: &[u8]) -> Expect {
+    Expect {
+        size: data.len() as u64,
+        sha256: Sha256::digest(data).into(),
+    }
+}
+
+struct Site {
+    _tmp: TempDir,
+    root: std::path::PathBuf,
+    cache: std::path::PathBuf,
+    nginx: Nginx,
+}
+
+fn site(files: &[(&str, &[u8])]) -> Site {
+    let tmp = TempDir::new();
+    let root = tmp.0.join("repo");
+    for (name, data) in files {
+        let p = root.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    let nginx = Nginx::serve(&root, &tmp.0);
+    let cache = tmp.0.join("cache");
+    Site {
+        root,
+        cache,
+        nginx,
+        _tmp: tmp,
+    }
+}
+
+struct TempDir(std::path::PathBuf);
+impl TempDir {
+    fn new() -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "atomup-fetch-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn no_progress() -> impl FnMut(u64, u64) {
+    |_, _| {}
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A payload is downloaded whole, checked, and stored under its digest.
+#[test]
+fn payload_downloads_and_verifies() {
+    let data = payload(3 << 20);
+    let s = site(&[("deltas/a/0", &data)]);
+    let f = Fetcher::new(&s.nginx.url(), &s.cache, quick()).unwrap();
+    let path = f
+        .fetch_verified("deltas/a/0", expect_of(&data), &mut no_progress())
+        .unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    assert_eq!(s.nginx.requests().len(), 1);
+}
+
+/// A link that cuts twice mid-transfer resumes with Range requests and pays for
+/// the payload's bytes once: what crosses the wire stays within headers of the size.
+#[test]
+fn cut_connection_resumes_with_range_and_no_byte_twice() {
+    let data = payload(4 << 20);
+    let s = site(&[("deltas/b/0", &data)]);
+    let proxy = FlakyProxy::start(s.nginx.port, 1 << 20, 2);
+    let f = Fetcher::new(&proxy.url(), &s.cache, quick()).unwrap();
+    let path = f
+        .fetch_verified("deltas/b/0", expect_of(&data), &mut no_progress())
+        .unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    let log = s.nginx.requests();
+    assert!(
+        log.iter().filter(|l| l.starts_with("206 \"bytes=")).count() >= 2,
+        "{log:#?}"
+    );
+    let overhead = proxy.forwarded() - data.len() as u64;
+    assert!(
+        overhead < 4096,
+        "{overhead} extra bytes over the wire: {log:#?}"
+    );
+}
+
+/// A partial file left by an earlier boot is continued from where it stopped.
+#[test]
+fn partial_from_an_earlier_run_is_continued() {
+    let data = payload(2 << 20);
+    let s = site(&[("p/0", &data)]);
+    let e = expect_of(&data);
+    std::fs::create_dir_all(&s.cache).unwrap();
+    let half = data.len() / 2;
+    std::fs::write(
+        s.cache
+            .join(format!("{}.partial", atomup_fetch::hex(&e.sha256))),
+        &data[..half],
+    )
+    .unwrap();
+    let f = Fetcher::new(&s.nginx.url(), &s.cache, quick()).unwrap();
+    let path = f.fetch_verified("p/0", e, &mut no_progress()).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    assert_eq!(
+        s.nginx.requests(),
+        vec![format!("206 \"bytes={half}-\" {} /p/0", data.len() - half)]
+    );
+}
+
+/// A damaged partial file is caught by the digest, discarded, and the next try succeeds.
+#[test]
+fn damaged_partial_is_discarded_on_digest_mismatch() {
+    let data = payload(1 << 20);
+    let s = site(&[("p/1", &data)]);
+    let e = expect_of(&data);
+    std::fs::create_dir_all(&s.cache).unwrap();
+    let partial = s
+        .cache
+        .join(format!("{}.partial", atomup_fetch::hex(&e.sha256)));
+    std::fs::write(&partial, vec![0u8; 1000]).unwrap();
+    let f = Fetcher::new(&s.nginx.url(), &s.cache, quick()).unwrap();
+    let err = f.fetch_verified("p/1", e, &mut no_progress()).unwrap_err();
+    assert!(matches!(err, FetchError::Digest { .. }), "{err}");
+    assert!(files_in(&s.cache).is_empty(), "{:?}", files_in(&s.cache));
+    let path = f.fetch_verified("p/1", e, &mut no_progress()).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), data);
+}
+
+/// A server sending more than the signed size is cut off at the cap and nothing is kept.
+#[test]
+fn oversized_answer_is_refused_at_the_cap() {
+    let data = payload(1 << 20);
+    let s = site(&[("big", &data)]);
+    let small = Expect {
+        size: 1000,
+        sha256: Sha256::digest(&data[..1000]).into(),
+    };
+    let f = Fetcher::new(&s.nginx.url(), &s.cache, quick()).unwrap();
+    let err = f
+        .fetch_verified("big", small, &mut no_progress())
+        .unwrap_err();
+    assert!(
+        matches!(err, FetchError::Oversized { cap: 1000, .. }),
+        "{err}"
+    );
+    assert!(files_in(&s.cache).is_empty());
+}
+
+/// Content that does not hash to the signed digest is never handed out.
+#[test]
+fn wrong_content_is_refused() {
+    let data = payload(100_000);
+    let s = site(&[("x", &data)]);
+    let mut e = expect_of(&data);
+    e.sha256[0] ^= 1;
+    let f = Fetcher::new(&s.nginx.url(), &s.cache, quick()).unwrap();
+    let err = f.fetch_verified("x", e, &mut no_progress()).unwrap_err();
+    assert!(err.to_string().contains("sha256 mismatch"), "{err}");
+    assert!(files_in(&s.cache).is_empty());
+}
+
+/// A missing file is a clear error at once, without retries.
+#[test]
+fn missing_file_fails_once_with_the_status() {
+    let s = site(&[]);
+    let f = Fetcher::new(&s.nginx.url(), &s.cache, quick()).unwrap();
+    let err = f.fetch_small("atomup/stable/release", 65536).unwrap_err();
+    assert!(
+        matches!(err, FetchError::Status { status: 404, .. }),
+        "{err}"
+    );
+    assert_eq!(s.nginx.requests().len(), 1);
+}
+
+/// Small documents over their cap are refused.
+#[test]
+fn small_document_over_cap_is_refused() {
+    let s = site(&[("release", &[b'a'; 5000])]);
+    let f = Fetcher::new(&s.nginx.url(), &s.cache, quick()).unwrap();
+    assert_eq!(f.fetch_small("release", 5000).unwrap().len(), 5000);
+    let err = f.fetch_small("release", 4999).unwrap_err();
+    assert!(matches!(err, FetchError::Oversized { .. }), "{err}");
+}
+
+/// A finished download is re-hashed and reused without touching the network.
+#[test]
+fn cached_payload_is_reused_offline() {
+    let data = payload(500_000);
+    let s = site(&[("c", &data)]);
+    let f = Fetcher::new(&s.nginx.url(), &s.cache, quick()).unwrap();
+    f.fetch_verified("c", expect_of(&data), &mut no_progress())
+        .unwrap();
+    std::fs::remove_file(s.root.join("c")).unwrap();
+    f.fetch_verified("c", expect_of(&data), &mut no_progress())
+        .unwrap();
+    assert_eq!(s.nginx.requests().len(), 1);
+}
+
+/// Paths that could escape the repository are refused before any request.
+#[test]
+fn traversal_paths_are_refused_before_the_network() {
+    let s = site(&[]);
+    let f = Fetcher::new(&s.nginx.url(), &s.cache, quick()).unwrap();
+    for p in [
+        "../etc/passwd",
+        "a/../../b",
+        "/abs",
+        "a//b",
+        "a/%2e%2e/b",
+        "",
+    ] {
+        assert!(
+            matches!(f.fetch_small(p, 10), Err(FetchError::BadPath(_))),
+            "{p}"
+        );
+    }
+    assert!(s.nginx.requests().is_empty());
+}

@@ -1,6 +1,8 @@
 //! `atomup`, the device agent. Parses the command line, dispatches to one
 //! command module, and prints an error chain exactly once.
 
+mod delta;
+
 use std::error::Error;
 use std::process::ExitCode;
 
@@ -14,6 +16,8 @@ Usage: atomup <command> [options]
 Commands:
   help                 show this text
   version              show the version
+  delta apply          apply a static delta into a directory and verify it
+  delta show           describe a static delta (from/to, parts, signed?)
 
 Run `atomup <command> --help` for a command's options.
 ";
@@ -43,6 +47,7 @@ fn run(args: &mut lexopt::Parser) -> Result {
     match command.as_str() {
         "help" => print!("{USAGE}"),
         "version" => println!("atomup {}", env!("CARGO_PKG_VERSION")),
+        "delta" => delta::run(args)?,
         other => return Err(format!("unknown command `{other}` (see `atomup --help`)").into()),
     }
     Ok(())

@@ -13,6 +13,7 @@ pub mod object;
 pub mod sign;
 pub mod xz;
 
+pub use delta::MAX_METADATA_SIZE;
 pub use error::{Error, Result};
 pub use object::{ObjectId, ObjectType, SafeName};
 

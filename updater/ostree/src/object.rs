@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::gvariant::{self as gv, Member, VarArray};
 
 /// A sha256 object checksum.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectId(pub [u8; 32]);
 
 impl ObjectId {

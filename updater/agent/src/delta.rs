@@ -1,0 +1,155 @@
+//! `atomup delta apply|show`: the host/device command that drives the delta
+//! engine directly. Tests and benchmarks use it, so its options and output
+//! lines are a contract (see the deploy crate's README).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use atomup_deploy::Options;
+use atomup_ostree::sign::Trust;
+
+use crate::Result;
+
+pub const HELP: &str = "\
+Usage:
+  atomup delta apply --delta DIR --to DIR [--from-root DIR --from-meta DIR]
+        [--fallback-repo DIR] [--meta-out DIR]
+        (--trusted-keys FILE [--revoked-keys FILE] | --no-verify) [--stats]
+  atomup delta show --delta DIR
+
+apply: verifies the delta (signature, part digests, from-commit), writes the
+to-commit's tree into --to, verifies the written tree against the commit and
+prints one summary line. --stats adds `peak_rss_kib=` and `wall_ms=` lines.
+";
+
+pub fn run(args: &mut lexopt::Parser) -> Result {
+    use lexopt::prelude::*;
+    let sub = match args.next()? {
+        Some(Value(v)) => v.string()?,
+        Some(Long("help") | Short('h')) | None => {
+            print!("{HELP}");
+            return Ok(());
+        }
+        Some(other) => return Err(other.unexpected().into()),
+    };
+    match sub.as_str() {
+        "apply" => apply(args),
+        "show" => show(args),
+        other => Err(format!("unknown delta command `{other}` (see `atomup delta --help`)").into()),
+    }
+}
+
+fn apply(args: &mut lexopt::Parser) -> Result {
+    use lexopt::prelude::*;
+    let start = Instant::now();
+    let (mut delta, mut to, mut from_root, mut from_meta, mut fallback, mut meta_out) =
+        (None, None, None, None, None, None);
+    let (mut trusted, mut revoked, mut no_verify, mut stats) = (None, None, false, false);
+    while let Some(arg) = args.next()? {
+        match arg {
+            Long("delta") => delta = Some(PathBuf::from(args.value()?)),
+            Long("to") => to = Some(PathBuf::from(args.value()?)),
+            Long("from-root") => from_root = Some(PathBuf::from(args.value()?)),
+            Long("from-meta") => from_meta = Some(PathBuf::from(args.value()?)),
+            Long("fallback-repo") => fallback = Some(PathBuf::from(args.value()?)),
+            Long("meta-out") => meta_out = Some(PathBuf::from(args.value()?)),
+            Long("trusted-keys") => trusted = Some(PathBuf::from(args.value()?)),
+            Long("revoked-keys") => revoked = Some(PathBuf::from(args.value()?)),
+            Long("no-verify") => no_verify = true,
+            Long("stats") => stats = true,
+            Long("help") | Short('h') => {
+                print!("{HELP}");
+                return Ok(());
+            }
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let delta = delta.ok_or("--delta DIR is required")?;
+    let to = to.ok_or("--to DIR is required")?;
+    if from_root.is_some() != from_meta.is_some() {
+        return Err("--from-root and --from-meta go together".into());
+    }
+    let trust = match (trusted, no_verify) {
+        (Some(_), true) => return Err("--trusted-keys and --no-verify exclude each other".into()),
+        (None, false) => return Err("--trusted-keys FILE is required (or --no-verify)".into()),
+        (None, true) => None,
+        (Some(t), false) => {
+            let text = std::fs::read_to_string(&t)
+                .map_err(|e| format!("cannot read {}: {e}", t.display()))?;
+            let rev = match &revoked {
+                Some(r) => Some(
+                    std::fs::read_to_string(r)
+                        .map_err(|e| format!("cannot read {}: {e}", r.display()))?,
+                ),
+                None => None,
+            };
+            Some(Trust::from_key_files(&text, rev.as_deref())?)
+        }
+    };
+    let opts = Options {
+        delta: &delta,
+        target: &to,
+        from_root: from_root.as_deref(),
+        from_meta: from_meta.as_deref(),
+        fallback_repo: fallback.as_deref(),
+        meta_out: meta_out.as_deref(),
+        trust: trust.as_ref(),
+    };
+    let s = atomup_deploy::apply(&opts)?;
+    println!(
+        "applied {}: {} objects written ({} bytes), {} reused from the active root ({} bytes), {} metadata objects, {} entries",
+        s.to, s.objects_written, s.bytes_written, s.objects_reused, s.bytes_reused, s.meta_objects, s.entries
+    );
+    if stats {
+        println!("peak_rss_kib={}", peak_rss_kib().unwrap_or(0));
+        println!("wall_ms={}", start.elapsed().as_millis());
+    }
+    Ok(())
+}
+
+fn show(args: &mut lexopt::Parser) -> Result {
+    use lexopt::prelude::*;
+    let mut delta = None;
+    while let Some(arg) = args.next()? {
+        match arg {
+            Long("delta") => delta = Some(PathBuf::from(args.value()?)),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let delta = delta.ok_or("--delta DIR is required")?;
+    let i = atomup_deploy::show(&delta)?;
+    println!(
+        "from: {}",
+        i.from.map_or("(scratch)".to_owned(), |f| f.to_hex())
+    );
+    println!("to: {}", i.to);
+    println!("timestamp: {}", i.timestamp);
+    println!(
+        "endianness: {}",
+        if i.big_endian { "big" } else { "little" }
+    );
+    println!("signed: {}", if i.signed { "yes" } else { "no" });
+    println!(
+        "commit signed: {}",
+        if i.commit_signed { "yes" } else { "no" }
+    );
+    println!("parts: {}", i.parts.len());
+    for (n, (inline, size, usize, objects)) in i.parts.iter().enumerate() {
+        println!(
+            "  part {n}: {}size={size} usize={usize} objects={objects}",
+            if *inline { "inline " } else { "" }
+        );
+    }
+    println!("fallbacks: {}", i.fallbacks.len());
+    for (id, size, usize) in &i.fallbacks {
+        println!("  fallback {id}: size={size} usize={usize}");
+    }
+    Ok(())
+}
+
+/// Peak resident set size of this process (VmHWM), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

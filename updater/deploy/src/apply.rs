@@ -1,0 +1,1188 @@
+//! Applying a static delta into a target directory (the inactive slot).
+//!
+//! Order, and why: (1) everything that can be checked without writing is
+//! checked first — superblock signature, commit signature, from-commit, every
+//! part's size and sha256 — so a bad delta leaves the target untouched;
+//! (2) parts are decompressed one at a time into an unlinked scratch file in a
+//! staging directory inside the target and their ops executed, each new object
+//! verified by checksum as it is written; (3) the commit's tree is materialized
+//! by hard-linking staged objects into place, unchanged objects being copied
+//! (and re-hashed) from the active root, stale entries removed; (4) the written
+//! tree is hashed back from disk and must equal the commit; (5) the commit's
+//! metadata objects are persisted for the next update.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use atomup_ostree::delta::{compression, PayloadLayout, Superblock, SuperblockFile};
+use atomup_ostree::execute::{execute_part, ObjectSink, CHUNK};
+use atomup_ostree::object::{
+    finish_id, Commit, DirMeta, DirTree, FileHeader, FilezHeader, ObjectType, Xattrs, S_IFDIR,
+    S_IFLNK, S_IFMT, S_IFREG,
+};
+use atomup_ostree::sign::{signatures, Trust};
+use atomup_ostree::{ObjectId, MAX_METADATA_SIZE};
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
+use sha2::{Digest, Sha256};
+
+use crate::error::{fmt, io, DeployError, Result};
+use crate::fsx;
+
+/// Largest superblock file accepted (inline parts live inside it).
+pub const MAX_SUPERBLOCK: u64 = 64 << 20;
+/// Largest single part file accepted.
+pub const MAX_PART: u64 = 4 << 30;
+/// Largest op stream / table held in memory per part.
+pub const MAX_IN_MEMORY: u64 = 64 << 20;
+/// Deepest directory nesting accepted.
+pub const MAX_DEPTH: usize = 256;
+/// Staging directory created (and removed) inside the target.
+pub const STAGING: &str = ".atomup-staging";
+
+/// What to apply, from where, to where, trusting whom.
+#[derive(Clone, Copy, Debug)]
+pub struct Options<'a> {
+    pub delta: &'a Path,
+    pub target: &'a Path,
+    pub from_root: Option<&'a Path>,
+    pub from_meta: Option<&'a Path>,
+    pub fallback_repo: Option<&'a Path>,
+    pub meta_out: Option<&'a Path>,
+    /// `None` = signatures not checked (`--no-verify`); checksums always are.
+    pub trust: Option<&'a Trust>,
+}
+
+/// What an apply did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub from: Option<ObjectId>,
+    pub to: ObjectId,
+    pub parts: usize,
+    /// Content objects built from parts and fallbacks.
+    pub objects_written: u64,
+    pub bytes_written: u64,
+    pub meta_objects: u64,
+    /// Content objects copied (and re-hashed) from the active root.
+    pub objects_reused: u64,
+    pub bytes_reused: u64,
+    /// Files and symlinks placed in the target.
+    pub entries: u64,
+}
+
+pub(crate) fn read_capped(path: &Path, limit: u64, what: &'static str) -> Result<Vec<u8>> {
+    let f = File::open(path).map_err(io("open", path))?;
+    let len = f.metadata().map_err(io("stat", path))?.len();
+    if len > limit {
+        return Err(DeployError::TooLarge { what, limit });
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(io("read", path))?;
+    if buf.len() as u64 > limit {
+        return Err(DeployError::TooLarge { what, limit });
+    }
+    Ok(buf)
+}
+
+/// A parsed delta directory: what `delta show` prints.
+pub struct DeltaInfo {
+    pub signed: bool,
+    pub from: Option<ObjectId>,
+    pub to: ObjectId,
+    pub timestamp: u64,
+    pub big_endian: bool,
+    /// (inline, size, usize, objects)
+    pub parts: Vec<(bool, u64, u64, usize)>,
+    pub fallbacks: Vec<(ObjectId, u64, u64)>,
+    pub commit_signed: bool,
+}
+
+pub fn show(delta: &Path) -> Result<DeltaInfo> {
+    let path = delta.join("superblock");
+    let bytes = read_capped(&path, MAX_SUPERBLOCK, "superblock")?;
+    let file = SuperblockFile::parse(&bytes).map_err(fmt("superblock"))?;
+    let sb = Superblock::parse(file.unsigned).map_err(fmt("superblock"))?;
+    let mut parts = Vec::new();
+    for (i, p) in sb.parts.iter().enumerate() {
+        parts.push((
+            sb.inline_part(i).map_err(fmt("superblock"))?.is_some(),
+            p.size,
+            p.usize,
+            p.object_count(),
+        ));
+    }
+    let commit_signed = match sb.commitmeta().map_err(fmt("superblock"))? {
+        Some(cm) => !signatures(cm).map_err(fmt("commitmeta"))?.is_empty(),
+        None => false,
+    };
+    Ok(DeltaInfo {
+        signed: file.signatures.is_some(),
+        from: sb.from,
+        to: sb.to,
+        timestamp: sb.timestamp,
+        big_endian: sb.endian == atomup_ostree::gvariant::Endian::Big,
+        parts,
+        fallbacks: sb
+            .fallbacks
+            .iter()
+            .map(|f| (f.id, f.size, f.usize))
+            .collect(),
+        commit_signed,
+    })
+}
+
+struct FromCtx {
+    root: PathBuf,
+    root_fd: OwnedFd,
+    commit: Vec<u8>,
+}
+
+struct State<'a> {
+    opts: &'a Options<'a>,
+    staging: OwnedFd,
+    staging_path: PathBuf,
+    staged: HashSet<ObjectId>,
+    new_meta: HashMap<ObjectId, Vec<u8>>,
+    from: Option<FromCtx>,
+    old_map: Option<HashMap<ObjectId, String>>,
+    stats: Stats,
+}
+
+/// Applies the delta in `opts.delta` to produce the to-commit's tree in
+/// `opts.target`. See the module docs for the order of checks and writes.
+pub fn apply(opts: &Options<'_>) -> Result<Stats> {
+    let sb_path = opts.delta.join("superblock");
+    let sb_bytes = read_capped(&sb_path, MAX_SUPERBLOCK, "superblock")?;
+    let file = SuperblockFile::parse(&sb_bytes).map_err(fmt("superblock"))?;
+    if let Some(trust) = opts.trust {
+        // Rule (DESIGN "Trust"): with keys configured, an unsigned or wrongly
+        // signed delta is refused before anything is written.
+        let sigs = match file.signatures {
+            Some(d) => signatures(d).map_err(fmt("superblock signatures"))?,
+            None => Vec::new(),
+        };
+        trust
+            .verify(file.unsigned, sigs)
+            .map_err(|source| DeployError::Signature {
+                what: "delta superblock",
+                source,
+            })?;
+    }
+    let sb = Superblock::parse(file.unsigned).map_err(fmt("superblock"))?;
+    let commitmeta = sb.commitmeta().map_err(fmt("superblock"))?;
+    if let (Some(trust), Some(cm)) = (opts.trust, commitmeta) {
+        // The superblock signature already covers the embedded commit; a
+        // commit signature carried along must verify too, never be ignored.
+        let sigs = signatures(cm).map_err(fmt("commitmeta"))?;
+        if !sigs.is_empty() {
+            trust
+                .verify(sb.commit_bytes, sigs)
+                .map_err(|source| DeployError::Signature {
+                    what: "to-commit",
+                    source,
+                })?;
+        }
+    }
+
+    let from = match sb.from {
+        None => None,
+        Some(from) => {
+            let (Some(root), Some(meta)) = (opts.from_root, opts.from_meta) else {
+                return Err(DeployError::NeedFrom { from });
+            };
+            // Rule: the delta applies only on top of exactly its from-commit.
+            let path = meta.join(from.object_path(ObjectType::Commit));
+            let commit = match read_capped(&path, MAX_METADATA_SIZE, "from-commit") {
+                Ok(c) => c,
+                Err(DeployError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    return Err(DeployError::FromMismatch { expected: from })
+                }
+                Err(e) => return Err(e),
+            };
+            if ObjectId::of(&commit) != from {
+                return Err(DeployError::FromMismatch { expected: from });
+            }
+            Commit::parse(&commit).map_err(fmt("from-commit"))?;
+            Some(FromCtx {
+                root: root.to_owned(),
+                root_fd: fsx::open_root(root)?,
+                commit,
+            })
+        }
+    };
+
+    // Rule: every download has a size and a digest check before it is used.
+    for (i, p) in sb.parts.iter().enumerate() {
+        if p.size > MAX_PART {
+            return Err(DeployError::Part {
+                index: i,
+                why: "declared size exceeds the part size limit",
+            });
+        }
+        let (len, sum) = match sb.inline_part(i).map_err(fmt("superblock"))? {
+            Some(bytes) => (bytes.len() as u64, ObjectId::of(bytes)),
+            None => hash_file(&opts.delta.join(i.to_string()), MAX_PART)?,
+        };
+        if len != p.size {
+            return Err(DeployError::Part {
+                index: i,
+                why: "size differs from the superblock",
+            });
+        }
+        if sum != p.checksum {
+            return Err(DeployError::Part {
+                index: i,
+                why: "sha256 differs from the superblock",
+            });
+        }
+    }
+    if let Some(fb) = sb.fallbacks.first() {
+        if opts.fallback_repo.is_none() {
+            return Err(DeployError::NeedFallbackRepo { id: fb.id });
+        }
+    }
+
+    let target_fd = fsx::open_root(opts.target)?;
+    if let Some(f) = &from {
+        let (a, b) = (rustix::fs::fstat(&target_fd), rustix::fs::fstat(&f.root_fd));
+        if let (Ok(a), Ok(b)) = (a, b) {
+            if a.st_dev == b.st_dev && a.st_ino == b.st_ino {
+                return Err(DeployError::TargetIsSource);
+            }
+        }
+    }
+
+    // --- Writing starts here, confined to the target. ---
+    let staging_path = opts.target.join(STAGING);
+    let staging_c = fsx::cname(STAGING);
+    fsx::remove_entry(&target_fd, &staging_c, &staging_path)?;
+    rustix::fs::mkdirat(&target_fd, STAGING, Mode::from_raw_mode(0o700))
+        .map_err(|e| io("create", &staging_path)(e.into()))?;
+    let staging = fsx::open_dir_at(&target_fd, STAGING).map_err(io("open", &staging_path))?;
+    let mut st = State {
+        opts,
+        staging,
+        staging_path: staging_path.clone(),
+        staged: HashSet::new(),
+        new_meta: HashMap::new(),
+        from,
+        old_map: None,
+        stats: Stats {
+            from: sb.from,
+            to: sb.to,
+            parts: sb.parts.len(),
+            ..Default::default()
+        },
+    };
+    let built = st.build(&sb, &target_fd);
+    let cleanup = fsx::remove_entry(&target_fd, &staging_c, &staging_path);
+    built?;
+    cleanup?;
+
+    // Rule: the written tree read back from disk must hash to the signed commit.
+    let mut cache = HashMap::new();
+    let (tree, meta) = hash_dir(&target_fd, opts.target, 0, &mut cache)?;
+    if tree != sb.commit.root_tree {
+        return Err(DeployError::VerifyMismatch {
+            what: "root dirtree",
+            expected: sb.commit.root_tree,
+            actual: tree,
+        });
+    }
+    if meta != sb.commit.root_meta {
+        return Err(DeployError::VerifyMismatch {
+            what: "root dirmeta",
+            expected: sb.commit.root_meta,
+            actual: meta,
+        });
+    }
+    if let Some(out) = opts.meta_out {
+        st.persist_meta(out, &sb, commitmeta)?;
+    }
+    Ok(st.stats)
+}
+
+fn hash_file(path: &Path, limit: u64) -> Result<(u64, ObjectId)> {
+    let mut f = File::open(path).map_err(io("open", path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io("read", path))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > limit {
+            return Err(DeployError::TooLarge {
+                what: "part file",
+                limit,
+            });
+        }
+        h.update(&buf[..n]);
+    }
+    Ok((total, ObjectId(h.finalize().into())))
+}
+
+/// A reader that hashes what passes through it (re-checks a part's digest
+/// while it is decompressed, so a file swapped after the first check is caught).
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl State<'_> {
+    fn build(&mut self, sb: &Superblock<'_>, target: &OwnedFd) -> Result<()> {
+        for (i, p) in sb.parts.iter().enumerate() {
+            self.run_part(sb, i)?;
+            let _ = p;
+        }
+        for fb in &sb.fallbacks {
+            self.import_fallback(fb.objtype, fb.id)?;
+        }
+        let commit = &sb.commit;
+        self.checkout_dir(
+            target,
+            self.opts.target.to_owned(),
+            commit.root_tree,
+            commit.root_meta,
+            0,
+            true,
+        )?;
+        Ok(())
+    }
+
+    fn run_part(&mut self, sb: &Superblock<'_>, index: usize) -> Result<()> {
+        let p = &sb.parts[index];
+        let path = self.staging_path.join("payload");
+        let fd = rustix::fs::openat(
+            &self.staging,
+            "payload",
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| io("create", &path)(e.into()))?;
+        // Unlinked at once: the payload never outlives this process.
+        rustix::fs::unlinkat(&self.staging, "payload", AtFlags::empty())
+            .map_err(|e| io("unlink", &path)(e.into()))?;
+        let mut payload = File::from(fd);
+        let limit = atomup_ostree::xz::payload_limit(p.usize, p.size);
+        let part_err = |_e| DeployError::Part {
+            index,
+            why: "cannot be decompressed",
+        };
+        let total = match sb.inline_part(index).map_err(fmt("superblock"))? {
+            Some(bytes) => {
+                let (c, data) =
+                    atomup_ostree::delta::part_header(bytes).map_err(fmt("part header"))?;
+                atomup_ostree::xz::decompress(c, data, &mut payload, limit)
+                    .map_err(|e| decompress_err(index, e, part_err))?
+            }
+            None => {
+                let ppath = self.opts.delta.join(index.to_string());
+                let f = File::open(&ppath).map_err(io("open", &ppath))?;
+                let mut r = HashingReader {
+                    inner: f,
+                    hasher: Sha256::new(),
+                };
+                let mut first = [0u8; 1];
+                r.read_exact(&mut first).map_err(io("read", &ppath))?;
+                let c = compression(first[0]).map_err(fmt("part header"))?;
+                let mut br = BufReader::with_capacity(CHUNK, r);
+                let n = atomup_ostree::xz::decompress(c, &mut br, &mut payload, limit)
+                    .map_err(|e| decompress_err(index, e, part_err))?;
+                // Drain whatever the decoder did not consume, then re-check the digest.
+                std::io::copy(&mut br, &mut std::io::sink()).map_err(io("read", &ppath))?;
+                let r = br.into_inner();
+                if ObjectId(r.hasher.finalize().into()) != p.checksum {
+                    return Err(DeployError::Part {
+                        index,
+                        why: "changed on disk while being applied",
+                    });
+                }
+                n
+            }
+        };
+        let tail_len = PayloadLayout::tail_len(total);
+        if tail_len > total {
+            return Err(DeployError::Part {
+                index,
+                why: "payload too short",
+            });
+        }
+        let mut tail = vec![0u8; tail_len as usize];
+        payload
+            .read_exact_at(&mut tail, total - tail_len)
+            .map_err(io("read", &path))?;
+        let layout = PayloadLayout::from_tail(total, &tail).map_err(fmt("part payload"))?;
+        let read_range = |(a, b): (u64, u64)| -> Result<Vec<u8>> {
+            if b - a > MAX_IN_MEMORY {
+                return Err(DeployError::TooLarge {
+                    what: "part op stream or table",
+                    limit: MAX_IN_MEMORY,
+                });
+            }
+            let mut v = vec![0u8; (b - a) as usize];
+            payload
+                .read_exact_at(&mut v, a)
+                .map_err(io("read", &path))?;
+            Ok(v)
+        };
+        let modes = read_range(layout.modes)?;
+        let xattrs = read_range(layout.xattrs)?;
+        let ops = read_range(layout.ops)?;
+        let mut sink = FileSink {
+            st: self,
+            payload: &payload,
+            blob_start: layout.blob.0,
+            source: None,
+            current: None,
+        };
+        let stats = execute_part(
+            &mut sink,
+            p.objects,
+            &modes,
+            &xattrs,
+            layout.blob.1 - layout.blob.0,
+            &ops,
+        )
+        .map_err(|e| match e {
+            atomup_ostree::Error::Io { source, .. }
+                if source.get_ref().is_some_and(|s| s.is::<SinkError>()) =>
+            {
+                match source
+                    .into_inner()
+                    .and_then(|b| b.downcast::<SinkError>().ok())
+                {
+                    Some(b) => b.0,
+                    None => DeployError::Part {
+                        index,
+                        why: "sink failed",
+                    },
+                }
+            }
+            other => DeployError::Format {
+                what: "delta part",
+                source: other,
+            },
+        })?;
+        self.stats.objects_written += stats.content_objects;
+        self.stats.bytes_written += stats.content_bytes;
+        self.stats.meta_objects += stats.meta_objects;
+        Ok(())
+    }
+
+    fn load_meta(&self, id: &ObjectId, ty: ObjectType) -> Result<Vec<u8>> {
+        if let Some(b) = self.new_meta.get(id) {
+            return Ok(b.clone());
+        }
+        let rel = id.object_path(ty);
+        for dir in [self.opts.from_meta, self.opts.fallback_repo]
+            .into_iter()
+            .flatten()
+        {
+            let path = dir.join(&rel);
+            match read_capped(&path, MAX_METADATA_SIZE, "metadata object") {
+                Ok(b) => {
+                    // Rule: every object is re-hashed before use.
+                    let actual = ObjectId::of(&b);
+                    if actual != *id {
+                        return Err(DeployError::Corrupt {
+                            what: "metadata object",
+                            id: *id,
+                            path,
+                            actual,
+                        });
+                    }
+                    return Ok(b);
+                }
+                Err(DeployError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(DeployError::MissingMeta {
+            id: *id,
+            kind: ty.extension(),
+        })
+    }
+
+    /// csum → path of every content object in the from-commit, built from its
+    /// dirtree objects (not by hashing the active root).
+    fn old_map(&mut self) -> Result<&HashMap<ObjectId, String>> {
+        if self.old_map.is_none() {
+            let mut map = HashMap::new();
+            if let Some(from) = &self.from {
+                let c = Commit::parse(&from.commit).map_err(fmt("from-commit"))?;
+                let mut stack = vec![(c.root_tree, String::new(), 0usize)];
+                while let Some((tree_id, prefix, depth)) = stack.pop() {
+                    if depth > MAX_DEPTH {
+                        return Err(DeployError::TooDeep { limit: MAX_DEPTH });
+                    }
+                    let bytes = self.load_meta(&tree_id, ObjectType::DirTree)?;
+                    let tree = DirTree::parse(&bytes).map_err(fmt("from dirtree"))?;
+                    for f in &tree.files {
+                        map.entry(f.id)
+                            .or_insert_with(|| format!("{prefix}{}", f.name));
+                    }
+                    for d in &tree.dirs {
+                        stack.push((d.tree, format!("{prefix}{}/", d.name), depth + 1));
+                    }
+                }
+            }
+            self.old_map = Some(map);
+        }
+        Ok(self.old_map.as_ref().unwrap_or_else(|| unreachable!()))
+    }
+
+    /// Opens an old object by checksum in the active root, verifying it.
+    fn open_old_regular(&mut self, id: &ObjectId) -> Result<(File, u64, PathBuf)> {
+        let rel = self
+            .old_map()?
+            .get(id)
+            .cloned()
+            .ok_or(DeployError::MissingContent { id: *id })?;
+        let from = self
+            .from
+            .as_ref()
+            .ok_or(DeployError::MissingContent { id: *id })?;
+        let path = from.root.join(&rel);
+        let (dir, name) = fsx::walk_parent(&from.root_fd, &rel).map_err(io("open", &path))?;
+        let fd = rustix::fs::openat(
+            &dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io("open", &path)(e.into()))?;
+        let file = File::from(fd);
+        let (actual, size) = fsx::hash_regular(&file, &path)?;
+        // Rule: an old object is re-hashed before use; a modified active root is an error.
+        if actual != *id {
+            return Err(DeployError::Corrupt {
+                what: "old object",
+                id: *id,
+                path,
+                actual,
+            });
+        }
+        Ok((file, size, path))
+    }
+
+    /// Makes sure content object `id` is in staging: from the delta already, or
+    /// copied from the active root with its checksum re-verified.
+    fn ensure_staged(&mut self, id: &ObjectId) -> Result<()> {
+        if self.staged.contains(id) {
+            return Ok(());
+        }
+        let rel = self
+            .old_map()?
+            .get(id)
+            .cloned()
+            .ok_or(DeployError::MissingContent { id: *id })?;
+        let from = self
+            .from
+            .as_ref()
+            .ok_or(DeployError::MissingContent { id: *id })?;
+        let path = from.root.join(&rel);
+        let (dir, name) = fsx::walk_parent(&from.root_fd, &rel).map_err(io("open", &path))?;
+        let cname = fsx::cname(name);
+        let stt = rustix::fs::statat(&dir, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io("stat", &path)(e.into()))?;
+        let hex = id.to_hex();
+        let staged_path = self.staging_path.join(&hex);
+        if stt.st_mode & S_IFMT == S_IFLNK {
+            let (actual, target) = fsx::hash_symlink(&dir, &cname, &path)?;
+            if actual != *id {
+                return Err(DeployError::Corrupt {
+                    what: "old object",
+                    id: *id,
+                    path,
+                    actual,
+                });
+            }
+            let x = fsx::link_xattrs(&path).map_err(io("read xattrs of", &path))?;
+            let header = FileHeader {
+                uid: stt.st_uid,
+                gid: stt.st_gid,
+                mode: stt.st_mode,
+                symlink: &target,
+                xattrs: Xattrs::parse(&x).map_err(fmt("xattrs"))?,
+            };
+            self.stage_symlink(&hex, &header)?;
+        } else {
+            let fd = rustix::fs::openat(
+                &dir,
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| io("open", &path)(e.into()))?;
+            let mut src = File::from(fd);
+            let s = rustix::fs::fstat(&src).map_err(|e| io("stat", &path)(e.into()))?;
+            if s.st_mode & S_IFMT != S_IFREG {
+                return Err(DeployError::BadFileType { path });
+            }
+            let x = fsx::fd_xattrs(&src).map_err(io("read xattrs of", &path))?;
+            let xattrs = Xattrs::parse(&x).map_err(fmt("xattrs"))?;
+            let header = FileHeader {
+                uid: s.st_uid,
+                gid: s.st_gid,
+                mode: s.st_mode,
+                symlink: "",
+                xattrs,
+            };
+            let mut h = header.content_hasher();
+            let tmp = format!("{hex}.tmp");
+            let mut out = self.create_staged(&tmp)?;
+            let mut buf = vec![0u8; CHUNK];
+            let mut total = 0u64;
+            loop {
+                let n = src.read(&mut buf).map_err(io("read", &path))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                out.write_all(&buf[..n])
+                    .map_err(io("write", &staged_path))?;
+                total += n as u64;
+            }
+            let actual = finish_id(h);
+            if actual != *id {
+                let _ = rustix::fs::unlinkat(&self.staging, tmp.as_str(), AtFlags::empty());
+                return Err(DeployError::Corrupt {
+                    what: "old object",
+                    id: *id,
+                    path,
+                    actual,
+                });
+            }
+            self.finish_staged(out, &tmp, &hex, &header)?;
+            self.stats.bytes_reused += total;
+        }
+        self.stats.objects_reused += 1;
+        self.staged.insert(*id);
+        Ok(())
+    }
+
+    fn create_staged(&self, name: &str) -> Result<File> {
+        let path = self.staging_path.join(name);
+        let fd = rustix::fs::openat(
+            &self.staging,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| io("create", &path)(e.into()))?;
+        Ok(File::from(fd))
+    }
+
+    fn finish_staged(
+        &self,
+        file: File,
+        tmp: &str,
+        hex: &str,
+        header: &FileHeader<'_>,
+    ) -> Result<()> {
+        let path = self.staging_path.join(hex);
+        fsx::set_owner_mode(&file, header.uid, header.gid, header.mode, &path)?;
+        if !header.xattrs.is_empty() {
+            fsx::set_fd_xattrs(&file, &header.xattrs, &path)?;
+        }
+        drop(file);
+        rustix::fs::renameat(&self.staging, tmp, &self.staging, hex)
+            .map_err(|e| io("rename into", &path)(e.into()))?;
+        Ok(())
+    }
+
+    fn stage_symlink(&self, hex: &str, header: &FileHeader<'_>) -> Result<()> {
+        let path = self.staging_path.join(hex);
+        let _ = rustix::fs::unlinkat(&self.staging, hex, AtFlags::empty());
+        rustix::fs::symlinkat(header.symlink, &self.staging, hex)
+            .map_err(|e| io("create symlink", &path)(e.into()))?;
+        let (u, g) = fsx::owner(header.uid, header.gid)?;
+        rustix::fs::chownat(
+            &self.staging,
+            hex,
+            Some(u),
+            Some(g),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| io("chown", &path)(e.into()))?;
+        if !header.xattrs.is_empty() {
+            fsx::set_link_xattrs(&path, &header.xattrs)?;
+        }
+        Ok(())
+    }
+
+    /// Imports a fallback object from an archive repo's `.filez`.
+    fn import_fallback(&mut self, ty: ObjectType, id: ObjectId) -> Result<()> {
+        let repo = self
+            .opts
+            .fallback_repo
+            .ok_or(DeployError::NeedFallbackRepo { id })?;
+        if ty.is_meta() {
+            let b = self.load_meta(&id, ty)?;
+            self.new_meta.insert(id, b);
+            return Ok(());
+        }
+        let path = repo.join(format!("{}z", id.object_path(ObjectType::File)));
+        let mut f = File::open(&path).map_err(io("open", &path))?;
+        let mut head = vec![0u8; 8];
+        f.read_exact(&mut head).map_err(io("read", &path))?;
+        let hlen = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as u64;
+        if hlen > MAX_METADATA_SIZE {
+            return Err(DeployError::TooLarge {
+                what: "filez header",
+                limit: MAX_METADATA_SIZE,
+            });
+        }
+        head.resize(8 + hlen as usize, 0);
+        f.read_exact(&mut head[8..]).map_err(io("read", &path))?;
+        let fh = FilezHeader::parse(&head).map_err(fmt("filez header"))?;
+        let header = fh.header;
+        let hex = id.to_hex();
+        if header.is_symlink() {
+            let actual = finish_id(header.content_hasher());
+            if actual != id {
+                return Err(DeployError::Corrupt {
+                    what: "fallback object",
+                    id,
+                    path,
+                    actual,
+                });
+            }
+            self.stage_symlink(&hex, &header)?;
+        } else {
+            let tmp = format!("{hex}.tmp");
+            let mut out = self.create_staged(&tmp)?;
+            let mut h = header.content_hasher();
+            let total = inflate_raw(&mut f, fh.size, |chunk| {
+                h.update(chunk);
+                out.write_all(chunk)
+            })
+            .map_err(io("decompress", &path))?;
+            let actual = finish_id(h);
+            if actual != id || total != fh.size {
+                let _ = rustix::fs::unlinkat(&self.staging, tmp.as_str(), AtFlags::empty());
+                return Err(DeployError::Corrupt {
+                    what: "fallback object",
+                    id,
+                    path,
+                    actual,
+                });
+            }
+            self.finish_staged(out, &tmp, &hex, &header)?;
+            self.stats.bytes_written += total;
+        }
+        self.stats.objects_written += 1;
+        self.staged.insert(id);
+        Ok(())
+    }
+
+    fn checkout_dir(
+        &mut self,
+        dir: &OwnedFd,
+        path: PathBuf,
+        tree_id: ObjectId,
+        meta_id: ObjectId,
+        depth: usize,
+        root: bool,
+    ) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(DeployError::TooDeep { limit: MAX_DEPTH });
+        }
+        let tree_bytes = self.load_meta(&tree_id, ObjectType::DirTree)?;
+        let tree = DirTree::parse(&tree_bytes).map_err(fmt("dirtree"))?;
+        let meta_bytes = self.load_meta(&meta_id, ObjectType::DirMeta)?;
+        let meta = DirMeta::parse(&meta_bytes).map_err(fmt("dirmeta"))?;
+        // Stale entries: anything not in the commit goes (the staging dir stays
+        // until the tree is complete).
+        for name in fsx::dir_names(dir, &path)? {
+            let b = name.to_bytes();
+            if root && b == STAGING.as_bytes() {
+                continue;
+            }
+            let keep = tree.files.iter().any(|f| f.name.as_str().as_bytes() == b)
+                || tree.dirs.iter().any(|d| d.name.as_str().as_bytes() == b);
+            if !keep {
+                fsx::remove_entry(dir, &name, &path.join(name.to_string_lossy().as_ref()))?;
+            }
+        }
+        for f in &tree.files {
+            self.ensure_staged(&f.id)?;
+            let name = fsx::cname(f.name.as_str());
+            let p = path.join(f.name.as_str());
+            fsx::remove_entry(dir, &name, &p)?;
+            rustix::fs::linkat(
+                &self.staging,
+                f.id.to_hex().as_str(),
+                dir,
+                name.as_c_str(),
+                AtFlags::empty(),
+            )
+            .map_err(|e| io("link", &p)(e.into()))?;
+            self.stats.entries += 1;
+        }
+        for d in &tree.dirs {
+            let name = fsx::cname(d.name.as_str());
+            let p = path.join(d.name.as_str());
+            match rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(s) if s.st_mode & S_IFMT == S_IFDIR => {}
+                Ok(_) => {
+                    fsx::remove_entry(dir, &name, &p)?;
+                    mkdir(dir, &name, &p)?;
+                }
+                Err(Errno::NOENT) => mkdir(dir, &name, &p)?,
+                Err(e) => return Err(io("stat", &p)(e.into())),
+            }
+            let sub = fsx::open_dir_at(dir, d.name.as_str()).map_err(io("open directory", &p))?;
+            self.checkout_dir(&sub, p, d.tree, d.meta, depth + 1, false)?;
+        }
+        // Directory metadata last, so read-only directories can still be filled.
+        fsx::set_owner_mode(dir, meta.uid, meta.gid, meta.mode, &path)?;
+        fsx::set_fd_xattrs(dir, &meta.xattrs, &path)?;
+        Ok(())
+    }
+
+    fn persist_meta(
+        &self,
+        out: &Path,
+        sb: &Superblock<'_>,
+        commitmeta: Option<&[u8]>,
+    ) -> Result<()> {
+        let write = |id: &ObjectId, ty: ObjectType, bytes: &[u8]| -> Result<()> {
+            let path = out.join(id.object_path(ty));
+            if path.exists() {
+                return Ok(());
+            }
+            let parent = path.parent().unwrap_or(out);
+            std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io("rename into", &path))?;
+            Ok(())
+        };
+        write(&sb.to, ObjectType::Commit, sb.commit_bytes)?;
+        if let Some(cm) = commitmeta {
+            write(&sb.to, ObjectType::CommitMeta, cm)?;
+        }
+        let mut seen = HashSet::new();
+        let mut stack = vec![(sb.commit.root_tree, sb.commit.root_meta)];
+        while let Some((t, m)) = stack.pop() {
+            if seen.insert(m) {
+                write(
+                    &m,
+                    ObjectType::DirMeta,
+                    &self.load_meta(&m, ObjectType::DirMeta)?,
+                )?;
+            }
+            if !seen.insert(t) {
+                continue;
+            }
+            let bytes = self.load_meta(&t, ObjectType::DirTree)?;
+            write(&t, ObjectType::DirTree, &bytes)?;
+            let tree = DirTree::parse(&bytes).map_err(fmt("dirtree"))?;
+            stack.extend(tree.dirs.iter().map(|d| (d.tree, d.meta)));
+        }
+        Ok(())
+    }
+}
+
+fn mkdir(dir: &OwnedFd, name: &CString, path: &Path) -> Result<()> {
+    rustix::fs::mkdirat(dir, name.as_c_str(), Mode::from_raw_mode(0o700))
+        .map_err(|e| io("create directory", path)(e.into()))
+}
+
+fn decompress_err(
+    index: usize,
+    e: atomup_ostree::Error,
+    other: impl FnOnce(atomup_ostree::Error) -> DeployError,
+) -> DeployError {
+    match e {
+        atomup_ostree::Error::TooLarge { limit, .. } => DeployError::TooLarge {
+            what: "decompressed part (declared sizes lie)",
+            limit,
+        },
+        e @ atomup_ostree::Error::Malformed { .. } => DeployError::Format {
+            what: if index == 0 { "part 0" } else { "delta part" },
+            source: e,
+        },
+        e => other(e),
+    }
+}
+
+/// Streams raw deflate (archive `.filez` data) into `out`, refusing more than `limit` bytes.
+fn inflate_raw(
+    input: &mut File,
+    limit: u64,
+    mut out: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<u64> {
+    use miniz_oxide::inflate::stream::{inflate, InflateState};
+    use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
+    let bad = |m: &'static str| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let mut state = InflateState::new_boxed(DataFormat::Raw);
+    let mut inbuf = vec![0u8; CHUNK];
+    let mut outbuf = vec![0u8; CHUNK];
+    let (mut start, mut end, mut eof) = (0usize, 0usize, false);
+    let mut total = 0u64;
+    loop {
+        if start == end && !eof {
+            end = input.read(&mut inbuf)?;
+            start = 0;
+            eof = end == 0;
+        }
+        let flush = if eof { MZFlush::Finish } else { MZFlush::None };
+        let res = inflate(&mut state, &inbuf[start..end], &mut outbuf, flush);
+        start += res.bytes_consumed;
+        total += res.bytes_written as u64;
+        if total > limit {
+            return Err(bad("inflates past its declared size"));
+        }
+        out(&outbuf[..res.bytes_written])?;
+        match res.status {
+            Ok(MZStatus::StreamEnd) => return Ok(total),
+            Ok(_) => {}
+            Err(MZError::Buf) if !eof || res.bytes_written > 0 => {}
+            Err(_) => return Err(bad("corrupt deflate stream")),
+        }
+        if eof && res.bytes_written == 0 && res.bytes_consumed == 0 {
+            return Err(bad("truncated deflate stream"));
+        }
+    }
+}
+
+/// Carries a deploy error through the pure executor's io::Error channel.
+#[derive(Debug)]
+struct SinkError(DeployError);
+
+impl std::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SinkError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+fn sink_err(e: DeployError) -> std::io::Error {
+    std::io::Error::other(SinkError(e))
+}
+
+struct Current {
+    hex: String,
+    file: Option<File>,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    xattrs: Vec<u8>,
+}
+
+struct FileSink<'s, 'o> {
+    st: &'s mut State<'o>,
+    payload: &'s File,
+    blob_start: u64,
+    source: Option<File>,
+    current: Option<Current>,
+}
+
+impl ObjectSink for FileSink<'_, '_> {
+    fn read_blob(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.payload.read_exact_at(buf, self.blob_start + offset)
+    }
+
+    fn open_source(&mut self, id: &ObjectId) -> std::io::Result<u64> {
+        self.source = None;
+        let (file, size, _) = self.st.open_old_regular(id).map_err(sink_err)?;
+        self.source = Some(file);
+        Ok(size)
+    }
+
+    fn read_source(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        match &self.source {
+            Some(f) => f.read_exact_at(buf, offset),
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    fn write_meta(&mut self, _ty: ObjectType, id: &ObjectId, data: &[u8]) -> std::io::Result<()> {
+        self.st.new_meta.insert(*id, data.to_vec());
+        Ok(())
+    }
+
+    fn begin_content(
+        &mut self,
+        id: &ObjectId,
+        header: &FileHeader<'_>,
+        _size: u64,
+    ) -> std::io::Result<()> {
+        let hex = id.to_hex();
+        if header.is_symlink() {
+            self.st.stage_symlink(&hex, header).map_err(sink_err)?;
+            self.current = Some(Current {
+                hex,
+                file: None,
+                uid: 0,
+                gid: 0,
+                mode: 0,
+                xattrs: Vec::new(),
+            });
+            return Ok(());
+        }
+        let file = self
+            .st
+            .create_staged(&format!("{hex}.tmp"))
+            .map_err(sink_err)?;
+        self.current = Some(Current {
+            hex,
+            file: Some(file),
+            uid: header.uid,
+            gid: header.gid,
+            mode: header.mode,
+            xattrs: header.xattrs.bytes().to_vec(),
+        });
+        Ok(())
+    }
+
+    fn write_content(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self.current.as_mut().and_then(|c| c.file.as_mut()) {
+            Some(f) => f.write_all(data),
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    fn finish_content(&mut self, keep: bool) -> std::io::Result<()> {
+        self.source = None;
+        let Some(cur) = self.current.take() else {
+            return Ok(());
+        };
+        let id = ObjectId::from_hex(&cur.hex)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+        let Some(file) = cur.file else {
+            if keep {
+                self.st.staged.insert(id);
+            }
+            return Ok(());
+        };
+        let tmp = format!("{}.tmp", cur.hex);
+        if !keep {
+            drop(file);
+            let _ = rustix::fs::unlinkat(&self.st.staging, tmp.as_str(), AtFlags::empty());
+            return Ok(());
+        }
+        let xattrs = Xattrs::parse(&cur.xattrs)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+        let header = FileHeader {
+            uid: cur.uid,
+            gid: cur.gid,
+            mode: cur.mode,
+            symlink: "",
+            xattrs,
+        };
+        self.st
+            .finish_staged(file, &tmp, &cur.hex, &header)
+            .map_err(sink_err)?;
+        self.st.staged.insert(id);
+        Ok(())
+    }
+}
+
+/// Hashes a directory on disk into OSTree's (dirtree, dirmeta) checksums.
+/// Hard-linked files are hashed once (cache by device and inode).
+pub fn hash_dir(
+    dir: &OwnedFd,
+    path: &Path,
+    depth: usize,
+    cache: &mut HashMap<(u64, u64), ObjectId>,
+) -> Result<(ObjectId, ObjectId)> {
+    use atomup_ostree::object::{DirEntry, FileEntry};
+    use atomup_ostree::SafeName;
+    if depth > MAX_DEPTH {
+        return Err(DeployError::TooDeep { limit: MAX_DEPTH });
+    }
+    let st = rustix::fs::fstat(dir).map_err(|e| io("stat", path)(e.into()))?;
+    let x = fsx::fd_xattrs(dir).map_err(io("read xattrs of", path))?;
+    let meta = DirMeta {
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mode: st.st_mode,
+        xattrs: Xattrs::parse(&x).map_err(fmt("xattrs"))?,
+    };
+    let meta_id = ObjectId::of(&meta.encode());
+    let mut names: Vec<String> = Vec::new();
+    for n in fsx::dir_names(dir, path)? {
+        names.push(n.into_string().map_err(|_| DeployError::BadFileType {
+            path: path.to_owned(),
+        })?);
+    }
+    names.sort();
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    for name in &names {
+        let p = path.join(name);
+        let safe = SafeName::new(name).map_err(fmt("file name"))?;
+        let c = fsx::cname(name);
+        let s = rustix::fs::statat(dir, c.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io("stat", &p)(e.into()))?;
+        match s.st_mode & S_IFMT {
+            S_IFDIR => {
+                let sub = fsx::open_dir_at(dir, name).map_err(io("open directory", &p))?;
+                let (tree, meta) = hash_dir(&sub, &p, depth + 1, cache)?;
+                dirs.push(DirEntry {
+                    name: safe,
+                    tree,
+                    meta,
+                });
+            }
+            S_IFREG => {
+                let key = (s.st_dev, s.st_ino);
+                let id = match cache.get(&key) {
+                    Some(id) => *id,
+                    None => {
+                        let fd = rustix::fs::openat(
+                            dir,
+                            c.as_c_str(),
+                            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )
+                        .map_err(|e| io("open", &p)(e.into()))?;
+                        let (id, _) = fsx::hash_regular(&File::from(fd), &p)?;
+                        cache.insert(key, id);
+                        id
+                    }
+                };
+                files.push(FileEntry { name: safe, id });
+            }
+            S_IFLNK => {
+                let (id, _) = fsx::hash_symlink(dir, &c, &p)?;
+                files.push(FileEntry { name: safe, id });
+            }
+            _ => return Err(DeployError::BadFileType { path: p }),
+        }
+    }
+    let tree = DirTree { files, dirs };
+    Ok((ObjectId::of(&tree.encode()), meta_id))
+}

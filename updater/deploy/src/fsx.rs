@@ -1,0 +1,291 @@
+//! File-system primitives that never follow a symlink and never leave the
+//! directory handle they start from: every path is walked one [`SafeName`]
+//! component at a time with `openat(O_NOFOLLOW)`, so a symlink planted in a
+//! target or source tree cannot redirect a write or a read (DESIGN "Trust":
+//! writes never leave the target slot). Also reads a file's OSTree identity
+//! (mode, owner, xattrs) from disk for checksumming.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use atomup_ostree::object::{
+    encode_xattrs, finish_id, FileHeader, Xattrs, S_IFLNK, S_IFMT, S_IFREG,
+};
+use atomup_ostree::ObjectId;
+use rustix::fs::{AtFlags, Mode, OFlags, XattrFlags};
+use rustix::io::Errno;
+use sha2::Digest;
+
+use crate::error::{io, DeployError, Result};
+
+pub(crate) fn open_dir_at(dir: impl AsFd, name: &str) -> std::io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+pub(crate) fn open_root(path: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io("open directory", path)(e.into()))
+}
+
+/// Opens `rel` (components separated by `/`, each a safe name) under `root`
+/// without following any symlink. Returns the parent directory and final name.
+pub(crate) fn walk_parent<'a>(root: &OwnedFd, rel: &'a str) -> std::io::Result<(OwnedFd, &'a str)> {
+    let mut parts = rel.split('/').peekable();
+    let mut dir = rustix::io::dup(root)?;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            return Ok((dir, part));
+        }
+        dir = open_dir_at(&dir, part)?;
+    }
+    Err(std::io::ErrorKind::NotFound.into())
+}
+
+/// Xattrs of an open file or directory, sorted, in OSTree's encoding.
+pub(crate) fn fd_xattrs(fd: impl AsFd) -> std::io::Result<Vec<u8>> {
+    let fd = fd.as_fd();
+    let names = match list(|buf| rustix::fs::flistxattr(fd, buf)) {
+        Ok(n) => n,
+        Err(e) if e == Errno::OPNOTSUPP => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut attrs = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let c = CString::new(name)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+        let value = list(|buf| rustix::fs::fgetxattr(fd, c.as_c_str(), buf))?;
+        attrs.push((name.to_vec(), value));
+    }
+    Ok(if attrs.is_empty() {
+        Vec::new()
+    } else {
+        encode_xattrs(attrs)
+    })
+}
+
+/// Xattrs of a symlink itself (by path, since a symlink cannot be opened).
+pub(crate) fn link_xattrs(path: &Path) -> std::io::Result<Vec<u8>> {
+    let names = match list(|buf| rustix::fs::llistxattr(path, buf)) {
+        Ok(n) => n,
+        Err(e) if e == Errno::OPNOTSUPP || e == Errno::PERM => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut attrs = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let c = CString::new(name)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+        let value = list(|buf| rustix::fs::lgetxattr(path, c.as_c_str(), buf))?;
+        attrs.push((name.to_vec(), value));
+    }
+    Ok(if attrs.is_empty() {
+        Vec::new()
+    } else {
+        encode_xattrs(attrs)
+    })
+}
+
+/// Calls a size-probing xattr syscall with a growing buffer.
+fn list(mut f: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>) -> rustix::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        match f(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(e) if e == Errno::RANGE && buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sets the xattrs OSTree recorded on an open file or directory, removing any
+/// others. A filesystem without xattr support is an error only if the tree
+/// actually needs xattrs (verification would fail anyway; this names the cause).
+pub(crate) fn set_fd_xattrs(fd: impl AsFd, xattrs: &Xattrs<'_>, path: &Path) -> Result<()> {
+    let fd = fd.as_fd();
+    let wanted: Vec<(&[u8], &[u8])> = xattrs
+        .iter()
+        .map_err(crate::error::fmt("xattrs"))?
+        .collect::<Result<_, _>>()
+        .map_err(crate::error::fmt("xattrs"))?;
+    if let Ok(existing) = list(|buf| rustix::fs::flistxattr(fd, buf)) {
+        for name in existing.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            if !wanted.iter().any(|(n, _)| *n == name) {
+                if let Ok(c) = CString::new(name) {
+                    let _ = rustix::fs::fremovexattr(fd, c.as_c_str());
+                }
+            }
+        }
+    }
+    for (name, value) in wanted {
+        let c = cstr(name)?;
+        rustix::fs::fsetxattr(fd, c.as_c_str(), value, XattrFlags::empty())
+            .map_err(|e| io("set xattrs on", path)(e.into()))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn set_link_xattrs(path: &Path, xattrs: &Xattrs<'_>) -> Result<()> {
+    for r in xattrs.iter().map_err(crate::error::fmt("xattrs"))? {
+        let (name, value) = r.map_err(crate::error::fmt("xattrs"))?;
+        let c = cstr(name)?;
+        rustix::fs::lsetxattr(path, c.as_c_str(), value, XattrFlags::empty())
+            .map_err(|e| io("set xattrs on", path)(e.into()))?;
+    }
+    Ok(())
+}
+
+fn cstr(name: &[u8]) -> Result<CString> {
+    CString::new(name).map_err(|_| DeployError::Format {
+        what: "xattr name",
+        source: atomup_ostree::Error::Malformed {
+            what: "xattrs",
+            why: "interior NUL",
+        },
+    })
+}
+
+pub(crate) fn owner(uid: u32, gid: u32) -> Result<(rustix::fs::Uid, rustix::fs::Gid)> {
+    // Rule: -1 means "unchanged" to chown(2); an object must name a real owner.
+    if uid == u32::MAX || gid == u32::MAX {
+        return Err(DeployError::BadOwner);
+    }
+    Ok((
+        rustix::fs::Uid::from_raw_unchecked(uid),
+        rustix::fs::Gid::from_raw_unchecked(gid),
+    ))
+}
+
+/// Applies owner then mode (setuid/setgid survive only if set after chown).
+pub(crate) fn set_owner_mode(
+    fd: impl AsFd,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    path: &Path,
+) -> Result<()> {
+    let (u, g) = owner(uid, gid)?;
+    rustix::fs::fchown(fd.as_fd(), Some(u), Some(g)).map_err(|e| io("chown", path)(e.into()))?;
+    rustix::fs::fchmod(fd.as_fd(), Mode::from_raw_mode(mode & 0o7777))
+        .map_err(|e| io("chmod", path)(e.into()))?;
+    Ok(())
+}
+
+/// Removes `name` under `dir`, recursively if it is a directory, never
+/// following symlinks.
+pub(crate) fn remove_entry(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<()> {
+    let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(io("stat", path)(e.into())),
+    };
+    if st.st_mode & S_IFMT == 0o040000 {
+        let sub = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io("open directory", path)(e.into()))?;
+        let names = dir_names(&sub, path)?;
+        for n in names {
+            remove_entry(&sub, &n, &path.join(n.to_string_lossy().as_ref()))?;
+        }
+        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+            .map_err(|e| io("remove directory", path)(e.into()))?;
+    } else {
+        rustix::fs::unlinkat(dir, name, AtFlags::empty())
+            .map_err(|e| io("remove", path)(e.into()))?;
+    }
+    Ok(())
+}
+
+/// Entry names of a directory (without `.` and `..`).
+pub(crate) fn dir_names(dir: &OwnedFd, path: &Path) -> Result<Vec<CString>> {
+    let d = rustix::fs::Dir::read_from(dir).map_err(|e| io("read directory", path)(e.into()))?;
+    let mut out = Vec::new();
+    for e in d {
+        let e = e.map_err(|e| io("read directory", path)(e.into()))?;
+        let n = e.file_name();
+        if n.to_bytes() == b"." || n.to_bytes() == b".." {
+            continue;
+        }
+        out.push(n.to_owned());
+    }
+    Ok(out)
+}
+
+/// Content checksum of a regular file from an open fd: header from fstat and
+/// xattrs, then the data. Returns the id and the data size.
+pub(crate) fn hash_regular(file: &File, path: &Path) -> Result<(ObjectId, u64)> {
+    let st = rustix::fs::fstat(file).map_err(|e| io("stat", path)(e.into()))?;
+    if st.st_mode & S_IFMT != S_IFREG {
+        return Err(DeployError::BadFileType {
+            path: path.to_owned(),
+        });
+    }
+    let x = fd_xattrs(file).map_err(io("read xattrs of", path))?;
+    let header = FileHeader {
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mode: st.st_mode,
+        symlink: "",
+        xattrs: Xattrs::parse(&x).map_err(crate::error::fmt("xattrs"))?,
+    };
+    let mut h = header.content_hasher();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    let mut f = file;
+    loop {
+        let n = f.read(&mut buf).map_err(io("read", path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((finish_id(h), total))
+}
+
+/// Content checksum of a symlink `name` in `dir` (full `path` for xattrs).
+pub(crate) fn hash_symlink(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<(ObjectId, String)> {
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| io("stat", path)(e.into()))?;
+    if st.st_mode & S_IFMT != S_IFLNK {
+        return Err(DeployError::BadFileType {
+            path: path.to_owned(),
+        });
+    }
+    let target = rustix::fs::readlinkat(dir, name, Vec::new())
+        .map_err(|e| io("read link", path)(e.into()))?;
+    let target = target.into_string().map_err(|_| DeployError::BadFileType {
+        path: path.to_owned(),
+    })?;
+    let x = link_xattrs(path).map_err(io("read xattrs of", path))?;
+    let header = FileHeader {
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mode: st.st_mode,
+        symlink: &target,
+        xattrs: Xattrs::parse(&x).map_err(crate::error::fmt("xattrs"))?,
+    };
+    Ok((finish_id(header.content_hasher()), target))
+}
+
+pub(crate) fn cname(name: &str) -> CString {
+    // SafeName guarantees no NUL.
+    CString::new(name).unwrap_or_default()
+}

@@ -2,6 +2,7 @@
 //! command module, and prints an error chain exactly once.
 
 mod delta;
+mod slots;
 
 use std::error::Error;
 use std::process::ExitCode;
@@ -16,6 +17,13 @@ Usage: atomup <command> [options]
 Commands:
   help                 show this text
   version              show the version
+  status [--json]      each slot: booted marker, commit, version, state, attempts
+  mark-good            health passed on the booted slot (confirms a trial)
+  mark-bad             health failed on the booted slot (then reboot)
+  rollback             make the other slot primary (if it is confirmed good)
+  install-start        take a slot out of the boot order before writing it
+  install-done         put a written slot first in order, on trial
+  env                  show / init / set the A/B env variables (host helper)
   delta apply          apply a static delta into a directory and verify it
   delta show           describe a static delta (from/to, parts, signed?)
 
@@ -48,6 +56,7 @@ fn run(args: &mut lexopt::Parser) -> Result {
         "help" => print!("{USAGE}"),
         "version" => println!("atomup {}", env!("CARGO_PKG_VERSION")),
         "delta" => delta::run(args)?,
+        cmd if slots::handles(cmd) => slots::run(cmd, args)?,
         other => return Err(format!("unknown command `{other}` (see `atomup --help`)").into()),
     }
     Ok(())

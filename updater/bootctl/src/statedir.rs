@@ -5,7 +5,7 @@
 //!
 //! | file | format (UTF-8 lines) |
 //! |---|---|
-//! | `slots/A`, `slots/B` | `format=1`, then `commit=<hex>`, `version=<text>`, `timestamp=<RFC 3339>`; unknown keys ignored, missing = unknown |
+//! | `slots/A`, `slots/B` | `format=1`, then `commit=<hex>`, `version=<text>`, `timestamp=<RFC 3339>`, `status=installing` (only between install start and done); unknown keys ignored, missing = unknown |
 //! | `rollbacks` | `format=1`, then one `<unix-seconds> <slot> <commit or -> <version or ->` line per detected rollback |
 //!
 //! A `format` above 1 is refused rather than misread; a file without
@@ -34,6 +34,8 @@ pub struct SlotInfo {
     pub commit: Option<String>,
     pub version: Option<String>,
     pub timestamp: Option<String>,
+    /// `installing` between install start and install done.
+    pub status: Option<String>,
 }
 
 fn check_format(v: &str) -> Result<(), RecordError> {
@@ -65,6 +67,7 @@ pub fn parse_slot_info(bytes: &[u8]) -> Result<SlotInfo, RecordError> {
             "commit" => info.commit = Some(v.to_owned()),
             "version" => info.version = Some(v.to_owned()),
             "timestamp" => info.timestamp = Some(v.to_owned()),
+            "status" => info.status = Some(v.to_owned()),
             _ => {}
         }
     }
@@ -73,7 +76,12 @@ pub fn parse_slot_info(bytes: &[u8]) -> Result<SlotInfo, RecordError> {
 
 pub fn serialize_slot_info(info: &SlotInfo) -> String {
     let mut out = format!("format={FORMAT}\n");
-    for (k, v) in [("commit", &info.commit), ("version", &info.version), ("timestamp", &info.timestamp)] {
+    for (k, v) in [
+        ("commit", &info.commit),
+        ("version", &info.version),
+        ("timestamp", &info.timestamp),
+        ("status", &info.status),
+    ] {
         if let Some(v) = v.as_deref().filter(|v| clean(v)) {
             out.push_str(&format!("{k}={v}\n"));
         }
@@ -192,6 +200,7 @@ mod tests {
             commit: Some("ab".repeat(32)),
             version: Some("1.2.3".into()),
             timestamp: Some("2026-11-22T02:00:00Z".into()),
+            status: None,
         };
         let text = serialize_slot_info(&info);
         assert_eq!(parse_slot_info(text.as_bytes()).unwrap(), info);

@@ -113,7 +113,8 @@ pub use signing::*;
 
 #[cfg(feature = "encode")]
 mod signing {
-    use ed25519_dalek::{Signer, SigningKey};
+    use ed25519_dalek::Signer;
+    pub use ed25519_dalek::SigningKey;
 
     use super::*;
     use crate::gvariant::Member;

@@ -1,6 +1,9 @@
 //! `atomup-publish`, the vendor-side publisher. A host tool: the device binary
 //! never links it, so vendor-only code and errors stay out of the device.
 
+mod keys;
+mod sign;
+
 use std::process::ExitCode;
 
 const USAGE: &str = "\
@@ -11,6 +14,8 @@ Usage: atomup-publish <command> [options]
 Commands:
   help                 show this text
   version              show the version
+  keygen               --secret-out FILE --public-out FILE: new ed25519 key pair
+  sign                 --key SECRET (--delta DIR | --repo REPO --commit CSUM|REF)
 ";
 
 fn main() -> ExitCode {
@@ -29,6 +34,8 @@ fn run(args: &mut lexopt::Parser) -> Result<(), Box<dyn std::error::Error>> {
     match args.next()? {
         Some(Value(cmd)) if cmd == "version" => println!("atomup-publish {}", env!("CARGO_PKG_VERSION")),
         Some(Value(cmd)) if cmd == "help" => print!("{USAGE}"),
+        Some(Value(cmd)) if cmd == "keygen" => keys::keygen(args)?,
+        Some(Value(cmd)) if cmd == "sign" => sign::run(args)?,
         Some(Long("help") | Short('h')) | None => print!("{USAGE}"),
         Some(other) => return Err(other.unexpected().into()),
     }

@@ -4,6 +4,7 @@
 //! freshness, target and rollback rules (TUF's order, applied to one file).
 
 use crate::format::{hex, Delta, FormatError, Release};
+use atomup_ostree::sign::Trust;
 
 /// Signed file = canonical body, then one line per signature.
 pub const SIGNATURE_PREFIX: &str = "signature ed25519 ";
@@ -67,12 +68,9 @@ pub struct Verified {
 }
 
 /// Splits a signed release file and checks its signatures over the exact body
-/// bytes, then parses the body. `trusted`/`revoked` are raw ed25519 public keys.
-pub fn verify_signed(
-    bytes: &[u8],
-    trusted: &[[u8; 32]],
-    revoked: &[[u8; 32]],
-) -> Result<Verified, ReleaseError> {
+/// bytes, then parses the body. Uses the same trusted/revoked key sets as
+/// OSTree commits and deltas.
+pub fn verify_signed(bytes: &[u8], trust: &Trust) -> Result<Verified, ReleaseError> {
     // 1. Size cap before anything else: metadata is small by design.
     let cap = crate::format::MAX_RELEASE_BYTES + MAX_SIGNATURES * 150;
     if bytes.len() > cap {
@@ -81,18 +79,9 @@ pub fn verify_signed(
     let (body, signatures) = split_signatures(bytes)?;
     // 2. Signature over the exact bytes: valid iff any signature verifies with
     //    any trusted key that is not revoked (OSTree's rule for commits too).
-    let keys: Vec<ed25519_dalek::VerifyingKey> = trusted
-        .iter()
-        .filter(|k| !revoked.contains(k))
-        .filter_map(|k| ed25519_dalek::VerifyingKey::from_bytes(k).ok())
-        .collect();
-    let ok = signatures.iter().any(|sig| {
-        let sig = ed25519_dalek::Signature::from_bytes(sig);
-        keys.iter().any(|k| k.verify_strict(body, &sig).is_ok())
-    });
-    if !ok {
-        return Err(ReleaseError::Untrusted);
-    }
+    trust
+        .verify(body, signatures.iter().map(|s| &s[..]))
+        .map_err(|_| ReleaseError::Untrusted)?;
     // 3. Only now parse what the vendor signed.
     let release = Release::parse(body).map_err(ReleaseError::Format)?;
     Ok(Verified { release })
@@ -227,8 +216,16 @@ mod tests {
         out.into_bytes()
     }
 
-    fn trusted() -> [[u8; 32]; 1] {
-        [key(1).verifying_key().to_bytes()]
+    fn public_line(n: u8) -> String {
+        atomup_ostree::sign::key_lines([n; 32]).1
+    }
+
+    fn trusted() -> Trust {
+        Trust::from_key_files(&public_line(1), None).unwrap()
+    }
+
+    fn trusted_but_revoked() -> Trust {
+        Trust::from_key_files(&public_line(1), Some(&public_line(1))).unwrap()
     }
 
     fn facts() -> DeviceFacts<'static> {
@@ -243,14 +240,14 @@ mod tests {
     }
 
     fn verdict(release: &Release, facts: &DeviceFacts<'_>, now: u64) -> Result<(), ReleaseError> {
-        let v = verify_signed(&signed(release, &[&key(1)]), &trusted(), &[])?;
+        let v = verify_signed(&signed(release, &[&key(1)]), &trusted())?;
         check_release(&v, facts, now).map(|_| ())
     }
 
     /// A correctly signed, current release for this device yields the delta from its commit.
     #[test]
     fn valid_release_offers_delta_from_running_commit() {
-        let v = verify_signed(&signed(&sample(), &[&key(1)]), &trusted(), &[]).unwrap();
+        let v = verify_signed(&signed(&sample(), &[&key(1)]), &trusted()).unwrap();
         match check_release(&v, &facts(), 1_700_000_200).unwrap() {
             Offer::Update { delta } => assert_eq!(delta.from, DeltaSource::From([0x11; 32])),
             other => panic!("{other:?}"),
@@ -266,7 +263,7 @@ mod tests {
                 let mut bad = good.clone();
                 bad[i] ^= bit;
                 assert!(
-                    verify_signed(&bad, &trusted(), &[]).is_err(),
+                    verify_signed(&bad, &trusted()).is_err(),
                     "flip {bit:#x} at byte {i} accepted"
                 );
             }
@@ -279,7 +276,7 @@ mod tests {
         let good = signed(&sample(), &[&key(1)]);
         for n in 0..good.len() {
             assert!(
-                verify_signed(&good[..n], &trusted(), &[]).is_err(),
+                verify_signed(&good[..n], &trusted()).is_err(),
                 "prefix {n} accepted"
             );
         }
@@ -290,17 +287,17 @@ mod tests {
     fn unsigned_wrong_key_and_revoked_key_are_refused() {
         let body = sample().to_canonical().into_bytes();
         assert_eq!(
-            verify_signed(&body, &trusted(), &[]).unwrap_err(),
+            verify_signed(&body, &trusted()).unwrap_err(),
             ReleaseError::Unsigned
         );
         let wrong = signed(&sample(), &[&key(2)]);
         assert_eq!(
-            verify_signed(&wrong, &trusted(), &[]).unwrap_err(),
+            verify_signed(&wrong, &trusted()).unwrap_err(),
             ReleaseError::Untrusted
         );
         let good = signed(&sample(), &[&key(1)]);
         assert_eq!(
-            verify_signed(&good, &trusted(), &trusted()).unwrap_err(),
+            verify_signed(&good, &trusted_but_revoked()).unwrap_err(),
             ReleaseError::Untrusted
         );
     }
@@ -309,7 +306,7 @@ mod tests {
     #[test]
     fn any_trusted_signature_suffices() {
         let both = signed(&sample(), &[&key(2), &key(1)]);
-        assert!(verify_signed(&both, &trusted(), &[]).is_ok());
+        assert!(verify_signed(&both, &trusted()).is_ok());
     }
 
     /// Expired metadata is refused, also when the device clock is behind its trusted time.
@@ -383,7 +380,7 @@ mod tests {
             current_commit: [0xab; 32],
             ..facts()
         };
-        let v = verify_signed(&signed(&sample(), &[&key(1)]), &trusted(), &[]).unwrap();
+        let v = verify_signed(&signed(&sample(), &[&key(1)]), &trusted()).unwrap();
         assert_eq!(check_release(&v, &f, 1_700_000_200), Ok(Offer::UpToDate));
         let f = DeviceFacts {
             current_version: 7,
@@ -429,7 +426,7 @@ mod tests {
     /// Trusted time only moves forward.
     #[test]
     fn trusted_time_never_goes_backwards() {
-        let v = verify_signed(&signed(&sample(), &[&key(1)]), &trusted(), &[]).unwrap();
+        let v = verify_signed(&signed(&sample(), &[&key(1)]), &trusted()).unwrap();
         assert_eq!(advance_trusted_time(&v, 0), 1_700_000_000);
         assert_eq!(advance_trusted_time(&v, 1_800_000_000), 1_800_000_000);
     }

@@ -13,16 +13,23 @@ use std::path::PathBuf;
 /// nested `cargo build` would wait forever on the lock `cargo test` holds, so
 /// `./test` builds them first (`cargo build --workspace --bins`).
 pub fn workspace_bin(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let path = target.join("debug").join(name);
+    let path = target_dir().join("debug").join(name);
     assert!(
         path.is_file(),
         "{} is missing: run `cargo build --workspace --bins` before the tests (./test does)",
         path.display()
     );
     path
+}
+
+/// Cargo's target directory. A relative `CARGO_TARGET_DIR` is relative to where
+/// cargo was started (the workspace root), not to the test's working directory.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
 }
 
 /// The workspace's top directory.

@@ -21,7 +21,9 @@ pub struct Nginx {
 impl Nginx {
     pub fn serve(root: &Path, work: &Path) -> Nginx {
         crate::require_tool("nginx");
-        let dir = work.join("nginx");
+        // nginx resolves relative paths against its prefix, not our cwd.
+        let root = std::path::absolute(root).unwrap();
+        let dir = std::path::absolute(work.join("nginx")).unwrap();
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let port = free_port();
         let d = dir.display();

@@ -22,7 +22,10 @@ fn atomup_rejects_unknown_command_with_one_error_line() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("error: unknown command `frobnicate`"), "{err}");
+    assert!(
+        err.starts_with("error: unknown command `frobnicate`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -32,5 +35,7 @@ fn publisher_reports_its_version() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8(out.stdout).unwrap().starts_with("atomup-publish "));
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .starts_with("atomup-publish "));
 }

@@ -3,6 +3,7 @@
 
 use atomup_fetch::{Expect, FetchError, Fetcher, Options};
 use atomup_tests::nginx::{FlakyProxy, Nginx};
+use atomup_tests::ostree_fixture::ScratchDir;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Duration;
@@ -36,46 +37,27 @@ fn expect_of(data: &[u8]) -> Expect {
 }
 
 struct Site {
-    _tmp: TempDir,
+    _tmp: ScratchDir,
     root: std::path::PathBuf,
     cache: std::path::PathBuf,
     nginx: Nginx,
 }
 
 fn site(files: &[(&str, &[u8])]) -> Site {
-    let tmp = TempDir::new();
-    let root = tmp.0.join("repo");
+    let tmp = ScratchDir::new("fetch");
+    let root = tmp.join("repo");
     for (name, data) in files {
         let p = root.join(name);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, data).unwrap();
     }
-    let nginx = Nginx::serve(&root, &tmp.0);
-    let cache = tmp.0.join("cache");
+    let nginx = Nginx::serve(&root, tmp.path());
+    let cache = tmp.join("cache");
     Site {
         root,
         cache,
         nginx,
         _tmp: tmp,
-    }
-}
-
-struct TempDir(std::path::PathBuf);
-impl TempDir {
-    fn new() -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "atomup-fetch-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -15,6 +15,13 @@ pub const MAX_WAVES: usize = 32;
 /// Rollout shares are in basis points: 10000 = the whole fleet.
 pub const FULL_SHARE: u16 = 10_000;
 
+/// Where a channel's current release for a board lives in a repository; the
+/// publisher writes it, devices fetch it. Earlier releases are kept beside it
+/// as `history/<version>` for auditing and pruning.
+pub fn release_path(channel: &str, board: &str) -> String {
+    format!("atomup/{channel}/{board}/release")
+}
+
 /// One release of one board on one channel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Release {

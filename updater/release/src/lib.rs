@@ -9,7 +9,7 @@ pub mod format;
 pub mod rollout;
 
 pub use check::{check_release, DeviceFacts, Offer, ReleaseError};
-pub use format::{Delta, DeltaSource, FormatError, Release, Wave};
+pub use format::{release_path, Delta, DeltaSource, FormatError, Release, Wave};
 pub use rollout::{bucket_of, eligible_at, is_eligible, RolloutSeed};
 
 /// Entry points shared by the cargo-fuzz targets and the corpus replay test.

@@ -287,6 +287,8 @@ pub fn apply(opts: &Options<'_>) -> Result<Stats> {
     let cleanup = fsx::remove_entry(&target_fd, &staging_c, &staging_path);
     built?;
     cleanup?;
+    // Everything written must be on disk before anyone switches slots to it.
+    rustix::fs::syncfs(&target_fd).map_err(|e| io("sync", opts.target)(e.into()))?;
 
     // Rule: the written tree read back from disk must hash to the signed commit.
     let mut cache = HashMap::new();

@@ -397,3 +397,41 @@ fn corrupt_active_root_and_wrong_from_commit() {
     o.from_root = None;
     assert!(matches!(apply(&o), Err(DeployError::NeedFrom { .. })));
 }
+
+/// A file above the fallback size is not in any part: it is imported from the
+/// archive repo's `.filez` (raw deflate), verified, and placed.
+#[test]
+fn fallback_object_from_archive_repo() {
+    let f = fixture("fallback");
+    let t3 = f.base.join("t3");
+    checkout(&f.repo, &f.v2, &t3);
+    write(&t3.join("usr/share/big.bin"), &pseudo_random(1_500_000, 9));
+    let v3 = commit(&f.repo, &t3, "v3");
+    let d = f.base.join("d");
+    // Sizes in MB: the 1.5 MB file becomes a fallback object.
+    delta(&f.repo, Some(&f.v2), &v3, &d, &["--min-fallback-size=1"]);
+    let info = atomup_deploy::show(&d).unwrap();
+    assert_eq!(info.fallbacks.len(), 1);
+    let active = f.base.join("active2");
+    checkout(&f.repo, &f.v2, &active);
+    let target = f.base.join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let mut o = Options {
+        delta: &d,
+        target: &target,
+        from_root: Some(&active),
+        from_meta: Some(&f.repo),
+        fallback_repo: None,
+        meta_out: None,
+        trust: None,
+    };
+    assert!(matches!(
+        apply(&o),
+        Err(DeployError::NeedFallbackRepo { .. })
+    ));
+    o.fallback_repo = Some(&f.repo);
+    apply(&o).unwrap();
+    let reference = f.base.join("ref");
+    checkout(&f.repo, &v3, &reference);
+    assert_same_tree(&target, &reference);
+}

@@ -3,6 +3,7 @@
 //! from the device I/O so every parser is a plain function of its bytes that
 //! tests and fuzzers can drive.
 
+pub mod fuzz;
 pub mod fwconfig;
 pub mod grub;
 pub mod grubab;

@@ -4,7 +4,7 @@
 //! read afterwards is the state before or after the transition, it boots a
 //! good slot, and the real fw_printenv agrees with our reading.
 
-use atomup_bootctl::{failpoint, read, write_state, Bootloader, BootctlError, GrubEnv, UbootEnv};
+use atomup_bootctl::{failpoint, read, write_state, BootctlError, Bootloader, GrubEnv, UbootEnv};
 use atomup_policy::{BootState, Slot};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,7 +21,11 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn st(order: &[Slot], trial: Option<Slot>, left: u8) -> BootState {
-    BootState { order: order.to_vec(), trial, left }
+    BootState {
+        order: order.to_vec(),
+        trial,
+        left,
+    }
 }
 
 /// A device life: each step is the state the agent (or bootloader) writes,
@@ -30,16 +34,16 @@ fn st(order: &[Slot], trial: Option<Slot>, left: u8) -> BootState {
 fn life() -> Vec<(BootState, Option<Slot>)> {
     use Slot::{A, B};
     vec![
-        (st(&[A], None, 0), Some(B)),         // install start into B
-        (st(&[B, A], Some(B), 3), None),      // install done
-        (st(&[B, A], Some(B), 2), None),      // bootloader: trial boot
-        (st(&[B, A], None, 0), None),         // health passed on B
-        (st(&[B], None, 0), Some(A)),         // install start into A
-        (st(&[A, B], Some(A), 1), None),      // install done, 1 attempt
-        (st(&[A, B], Some(A), 0), None),      // bootloader: last attempt
-        (st(&[B], None, 0), None),            // fallback recorded
-        (st(&[B, A], None, 0), None),         // (re-install elided) order back
-        (st(&[A, B], None, 0), None),         // rollback to A
+        (st(&[A], None, 0), Some(B)),    // install start into B
+        (st(&[B, A], Some(B), 3), None), // install done
+        (st(&[B, A], Some(B), 2), None), // bootloader: trial boot
+        (st(&[B, A], None, 0), None),    // health passed on B
+        (st(&[B], None, 0), Some(A)),    // install start into A
+        (st(&[A, B], Some(A), 1), None), // install done, 1 attempt
+        (st(&[A, B], Some(A), 0), None), // bootloader: last attempt
+        (st(&[B], None, 0), None),       // fallback recorded
+        (st(&[B, A], None, 0), None),    // (re-install elided) order back
+        (st(&[A, B], None, 0), None),    // rollback to A
     ]
 }
 
@@ -73,10 +77,20 @@ fn torture(
             assert!(matches!(err, BootctlError::Injected { .. }), "{err}");
             injected += 1;
             let got = read(bl).unwrap().state().unwrap();
-            assert!(got == before || got == next, "cut at {n} writing {next}: read {got}, before {before}");
+            assert!(
+                got == before || got == next,
+                "cut at {n} writing {next}: read {got}, before {before}"
+            );
             let choice = got.boot();
-            assert!(!choice.fallback, "cut at {n} writing {next}: no bootable slot in {got}");
-            assert_ne!(Some(choice.slot), installing, "cut at {n}: would boot the slot being written");
+            assert!(
+                !choice.fallback,
+                "cut at {n} writing {next}: no bootable slot in {got}"
+            );
+            assert_ne!(
+                Some(choice.slot),
+                installing,
+                "cut at {n}: would boot the slot being written"
+            );
             check(bl, &got);
         }
         failpoint::set(None);
@@ -88,8 +102,16 @@ fn torture(
 }
 
 fn printenv_state(cfg: &Path) -> BootState {
-    let out = Command::new("fw_printenv").arg("-c").arg(cfg).output().unwrap();
-    assert!(out.status.success(), "fw_printenv: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("fw_printenv")
+        .arg("-c")
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fw_printenv: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut vars = atomup_bootenv::Vars::default();
     for line in String::from_utf8(out.stdout).unwrap().lines() {
         if let Some((k, v)) = line.split_once('=') {
@@ -109,12 +131,23 @@ fn uboot_redundant_env_survives_a_cut_at_every_write_point() {
     let img = d.join("disk.img");
     std::fs::write(&img, vec![0u8; 0x88000]).unwrap();
     let cfg = d.join("fw_env.config");
-    std::fs::write(&cfg, format!("{0} 0x80000 0x4000\n{0} 0x84000 0x4000\n", img.display())).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{0} 0x80000 0x4000\n{0} 0x84000 0x4000\n", img.display()),
+    )
+    .unwrap();
     let mut env = UbootEnv::from_config_file(&cfg, Path::new("/")).unwrap();
 
     // Cut between the two copies of a provisioning write, and inside each.
     let mut injected = 0;
-    for (n, after) in [(0usize, 1usize), (3, 1), (0x2000, 1), (0, 0), (5, 0), (0x3fff, 0)] {
+    for (n, after) in [
+        (0usize, 1usize),
+        (3, 1),
+        (0x2000, 1),
+        (0, 0),
+        (5, 0),
+        (0x3fff, 0),
+    ] {
         std::fs::write(&img, vec![0u8; 0x88000]).unwrap();
         failpoint::set(Some(&format!("env-write-torn:{n}@{after}")));
         let r = atomup_bootctl::init_state(&mut env, &st(&[Slot::A], None, 0));
@@ -142,7 +175,7 @@ fn uboot_redundant_env_survives_a_cut_at_every_write_point() {
     let mut offsets: Vec<usize> = (0..=12).collect();
     offsets.extend([31, 64, 200, 0x1000, 0x2000, 0x3ffe, 0x3fff, 0x4000]);
     let mut peer_checks = 0;
-    injected += torture(&mut env, &[img.clone()], &offsets, |_, got| {
+    injected += torture(&mut env, std::slice::from_ref(&img), &offsets, |_, got| {
         assert_eq!(&printenv_state(&cfg), got, "fw_printenv disagrees");
         peer_checks += 1;
     });

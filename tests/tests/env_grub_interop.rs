@@ -62,7 +62,10 @@ fn grub_editenv_and_we_read_each_other_byte_for_byte() {
     assert_eq!(parsed.get("nl"), Some("line1\nline2"));
     assert_eq!(parsed.get("ATOMUP_ORDER"), Some("B A"));
     // Our serialization of the same variables is the same 1024 bytes.
-    assert_eq!(text(&grub::serialize(&parsed).unwrap()), text(&theirs_bytes));
+    assert_eq!(
+        text(&grub::serialize(&parsed).unwrap()),
+        text(&theirs_bytes)
+    );
     // Unset in the middle: the block shifts up and is re-padded, as ours.
     editenv(&theirs, &["unset", "weird"]);
     let mut expect = parsed.clone();
@@ -128,7 +131,10 @@ fn sealed_blocks_are_plain_grubenv_and_a_grub_style_decrement_wins() {
             "ATOMUP_SEAL=1:B A:B:3",
         ],
     );
-    assert_eq!(text(&std::fs::read(&fresh).unwrap()), text(&std::fs::read(&f1).unwrap()));
+    assert_eq!(
+        text(&std::fs::read(&fresh).unwrap()),
+        text(&std::fs::read(&f1).unwrap())
+    );
     // GRUB's trial boot: save_env into the NON-current block (block 2) with
     // the same SEQ, LEFT-1 and a new seal.
     editenv(

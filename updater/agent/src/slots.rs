@@ -39,7 +39,10 @@ env subcommands:
 ";
 
 pub fn handles(command: &str) -> bool {
-    matches!(command, "status" | "mark-good" | "mark-bad" | "rollback" | "install-start" | "install-done" | "env")
+    matches!(
+        command,
+        "status" | "mark-good" | "mark-bad" | "rollback" | "install-start" | "install-done" | "env"
+    )
 }
 
 #[derive(Default)]
@@ -76,11 +79,19 @@ fn parse(command: &str, args: &mut lexopt::Parser) -> Result<Opts> {
             Long("booted-slot") => o.booted = Some(slot_arg(args.value()?.string()?)?),
             Long("state-dir") => o.state_dir = Some(args.value()?.into()),
             Long("json") if command == "status" => o.json = true,
-            Long("slot") if command.starts_with("install-") => o.slot = Some(slot_arg(args.value()?.string()?)?),
-            Long("attempts") if command == "install-done" => o.attempts = Some(args.value()?.parse()?),
+            Long("slot") if command.starts_with("install-") => {
+                o.slot = Some(slot_arg(args.value()?.string()?)?)
+            }
+            Long("attempts") if command == "install-done" => {
+                o.attempts = Some(args.value()?.parse()?)
+            }
             Long("commit") if command == "install-done" => o.commit = Some(args.value()?.string()?),
-            Long("version") if command == "install-done" => o.version = Some(args.value()?.string()?),
-            Long("timestamp") if command == "install-done" => o.timestamp = Some(args.value()?.string()?),
+            Long("version") if command == "install-done" => {
+                o.version = Some(args.value()?.string()?)
+            }
+            Long("timestamp") if command == "install-done" => {
+                o.timestamp = Some(args.value()?.string()?)
+            }
             Long("order") if command == "env" => o.order = Some(args.value()?.string()?),
             Long("trial") if command == "env" => o.trial = Some(args.value()?.string()?),
             Long("left") if command == "env" => o.left = Some(args.value()?.parse()?),
@@ -96,7 +107,11 @@ fn parse(command: &str, args: &mut lexopt::Parser) -> Result<Opts> {
 }
 
 fn bootloader(o: &Opts) -> Result<Box<dyn Bootloader>> {
-    let chosen = [o.env_config.is_some(), o.env_image.is_some(), o.grubenv.is_some()];
+    let chosen = [
+        o.env_config.is_some(),
+        o.env_image.is_some(),
+        o.grubenv.is_some(),
+    ];
     if chosen.iter().filter(|&&c| c).count() > 1 {
         return Err("give only one of --env-config, --env-image, --grubenv".into());
     }
@@ -106,14 +121,20 @@ fn bootloader(o: &Opts) -> Result<Box<dyn Bootloader>> {
     if let Some(p) = &o.env_image {
         return Ok(Box::new(UbootEnv::qemu_image(p)));
     }
-    let cfg = o.env_config.clone().unwrap_or_else(|| PathBuf::from("/etc/fw_env.config"));
+    let cfg = o
+        .env_config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/etc/fw_env.config"));
     let base = std::env::current_dir()?;
     Ok(Box::new(UbootEnv::from_config_file(&cfg, &base)?))
 }
 
 fn booted(o: &Opts) -> Result<cmdline::Booted> {
     if let Some(s) = o.booted {
-        return Ok(cmdline::Booted { slot: Some(s), ..Default::default() });
+        return Ok(cmdline::Booted {
+            slot: Some(s),
+            ..Default::default()
+        });
     }
     match std::fs::read_to_string("/proc/cmdline") {
         Ok(text) => Ok(cmdline::parse(&text)),
@@ -122,13 +143,15 @@ fn booted(o: &Opts) -> Result<cmdline::Booted> {
 }
 
 fn require_booted(o: &Opts) -> Result<Slot> {
-    booted(o)?
-        .slot
-        .ok_or_else(|| "booted slot unknown: no atomup.slot= on the kernel command line (use --booted-slot)".into())
+    booted(o)?.slot.ok_or_else(|| {
+        "booted slot unknown: no atomup.slot= on the kernel command line (use --booted-slot)".into()
+    })
 }
 
 fn state_dir_path(o: &Opts) -> PathBuf {
-    o.state_dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/atomup"))
+    o.state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/atomup"))
 }
 
 fn state_dir(o: &Opts) -> StateDir {
@@ -136,7 +159,10 @@ fn state_dir(o: &Opts) -> StateDir {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub fn run(command: &str, args: &mut lexopt::Parser) -> Result {
@@ -159,7 +185,10 @@ pub fn run(command: &str, args: &mut lexopt::Parser) -> Result {
             let state = atomup_bootctl::read(bl)?.state()?;
             let next = state.rollback(slot)?;
             atomup_bootctl::write_state(bl, &next)?;
-            println!("rollback: slot {} boots next ({next}); reboot to switch", !slot);
+            println!(
+                "rollback: slot {} boots next ({next}); reboot to switch",
+                !slot
+            );
             Ok(())
         }
         "install-start" => {
@@ -171,7 +200,10 @@ pub fn run(command: &str, args: &mut lexopt::Parser) -> Result {
             atomup_bootctl::write_state(bl, &next)?;
             // Only where an agent state dir exists (not on a build host).
             if state_dir_path(&o).exists() {
-                let info = SlotInfo { status: Some("installing".into()), ..Default::default() };
+                let info = SlotInfo {
+                    status: Some("installing".into()),
+                    ..Default::default()
+                };
                 state_dir(&o).write_slot_info(x, &info)?;
             }
             println!("install started into slot {x} ({next})");
@@ -203,7 +235,11 @@ fn mark_good(o: &Opts, bl: &mut dyn Bootloader) -> Result {
     let slot = require_booted(o)?;
     let mut state = atomup_bootctl::read(bl)?.state()?;
     if let BootOutcome::Fallback { failed, write } = state.after_boot(slot) {
-        let info = state_dir(o).slot_info(failed).ok().flatten().unwrap_or_default();
+        let info = state_dir(o)
+            .slot_info(failed)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         atomup_bootctl::write_state(bl, &write)?;
         state_dir(o).record_rollback(&RollbackRecord {
             at: now(),
@@ -211,7 +247,9 @@ fn mark_good(o: &Opts, bl: &mut dyn Bootloader) -> Result {
             commit: info.commit,
             version: info.version,
         })?;
-        println!("rollback detected: slot {failed} ran out of attempts, slot {slot} booted; recorded");
+        println!(
+            "rollback detected: slot {failed} ran out of attempts, slot {slot} booted; recorded"
+        );
         state = write;
     }
     match state.health_passed(slot) {
@@ -252,7 +290,10 @@ fn env_cmd(o: &Opts, bl: &mut dyn Bootloader) -> Result {
             let trial = match o.trial.as_deref() {
                 None => cur.trial,
                 Some("none") | Some("") => None,
-                Some(t) => Some(Slot::parse(t).ok_or_else(|| format!("--trial must be A, B or none, got `{t}`"))?),
+                Some(t) => Some(
+                    Slot::parse(t)
+                        .ok_or_else(|| format!("--trial must be A, B or none, got `{t}`"))?,
+                ),
             };
             let state = state_from(&order, trial, o.left.unwrap_or(cur.left))?;
             atomup_bootctl::write_state(bl, &state)?;
@@ -300,22 +341,52 @@ fn status(o: &Opts, bl: &mut dyn Bootloader) -> Result {
                 ("good", None)
             } else if info.as_ref().and_then(|i| i.status.as_deref()) == Some("installing") {
                 ("installing", None)
-            } else if info.is_some() || state.trial == Some(s) || rollbacks.iter().any(|r| r.slot == s) {
+            } else if info.is_some()
+                || state.trial == Some(s)
+                || rollbacks.iter().any(|r| r.slot == s)
+            {
                 ("bad", None)
             } else {
                 ("-", None)
             };
-            SlotRow { slot: s, booted: b.slot == Some(s), state: st, attempts, info: info.unwrap_or_default() }
+            SlotRow {
+                slot: s,
+                booted: b.slot == Some(s),
+                state: st,
+                attempts,
+                info: info.unwrap_or_default(),
+            }
         })
         .collect();
-    let fallback_pending = b.slot.map(|s| matches!(state.after_boot(s), BootOutcome::Fallback { .. })).unwrap_or(false);
+    let fallback_pending = b
+        .slot
+        .map(|s| matches!(state.after_boot(s), BootOutcome::Fallback { .. }))
+        .unwrap_or(false);
     if o.json {
-        print!("{}", status_json(&b, env_valid, &state, &rows, fallback_pending, &rollbacks));
+        print!(
+            "{}",
+            status_json(&b, env_valid, &state, &rows, fallback_pending, &rollbacks)
+        );
         return Ok(());
     }
     let order: Vec<&str> = state.order.iter().map(|s| s.letter()).collect();
-    println!("Env: {}{}", bl.describe(), if env_valid { "" } else { " (NO VALID ENV: bootloader falls back to A)" });
-    println!("Boot order: {}", if order.is_empty() { "-".to_owned() } else { order.join(" ") });
+    println!(
+        "Env: {}{}",
+        bl.describe(),
+        if env_valid {
+            ""
+        } else {
+            " (NO VALID ENV: bootloader falls back to A)"
+        }
+    );
+    println!(
+        "Boot order: {}",
+        if order.is_empty() {
+            "-".to_owned()
+        } else {
+            order.join(" ")
+        }
+    );
     for r in &rows {
         let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         println!("{} {}", if r.booted { "●" } else { " " }, r.slot);
@@ -323,10 +394,15 @@ fn status(o: &Opts, bl: &mut dyn Bootloader) -> Result {
         println!("       Commit: {}", dash(&r.info.commit));
         println!("      Version: {}", dash(&r.info.version));
         println!("    Timestamp: {}", dash(&r.info.timestamp));
-        println!("     Attempts: {}", r.attempts.map_or("-".into(), |a| a.to_string()));
+        println!(
+            "     Attempts: {}",
+            r.attempts.map_or("-".into(), |a| a.to_string())
+        );
     }
     if fallback_pending {
-        println!("Fallback: the trial slot ran out of attempts; `atomup mark-good` records the rollback");
+        println!(
+            "Fallback: the trial slot ran out of attempts; `atomup mark-good` records the rollback"
+        );
     }
     if b.fallback {
         println!("Booted by the bootloader's last-resort fallback (no valid slot in the env)");
@@ -366,7 +442,11 @@ fn status_json(
     fallback_pending: bool,
     rollbacks: &[RollbackRecord],
 ) -> String {
-    let order: Vec<String> = state.order.iter().map(|s| json_str(Some(s.letter()))).collect();
+    let order: Vec<String> = state
+        .order
+        .iter()
+        .map(|s| json_str(Some(s.letter())))
+        .collect();
     let slots: Vec<String> = rows
         .iter()
         .map(|r| {

@@ -34,7 +34,14 @@ mod tests {
     #[test]
     fn slot_and_flags_come_from_the_command_line() {
         let b = parse("console=ttyAMA0 root=/dev/vda3 atomup.slot=B atomup.trial=1\n");
-        assert_eq!(b, Booted { slot: Some(Slot::B), trial: true, fallback: false });
+        assert_eq!(
+            b,
+            Booted {
+                slot: Some(Slot::B),
+                trial: true,
+                fallback: false
+            }
+        );
         assert_eq!(parse("atomup.slot=C").slot, None);
         assert_eq!(parse("").slot, None);
         assert!(parse("atomup.slot=A atomup.fallback=1").fallback);

@@ -33,7 +33,12 @@ mod imp {
     /// For the next write: `Some(n)` = write only n bytes then fail.
     pub fn next_write() -> Option<usize> {
         let mut g = STATE.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = g.get_or_insert_with(|| std::env::var("ATOMUP_FAILPOINT").ok().as_deref().and_then(parse));
+        let slot = g.get_or_insert_with(|| {
+            std::env::var("ATOMUP_FAILPOINT")
+                .ok()
+                .as_deref()
+                .and_then(parse)
+        });
         let torn = slot.as_mut()?;
         if torn.skip > 0 {
             torn.skip -= 1;

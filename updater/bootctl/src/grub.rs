@@ -8,7 +8,7 @@
 //! is never touched either way.
 
 use crate::io::{io_err, replace_file, write_at};
-use crate::{Bootloader, BootctlError};
+use crate::{BootctlError, Bootloader};
 use atomup_bootenv::grub::BLOCK_SIZE;
 use atomup_bootenv::grubab::{self, Pair};
 use atomup_bootenv::Vars;
@@ -24,7 +24,9 @@ impl GrubEnv {
     pub fn new(path: &Path) -> GrubEnv {
         let mut second = path.as_os_str().to_os_string();
         second.push("2");
-        GrubEnv { files: [path.to_path_buf(), PathBuf::from(second)] }
+        GrubEnv {
+            files: [path.to_path_buf(), PathBuf::from(second)],
+        }
     }
 
     pub fn files(&self) -> &[PathBuf; 2] {
@@ -41,13 +43,18 @@ impl GrubEnv {
     }
 
     pub fn read_pair(&self) -> Result<Pair, BootctlError> {
-        Ok(Pair::parse(&Self::read_block(&self.files[0])?, &Self::read_block(&self.files[1])?))
+        Ok(Pair::parse(
+            &Self::read_block(&self.files[0])?,
+            &Self::read_block(&self.files[1])?,
+        ))
     }
 
     fn write_block(&self, index: usize, vars: &Vars, seq: u64) -> Result<(), BootctlError> {
         let path = &self.files[index % 2];
-        let block = grubab::serialize_sealed(vars, seq)
-            .map_err(|source| BootctlError::Format { what: "serializing grubenv", source: source.into() })?;
+        let block = grubab::serialize_sealed(vars, seq).map_err(|source| BootctlError::Format {
+            what: "serializing grubenv",
+            source: source.into(),
+        })?;
         let existing = std::fs::metadata(path).map(|m| m.len()).ok();
         if existing == Some(BLOCK_SIZE as u64) {
             write_at(path, 0, &block, false)
@@ -73,6 +80,10 @@ impl Bootloader for GrubEnv {
     }
 
     fn describe(&self) -> String {
-        format!("GRUB env {} + {}", self.files[0].display(), self.files[1].display())
+        format!(
+            "GRUB env {} + {}",
+            self.files[0].display(),
+            self.files[1].display()
+        )
     }
 }

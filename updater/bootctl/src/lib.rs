@@ -22,13 +22,26 @@ pub use uboot::UbootEnv;
 #[derive(Debug, thiserror::Error)]
 pub enum BootctlError {
     #[error("{what} ({path})")]
-    Io { path: PathBuf, what: &'static str, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("invalid env config {path}")]
-    Config { path: PathBuf, source: atomup_bootenv::ConfigError },
+    Config {
+        path: PathBuf,
+        source: atomup_bootenv::ConfigError,
+    },
     #[error("{what}")]
-    Format { what: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
+    Format {
+        what: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("invalid agent record {path}")]
-    Record { path: PathBuf, source: statedir::RecordError },
+    Record {
+        path: PathBuf,
+        source: statedir::RecordError,
+    },
     #[error("unsupported: {0}")]
     Unsupported(String),
     #[error("injected power cut after {written} bytes of a write to {path}")]
@@ -78,7 +91,10 @@ pub fn write_state(bl: &mut dyn Bootloader, state: &BootState) -> Result<(), Boo
     let mut vars = bl.read()?.unwrap_or_default();
     state
         .apply_to(&mut vars)
-        .map_err(|source| BootctlError::Format { what: "setting the A/B variables", source: source.into() })?;
+        .map_err(|source| BootctlError::Format {
+            what: "setting the A/B variables",
+            source: source.into(),
+        })?;
     bl.write(&vars)
 }
 
@@ -87,7 +103,10 @@ pub fn init_state(bl: &mut dyn Bootloader, state: &BootState) -> Result<(), Boot
     let mut vars = Vars::default();
     state
         .apply_to(&mut vars)
-        .map_err(|source| BootctlError::Format { what: "setting the A/B variables", source: source.into() })?;
+        .map_err(|source| BootctlError::Format {
+            what: "setting the A/B variables",
+            source: source.into(),
+        })?;
     bl.init(&vars)
 }
 
@@ -104,7 +123,11 @@ mod tests {
     }
 
     fn st(order: &[Slot], trial: Option<Slot>, left: u8) -> BootState {
-        BootState { order: order.to_vec(), trial, left }
+        BootState {
+            order: order.to_vec(),
+            trial,
+            left,
+        }
     }
 
     #[test]
@@ -126,7 +149,10 @@ mod tests {
         assert_eq!(r.copies[0].as_ref().unwrap().flags, Some(3));
         let v = r.vars().unwrap();
         assert_eq!(v.get("bootdelay"), Some("0"));
-        assert_eq!(read(&mut env).unwrap().state().unwrap(), st(&[Slot::B, Slot::A], Some(Slot::B), 3));
+        assert_eq!(
+            read(&mut env).unwrap().state().unwrap(),
+            st(&[Slot::B, Slot::A], Some(Slot::B), 3)
+        );
     }
 
     #[test]
@@ -139,16 +165,26 @@ mod tests {
         write_state(&mut env, &st(&[Slot::A], None, 0)).unwrap();
         let p = env.read_pair().unwrap();
         assert_eq!((p.current, p.current().unwrap().seq), (Some(1), 2));
-        assert_eq!(read(&mut env).unwrap().state().unwrap(), st(&[Slot::A], None, 0));
+        assert_eq!(
+            read(&mut env).unwrap().state().unwrap(),
+            st(&[Slot::A], None, 0)
+        );
     }
 
     #[test]
     fn config_with_relative_paths_resolves_against_the_base() {
         let d = tmpdir("cfg");
         std::fs::write(d.join("env.bin"), vec![0u8; 0x2000]).unwrap();
-        std::fs::write(d.join("fw_env.config"), "env.bin 0x0 0x1000\nenv.bin 0x1000 0x1000\n").unwrap();
+        std::fs::write(
+            d.join("fw_env.config"),
+            "env.bin 0x0 0x1000\nenv.bin 0x1000 0x1000\n",
+        )
+        .unwrap();
         let mut env = UbootEnv::from_config_file(&d.join("fw_env.config"), &d).unwrap();
         init_state(&mut env, &st(&[Slot::A], None, 0)).unwrap();
-        assert_eq!(read(&mut env).unwrap().state().unwrap(), st(&[Slot::A], None, 0));
+        assert_eq!(
+            read(&mut env).unwrap().state().unwrap(),
+            st(&[Slot::A], None, 0)
+        );
     }
 }

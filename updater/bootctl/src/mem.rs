@@ -1,7 +1,7 @@
 //! An in-memory bootloader for tests of the agent logic: the same trait,
 //! no disk, and a count of writes so tests can prove "nothing written".
 
-use crate::{Bootloader, BootctlError};
+use crate::{BootctlError, Bootloader};
 use atomup_bootenv::Vars;
 
 #[derive(Debug, Clone, Default)]

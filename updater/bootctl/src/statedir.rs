@@ -110,7 +110,9 @@ pub fn parse_rollbacks(bytes: &[u8]) -> Result<Vec<RollbackRecord>, RecordError>
             continue;
         }
         let f: Vec<&str> = line.split(' ').collect();
-        let [at, slot, commit, version] = f.as_slice() else { return Err(RecordError::Line(i + 1)) };
+        let [at, slot, commit, version] = f.as_slice() else {
+            return Err(RecordError::Line(i + 1));
+        };
         let opt = |s: &str| (s != "-").then(|| s.to_owned());
         out.push(RollbackRecord {
             at: at.parse().map_err(|_| RecordError::Line(i + 1))?,
@@ -130,7 +132,9 @@ pub struct StateDir {
 
 impl StateDir {
     pub fn new(root: &Path) -> StateDir {
-        StateDir { root: root.to_path_buf() }
+        StateDir {
+            root: root.to_path_buf(),
+        }
     }
 
     fn slot_path(&self, slot: Slot) -> PathBuf {
@@ -145,7 +149,9 @@ impl StateDir {
     pub fn slot_info(&self, slot: Slot) -> Result<Option<SlotInfo>, BootctlError> {
         let path = self.slot_path(slot);
         match std::fs::read(&path) {
-            Ok(b) => parse_slot_info(&b).map(Some).map_err(|source| BootctlError::Record { path, source }),
+            Ok(b) => parse_slot_info(&b)
+                .map(Some)
+                .map_err(|source| BootctlError::Record { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path, "reading the slot record")(e)),
         }
@@ -170,7 +176,8 @@ impl StateDir {
     /// Appends one rollback record and syncs it.
     pub fn record_rollback(&self, r: &RollbackRecord) -> Result<(), BootctlError> {
         let path = self.rollbacks_path();
-        std::fs::create_dir_all(&self.root).map_err(io_err(&self.root, "creating the state dir"))?;
+        std::fs::create_dir_all(&self.root)
+            .map_err(io_err(&self.root, "creating the state dir"))?;
         let fresh = !path.exists();
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -178,15 +185,26 @@ impl StateDir {
             .open(&path)
             .map_err(io_err(&path, "opening the rollback records"))?;
         let word = |v: &Option<String>| {
-            v.as_deref().filter(|v| clean(v) && !v.contains(' ')).unwrap_or("-").to_owned()
+            v.as_deref()
+                .filter(|v| clean(v) && !v.contains(' '))
+                .unwrap_or("-")
+                .to_owned()
         };
         let mut line = String::new();
         if fresh {
             line.push_str(&format!("format={FORMAT}\n"));
         }
-        line.push_str(&format!("{} {} {} {}\n", r.at, r.slot, word(&r.commit), word(&r.version)));
-        f.write_all(line.as_bytes()).map_err(io_err(&path, "appending a rollback record"))?;
-        f.sync_all().map_err(io_err(&path, "syncing the rollback records"))
+        line.push_str(&format!(
+            "{} {} {} {}\n",
+            r.at,
+            r.slot,
+            word(&r.commit),
+            word(&r.version)
+        ));
+        f.write_all(line.as_bytes())
+            .map_err(io_err(&path, "appending a rollback record"))?;
+        f.sync_all()
+            .map_err(io_err(&path, "syncing the rollback records"))
     }
 }
 
@@ -206,8 +224,14 @@ mod tests {
         assert_eq!(parse_slot_info(text.as_bytes()).unwrap(), info);
         let more = format!("{text}future=thing\n");
         assert_eq!(parse_slot_info(more.as_bytes()).unwrap(), info);
-        assert_eq!(parse_slot_info(b"format=2\n"), Err(RecordError::Format("2".into())));
-        assert_eq!(parse_slot_info(b"format=1\nnoequals\n"), Err(RecordError::Line(2)));
+        assert_eq!(
+            parse_slot_info(b"format=2\n"),
+            Err(RecordError::Format("2".into()))
+        );
+        assert_eq!(
+            parse_slot_info(b"format=1\nnoequals\n"),
+            Err(RecordError::Line(2))
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! copy cannot be made crash-safe and is supported for existing boards only.
 
 use crate::io::{read_at, write_at};
-use crate::{Bootloader, BootctlError};
+use crate::{BootctlError, Bootloader};
 use atomup_bootenv::uboot::{self, FlagScheme, Layout, Redundant};
 use atomup_bootenv::{EnvDevice, FwEnvConfig, Vars};
 use std::path::{Path, PathBuf};
@@ -23,7 +23,10 @@ impl UbootEnv {
     /// Reads an fw_env.config; relative device paths resolve against `base`.
     pub fn from_config_file(path: &Path, base: &Path) -> Result<UbootEnv, BootctlError> {
         let text = std::fs::read(path).map_err(crate::io::io_err(path, "reading fw_env.config"))?;
-        let cfg = FwEnvConfig::parse(&text).map_err(|source| BootctlError::Config { path: path.to_path_buf(), source })?;
+        let cfg = FwEnvConfig::parse(&text).map_err(|source| BootctlError::Config {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_config(cfg, base)
     }
 
@@ -32,13 +35,21 @@ impl UbootEnv {
             // MTD flash needs erase-before-write and the boolean flag scheme,
             // which this backend does not drive.
             if d.path.starts_with("/dev/mtd") || d.path.starts_with("/dev/ubi") {
-                return Err(BootctlError::Unsupported(format!("MTD/UBI env device {}", d.path)));
+                return Err(BootctlError::Unsupported(format!(
+                    "MTD/UBI env device {}",
+                    d.path
+                )));
             }
-            if usize::try_from(d.size).map_or(true, |s| s < uboot::MIN_COPY_SIZE || s > 16 << 20) {
+            if !usize::try_from(d.size)
+                .is_ok_and(|s| (uboot::MIN_COPY_SIZE..=16 << 20).contains(&s))
+            {
                 return Err(BootctlError::Unsupported(format!("env size {:#x}", d.size)));
             }
         }
-        Ok(UbootEnv { devices: cfg.devices, base: base.to_path_buf() })
+        Ok(UbootEnv {
+            devices: cfg.devices,
+            base: base.to_path_buf(),
+        })
     }
 
     /// The QEMU layout: both copies in one image at 0x80000 and 0x84000.
@@ -50,7 +61,10 @@ impl UbootEnv {
             erase_size: None,
             sectors: None,
         };
-        UbootEnv { devices: vec![dev(0x80000), dev(0x84000)], base: PathBuf::from(".") }
+        UbootEnv {
+            devices: vec![dev(0x80000), dev(0x84000)],
+            base: PathBuf::from("."),
+        }
     }
 
     fn path(&self, d: &EnvDevice) -> PathBuf {
@@ -77,15 +91,29 @@ impl UbootEnv {
     /// Both copies parsed (redundant envs only).
     pub fn read_redundant(&self) -> Result<Redundant, BootctlError> {
         match self.devices.as_slice() {
-            [a, b] => Ok(Redundant::parse(&self.read_raw(a)?, &self.read_raw(b)?, FlagScheme::Incremental)),
-            _ => Err(BootctlError::Unsupported("single-copy env has no second copy".into())),
+            [a, b] => Ok(Redundant::parse(
+                &self.read_raw(a)?,
+                &self.read_raw(b)?,
+                FlagScheme::Incremental,
+            )),
+            _ => Err(BootctlError::Unsupported(
+                "single-copy env has no second copy".into(),
+            )),
         }
     }
 
     fn write_copy(&self, index: usize, vars: &Vars, flags: u8) -> Result<(), BootctlError> {
-        let d = self.devices.get(index).ok_or_else(|| BootctlError::Unsupported("missing env copy".into()))?;
-        let bytes = uboot::serialize_copy(vars, self.layout(), Self::size(d), flags)
-            .map_err(|source| BootctlError::Format { what: "serializing the U-Boot env", source: source.into() })?;
+        let d = self
+            .devices
+            .get(index)
+            .ok_or_else(|| BootctlError::Unsupported("missing env copy".into()))?;
+        let bytes =
+            uboot::serialize_copy(vars, self.layout(), Self::size(d), flags).map_err(|source| {
+                BootctlError::Format {
+                    what: "serializing the U-Boot env",
+                    source: source.into(),
+                }
+            })?;
         write_at(&self.path(d), d.offset, &bytes, true)
     }
 }
@@ -93,7 +121,9 @@ impl UbootEnv {
 impl Bootloader for UbootEnv {
     fn read(&mut self) -> Result<Option<Vars>, BootctlError> {
         match self.devices.as_slice() {
-            [single] => Ok(uboot::parse_copy(&self.read_raw(single)?, Layout::Single).ok().map(|c| c.vars)),
+            [single] => Ok(uboot::parse_copy(&self.read_raw(single)?, Layout::Single)
+                .ok()
+                .map(|c| c.vars)),
             _ => Ok(self.read_redundant()?.vars().cloned()),
         }
     }
@@ -118,8 +148,11 @@ impl Bootloader for UbootEnv {
     }
 
     fn describe(&self) -> String {
-        let copies: Vec<String> =
-            self.devices.iter().map(|d| format!("{}@{:#x}+{:#x}", self.path(d).display(), d.offset, d.size)).collect();
+        let copies: Vec<String> = self
+            .devices
+            .iter()
+            .map(|d| format!("{}@{:#x}+{:#x}", self.path(d).display(), d.offset, d.size))
+            .collect();
         format!("U-Boot env {}", copies.join(", "))
     }
 }

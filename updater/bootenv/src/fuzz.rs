@@ -12,8 +12,9 @@ pub fn uboot_env(data: &[u8]) {
     }
     for layout in [uboot::Layout::Single, uboot::Layout::Redundant] {
         if let Ok(copy) = uboot::parse_copy(data, layout) {
-            let bytes = uboot::serialize_copy(&copy.vars, layout, data.len(), copy.flags.unwrap_or(0))
-                .expect("a parsed copy fits its own size");
+            let bytes =
+                uboot::serialize_copy(&copy.vars, layout, data.len(), copy.flags.unwrap_or(0))
+                    .expect("a parsed copy fits its own size");
             assert_eq!(uboot::parse_copy(&bytes, layout).as_ref(), Ok(&copy));
         }
     }
@@ -44,7 +45,9 @@ pub fn grub_env(data: &[u8]) {
     let (index, seq) = pair.next_write();
     if let Some(cur) = pair.current {
         assert_ne!(index, cur, "a write must never target the current block");
-        assert!(pair.current().map_or(false, |c| seq > c.seq || c.seq == u64::MAX));
+        assert!(pair
+            .current()
+            .is_some_and(|c| seq > c.seq || c.seq == u64::MAX));
     }
 }
 
@@ -52,6 +55,9 @@ pub fn grub_env(data: &[u8]) {
 pub fn fw_env_config(data: &[u8]) {
     if let Ok(c) = FwEnvConfig::parse(data) {
         assert!(matches!(c.devices.len(), 1 | 2));
-        assert_eq!(FwEnvConfig::parse(c.serialize().as_bytes()).as_ref(), Ok(&c));
+        assert_eq!(
+            FwEnvConfig::parse(c.serialize().as_bytes()).as_ref(),
+            Ok(&c)
+        );
     }
 }

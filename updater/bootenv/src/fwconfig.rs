@@ -55,8 +55,12 @@ impl FwEnvConfig {
             }
             let mut fields = line.split_ascii_whitespace();
             let Some(path) = fields.next() else { continue };
-            let Some(offset) = fields.next().and_then(parse_c_int) else { continue };
-            let Some(size) = fields.next().and_then(parse_hex) else { continue };
+            let Some(offset) = fields.next().and_then(parse_c_int) else {
+                continue;
+            };
+            let Some(size) = fields.next().and_then(parse_hex) else {
+                continue;
+            };
             if offset < 0 {
                 return Err(ConfigError::NegativeOffset { line: lineno });
             }
@@ -124,7 +128,10 @@ fn parse_c_int(tok: &str) -> Option<i64> {
 
 /// C `%zx`: hexadecimal with an optional `0x`.
 fn parse_hex(tok: &str) -> Option<u64> {
-    let body = tok.strip_prefix("0x").or_else(|| tok.strip_prefix("0X")).unwrap_or(tok);
+    let body = tok
+        .strip_prefix("0x")
+        .or_else(|| tok.strip_prefix("0X"))
+        .unwrap_or(tok);
     if body.is_empty() || !body.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
@@ -150,7 +157,10 @@ mod tests {
         let c = FwEnvConfig::parse(b"/dev/mtd1 4096 4000 10000 2\n").unwrap();
         assert!(!c.redundant());
         let d = &c.devices[0];
-        assert_eq!((d.offset, d.size, d.erase_size, d.sectors), (4096, 0x4000, Some(0x10000), Some(2)));
+        assert_eq!(
+            (d.offset, d.size, d.erase_size, d.sectors),
+            (4096, 0x4000, Some(0x10000), Some(2))
+        );
         let c = FwEnvConfig::parse(b"/dev/mmcblk0 010 0x20 # comment\n").unwrap();
         assert_eq!(c.devices[0].offset, 8);
         assert_eq!(c.devices[0].erase_size, None);
@@ -158,17 +168,30 @@ mod tests {
 
     #[test]
     fn unparsable_lines_are_ignored_and_a_third_device_is_not_read() {
-        let c = FwEnvConfig::parse(b"\n  \njunk\nx y z\na 0 0x10\nb 0x10 0x10\nc 0x20 0x10\n").unwrap();
+        let c =
+            FwEnvConfig::parse(b"\n  \njunk\nx y z\na 0 0x10\nb 0x10 0x10\nc 0x20 0x10\n").unwrap();
         assert_eq!(c.devices.len(), 2);
         assert_eq!(c.devices[1].path, "b");
     }
 
     #[test]
     fn broken_configs_are_errors() {
-        assert_eq!(FwEnvConfig::parse(b"# nothing\n"), Err(ConfigError::NoDevice));
-        assert_eq!(FwEnvConfig::parse(b"a 0 0\n"), Err(ConfigError::ZeroSize { line: 1 }));
-        assert_eq!(FwEnvConfig::parse(b"a -5 10\n"), Err(ConfigError::NegativeOffset { line: 1 }));
-        assert_eq!(FwEnvConfig::parse(b"a 0 10\nb 0 20\n"), Err(ConfigError::SizeMismatch(0x10, 0x20)));
+        assert_eq!(
+            FwEnvConfig::parse(b"# nothing\n"),
+            Err(ConfigError::NoDevice)
+        );
+        assert_eq!(
+            FwEnvConfig::parse(b"a 0 0\n"),
+            Err(ConfigError::ZeroSize { line: 1 })
+        );
+        assert_eq!(
+            FwEnvConfig::parse(b"a -5 10\n"),
+            Err(ConfigError::NegativeOffset { line: 1 })
+        );
+        assert_eq!(
+            FwEnvConfig::parse(b"a 0 10\nb 0 20\n"),
+            Err(ConfigError::SizeMismatch(0x10, 0x20))
+        );
         assert_eq!(FwEnvConfig::parse(b"\xff"), Err(ConfigError::NotUtf8));
         assert!(FwEnvConfig::parse(b"a 99999999999999999999999 10\n").is_err());
     }

@@ -50,7 +50,8 @@ pub fn seal(seq: &str, order: &str, trial: &str, left: &str) -> String {
 /// Decimal without sign or leading zeros, the only form GRUB's `-gt` and our
 /// writer agree on.
 fn canonical_decimal(s: &str) -> Option<u64> {
-    if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     s.parse().ok()
@@ -81,7 +82,8 @@ pub fn serialize_sealed(vars: &Vars, seq: u64) -> Result<Vec<u8>, SchemeError> {
     let seq_s = seq.to_string();
     let field = |name: &str| vars.get(name).unwrap_or("").to_owned();
     let (order, trial, left) = (field(ORDER), field(TRIAL), field(LEFT));
-    let set = |out: &mut Vars, k: &str, v: &str| out.set(k, v).map_err(|_| SchemeError::Malformed(SEAL));
+    let set =
+        |out: &mut Vars, k: &str, v: &str| out.set(k, v).map_err(|_| SchemeError::Malformed(SEAL));
     set(&mut out, SEQ, &seq_s)?;
     set(&mut out, ORDER, &order)?;
     set(&mut out, TRIAL, &trial)?;
@@ -127,7 +129,12 @@ impl Pair {
     /// Which block the agent writes next and with which SEQ: never the
     /// current block; SEQ above every valid block's.
     pub fn next_write(&self) -> (usize, u64) {
-        let max = self.files.iter().filter_map(|f| f.as_ref().ok()).map(|s| s.seq).max();
+        let max = self
+            .files
+            .iter()
+            .filter_map(|f| f.as_ref().ok())
+            .map(|s| s.seq)
+            .max();
         let seq = max.map_or(1, |m| m.saturating_add(1));
         match self.current {
             Some(c) => (1 - c, seq),
@@ -205,13 +212,13 @@ mod tests {
             serialize_sealed(&state("A B", "", "0"), 0).unwrap(),
         ];
         let steps: Vec<Option<Vars>> = vec![
-            Some(state("A", "", "0")),      // install start into B
-            Some(state("B A", "B", "3")),   // install done
-            None,                           // GRUB trial boot: 3 -> 2
-            None,                           // 2 -> 1
-            Some(state("B A", "", "0")),    // health passed
-            Some(state("B", "", "0")),      // install start into A
-            Some(state("A B", "A", "9")),   // install done with 9 attempts
+            Some(state("A", "", "0")),    // install start into B
+            Some(state("B A", "B", "3")), // install done
+            None,                         // GRUB trial boot: 3 -> 2
+            None,                         // 2 -> 1
+            Some(state("B A", "", "0")),  // health passed
+            Some(state("B", "", "0")),    // install start into A
+            Some(state("A B", "A", "9")), // install done with 9 attempts
             None,
         ];
         let mut injected = 0;
@@ -236,7 +243,10 @@ mod tests {
                 let mut f = files.clone();
                 f[target] = torn;
                 let got = state_of(&Pair::parse(&f[0], &f[1]));
-                assert!(got.as_ref() == Some(&before) || got.as_ref() == Some(&after), "{got:?}");
+                assert!(
+                    got.as_ref() == Some(&before) || got.as_ref() == Some(&after),
+                    "{got:?}"
+                );
                 injected += 1;
             }
             files = after_files;

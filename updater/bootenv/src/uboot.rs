@@ -52,7 +52,9 @@ pub enum UbootError {
     Crc { stored: u32, computed: u32 },
     #[error("U-Boot env copy data is not valid")]
     Data(#[source] VarsError),
-    #[error("U-Boot env does not fit: {needed} bytes of variables for {available} bytes of data area")]
+    #[error(
+        "U-Boot env does not fit: {needed} bytes of variables for {available} bytes of data area"
+    )]
     TooBig { needed: usize, available: usize },
 }
 
@@ -73,7 +75,10 @@ fn crc32(data: &[u8]) -> u32 {
 /// Parses one copy (the whole `size` bytes of it) and checks its CRC.
 pub fn parse_copy(bytes: &[u8], layout: Layout) -> Result<EnvCopy, UbootError> {
     if bytes.len() < MIN_COPY_SIZE {
-        return Err(UbootError::TooSmall { size: bytes.len(), min: MIN_COPY_SIZE });
+        return Err(UbootError::TooSmall {
+            size: bytes.len(),
+            min: MIN_COPY_SIZE,
+        });
     }
     let (crc_bytes, rest) = bytes.split_at(4);
     let stored = u32::from_le_bytes([crc_bytes[0], crc_bytes[1], crc_bytes[2], crc_bytes[3]]);
@@ -81,7 +86,12 @@ pub fn parse_copy(bytes: &[u8], layout: Layout) -> Result<EnvCopy, UbootError> {
         Layout::Single => (None, rest),
         Layout::Redundant => match rest.split_first() {
             Some((f, d)) => (Some(*f), d),
-            None => return Err(UbootError::TooSmall { size: bytes.len(), min: MIN_COPY_SIZE }),
+            None => {
+                return Err(UbootError::TooSmall {
+                    size: bytes.len(),
+                    min: MIN_COPY_SIZE,
+                })
+            }
         },
     };
     let computed = crc32(data);
@@ -102,12 +112,18 @@ pub fn serialize_copy(
 ) -> Result<Vec<u8>, UbootError> {
     let header = layout.header();
     if size < MIN_COPY_SIZE {
-        return Err(UbootError::TooSmall { size, min: MIN_COPY_SIZE });
+        return Err(UbootError::TooSmall {
+            size,
+            min: MIN_COPY_SIZE,
+        });
     }
     let available = size - header;
     let data = vars.serialize_uboot();
     if data.len() > available {
-        return Err(UbootError::TooBig { needed: data.len(), available });
+        return Err(UbootError::TooBig {
+            needed: data.len(),
+            available,
+        });
     }
     let mut out = vec![0u8; size];
     out[header..header + data.len()].copy_from_slice(&data);
@@ -163,7 +179,10 @@ pub struct Redundant {
 
 impl Redundant {
     pub fn parse(a: &[u8], b: &[u8], scheme: FlagScheme) -> Redundant {
-        let copies = [parse_copy(a, Layout::Redundant), parse_copy(b, Layout::Redundant)];
+        let copies = [
+            parse_copy(a, Layout::Redundant),
+            parse_copy(b, Layout::Redundant),
+        ];
         let flag = |c: &Result<EnvCopy, UbootError>| c.as_ref().ok().and_then(|c| c.flags);
         let current = current_index(flag(&copies[0]), flag(&copies[1]), scheme);
         Redundant { copies, current }
@@ -221,12 +240,19 @@ mod tests {
 
     #[test]
     fn redundant_copy_round_trips_byte_for_byte() {
-        let v = vars(&[("ATOMUP_ORDER", "A B"), ("ATOMUP_TRIAL", ""), ("ATOMUP_LEFT", "0")]);
+        let v = vars(&[
+            ("ATOMUP_ORDER", "A B"),
+            ("ATOMUP_TRIAL", ""),
+            ("ATOMUP_LEFT", "0"),
+        ]);
         let bytes = serialize_copy(&v, Layout::Redundant, 0x4000, 7).unwrap();
         let copy = parse_copy(&bytes, Layout::Redundant).unwrap();
         assert_eq!(copy.flags, Some(7));
         assert_eq!(copy.vars, v);
-        assert_eq!(serialize_copy(&copy.vars, Layout::Redundant, 0x4000, 7).unwrap(), bytes);
+        assert_eq!(
+            serialize_copy(&copy.vars, Layout::Redundant, 0x4000, 7).unwrap(),
+            bytes
+        );
     }
 
     #[test]
@@ -235,7 +261,10 @@ mod tests {
         let mut bytes = serialize_copy(&v, Layout::Single, 256, 0).unwrap();
         assert_eq!(parse_copy(&bytes, Layout::Single).unwrap().vars, v);
         bytes[10] ^= 1;
-        assert!(matches!(parse_copy(&bytes, Layout::Single), Err(UbootError::Crc { .. })));
+        assert!(matches!(
+            parse_copy(&bytes, Layout::Single),
+            Err(UbootError::Crc { .. })
+        ));
     }
 
     #[test]
@@ -253,8 +282,14 @@ mod tests {
     #[test]
     fn boolean_scheme_prefers_the_active_copy() {
         use FlagScheme::Boolean as B;
-        assert_eq!(current_index(Some(FLAG_OBSOLETE), Some(FLAG_ACTIVE), B), Some(1));
-        assert_eq!(current_index(Some(FLAG_ACTIVE), Some(FLAG_OBSOLETE), B), Some(0));
+        assert_eq!(
+            current_index(Some(FLAG_OBSOLETE), Some(FLAG_ACTIVE), B),
+            Some(1)
+        );
+        assert_eq!(
+            current_index(Some(FLAG_ACTIVE), Some(FLAG_OBSOLETE), B),
+            Some(0)
+        );
         assert_eq!(current_index(Some(FLAG_OBSOLETE), Some(0xff), B), Some(1));
     }
 

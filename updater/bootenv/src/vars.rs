@@ -26,7 +26,10 @@ impl Vars {
         let mut vars = Vars::default();
         let mut rest = data;
         loop {
-            let end = rest.iter().position(|&b| b == 0).ok_or(VarsError::Unterminated)?;
+            let end = rest
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or(VarsError::Unterminated)?;
             let (entry, tail) = rest.split_at(end);
             if entry.is_empty() {
                 return Ok(vars);
@@ -55,11 +58,15 @@ impl Vars {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.get_bytes(name.as_bytes()).and_then(|v| std::str::from_utf8(v).ok())
+        self.get_bytes(name.as_bytes())
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 
     pub fn get_bytes(&self, name: &[u8]) -> Option<&[u8]> {
-        self.entries.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+        self.entries
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
     }
 
     /// Sets a variable after checking that both formats can store it.
@@ -86,7 +93,9 @@ impl Vars {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+        self.entries
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
     }
 
     pub fn len(&self) -> usize {

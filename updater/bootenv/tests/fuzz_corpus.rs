@@ -4,14 +4,21 @@
 use std::path::PathBuf;
 
 fn replay(target: &str, entry: fn(&[u8])) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.is_file())
         .collect();
     files.sort();
-    assert!(files.len() >= 3, "corpus {} has only {} files", dir.display(), files.len());
+    assert!(
+        files.len() >= 3,
+        "corpus {} has only {} files",
+        dir.display(),
+        files.len()
+    );
     for path in files {
         let data = std::fs::read(&path).unwrap();
         let ok = std::panic::catch_unwind(|| entry(&data)).is_ok();

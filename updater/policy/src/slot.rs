@@ -104,13 +104,20 @@ impl BootState {
         Self::from_lookup(|k| vars.get_bytes(k.as_bytes()))
     }
 
-    pub fn from_lookup<'a>(get: impl Fn(&str) -> Option<&'a [u8]>) -> Result<BootState, StateError> {
+    pub fn from_lookup<'a>(
+        get: impl Fn(&str) -> Option<&'a [u8]>,
+    ) -> Result<BootState, StateError> {
         let text = |var: &'static str| -> Result<&str, StateError> {
             let raw = get(var).unwrap_or_default();
-            std::str::from_utf8(raw)
-                .map_err(|_| StateError::Invalid { var, value: String::from_utf8_lossy(raw).into_owned() })
+            std::str::from_utf8(raw).map_err(|_| StateError::Invalid {
+                var,
+                value: String::from_utf8_lossy(raw).into_owned(),
+            })
         };
-        let bad = |var: &'static str, value: &str| StateError::Invalid { var, value: value.to_owned() };
+        let bad = |var: &'static str, value: &str| StateError::Invalid {
+            var,
+            value: value.to_owned(),
+        };
         let order_s = text(VAR_ORDER)?;
         let order: Vec<Slot> = match order_s {
             "" => vec![],
@@ -139,7 +146,12 @@ impl BootState {
         let order: Vec<&str> = self.order.iter().map(|s| s.letter()).collect();
         [
             (VAR_ORDER, order.join(" ")),
-            (VAR_TRIAL, self.trial.map(|s| s.letter().to_owned()).unwrap_or_default()),
+            (
+                VAR_TRIAL,
+                self.trial
+                    .map(|s| s.letter().to_owned())
+                    .unwrap_or_default(),
+            ),
             (VAR_LEFT, self.left.to_string()),
         ]
     }
@@ -167,7 +179,11 @@ impl BootState {
         let trial = self.trial.filter(|&t| t != x);
         // LEFT only means something for a trial; keep it if the trial survives.
         let left = if trial.is_some() { self.left } else { 0 };
-        BootState { order: self.without(x), trial, left }
+        BootState {
+            order: self.without(x),
+            trial,
+            left,
+        }
     }
 
     /// Install done into `x`: `x` first in order, on trial with `attempts`.
@@ -179,7 +195,11 @@ impl BootState {
         if self.order.contains(&!x) {
             order.push(!x);
         }
-        Ok(BootState { order, trial: Some(x), left: attempts })
+        Ok(BootState {
+            order,
+            trial: Some(x),
+            left: attempts,
+        })
     }
 
     /// The contract's bootloader algorithm; pure so tests can run it.
@@ -187,14 +207,32 @@ impl BootState {
         for &s in &self.order {
             if Some(s) == self.trial {
                 if let Some(left) = self.left.checked_sub(1) {
-                    let write = BootState { left, ..self.clone() };
-                    return BootChoice { slot: s, trial: true, fallback: false, write: Some(write) };
+                    let write = BootState {
+                        left,
+                        ..self.clone()
+                    };
+                    return BootChoice {
+                        slot: s,
+                        trial: true,
+                        fallback: false,
+                        write: Some(write),
+                    };
                 }
                 continue;
             }
-            return BootChoice { slot: s, trial: false, fallback: false, write: None };
+            return BootChoice {
+                slot: s,
+                trial: false,
+                fallback: false,
+                write: None,
+            };
         }
-        BootChoice { slot: Slot::A, trial: false, fallback: true, write: None }
+        BootChoice {
+            slot: Slot::A,
+            trial: false,
+            fallback: true,
+            write: None,
+        }
     }
 
     /// What a boot of `booted` means: a fallback is detected when the slot
@@ -203,7 +241,11 @@ impl BootState {
         match self.trial {
             Some(x) if x != booted && self.left == 0 => BootOutcome::Fallback {
                 failed: x,
-                write: BootState { order: self.without(x), trial: None, left: 0 },
+                write: BootState {
+                    order: self.without(x),
+                    trial: None,
+                    left: 0,
+                },
             },
             _ => BootOutcome::Normal,
         }
@@ -212,8 +254,11 @@ impl BootState {
     /// Health passed on `booted`: confirm it if it was on trial; a confirmed
     /// slot writes nothing.
     pub fn health_passed(&self, booted: Slot) -> Option<BootState> {
-        (self.trial == Some(booted) && self.order.contains(&booted))
-            .then(|| BootState { order: self.order.clone(), trial: None, left: 0 })
+        (self.trial == Some(booted) && self.order.contains(&booted)).then(|| BootState {
+            order: self.order.clone(),
+            trial: None,
+            left: 0,
+        })
     }
 
     /// Health failed on `booted`: it leaves the order (the caller reboots).
@@ -221,11 +266,18 @@ impl BootState {
     /// it would leave nothing confirmed to boot.
     pub fn health_failed(&self, booted: Slot) -> Result<BootState, StateError> {
         let on_trial = self.trial == Some(booted);
-        let others_confirmed = self.order.iter().any(|&s| s != booted && self.trial != Some(s));
+        let others_confirmed = self
+            .order
+            .iter()
+            .any(|&s| s != booted && self.trial != Some(s));
         if !on_trial && self.order.contains(&booted) && !others_confirmed {
             return Err(StateError::LastConfirmedSlot(booted));
         }
-        Ok(BootState { order: self.without(booted), trial: None, left: 0 })
+        Ok(BootState {
+            order: self.without(booted),
+            trial: None,
+            left: 0,
+        })
     }
 
     /// `rollback` on `booted`: the other slot becomes primary if it is
@@ -240,7 +292,11 @@ impl BootState {
         if self.is_confirmed(booted) {
             order.push(booted);
         }
-        Ok(BootState { order, trial: None, left: 0 })
+        Ok(BootState {
+            order,
+            trial: None,
+            left: 0,
+        })
     }
 }
 
@@ -257,7 +313,11 @@ mod tests {
     use Slot::{A, B};
 
     fn st(order: &[Slot], trial: Option<Slot>, left: u8) -> BootState {
-        BootState { order: order.to_vec(), trial, left }
+        BootState {
+            order: order.to_vec(),
+            trial,
+            left,
+        }
     }
 
     #[test]
@@ -269,12 +329,18 @@ mod tests {
         let s = s.install_done(B, 3).unwrap();
         assert_eq!(s, st(&[B, A], Some(B), 3));
         let c = s.boot();
-        assert_eq!((c.slot, c.trial, c.write.clone()), (B, true, Some(st(&[B, A], Some(B), 2))));
+        assert_eq!(
+            (c.slot, c.trial, c.write.clone()),
+            (B, true, Some(st(&[B, A], Some(B), 2)))
+        );
         let s = c.write.unwrap();
         assert_eq!(s.after_boot(B), BootOutcome::Normal);
         assert_eq!(s.health_passed(B), Some(st(&[B, A], None, 0)));
         assert_eq!(s.health_failed(B).unwrap(), st(&[A], None, 0));
-        assert_eq!(st(&[B, A], None, 0).rollback(B).unwrap(), st(&[A, B], None, 0));
+        assert_eq!(
+            st(&[B, A], None, 0).rollback(B).unwrap(),
+            st(&[A, B], None, 0)
+        );
     }
 
     #[test]
@@ -303,16 +369,31 @@ mod tests {
 
     #[test]
     fn rollback_needs_a_confirmed_other_slot() {
-        assert_eq!(st(&[A], None, 0).rollback(A), Err(StateError::NoGoodOtherSlot(B)));
-        assert_eq!(st(&[A, B], Some(B), 2).rollback(A), Err(StateError::NoGoodOtherSlot(B)));
+        assert_eq!(
+            st(&[A], None, 0).rollback(A),
+            Err(StateError::NoGoodOtherSlot(B))
+        );
+        assert_eq!(
+            st(&[A, B], Some(B), 2).rollback(A),
+            Err(StateError::NoGoodOtherSlot(B))
+        );
         // Rolling back from an unconfirmed trial drops it.
-        assert_eq!(st(&[B, A], Some(B), 2).rollback(B).unwrap(), st(&[A], None, 0));
+        assert_eq!(
+            st(&[B, A], Some(B), 2).rollback(B).unwrap(),
+            st(&[A], None, 0)
+        );
     }
 
     #[test]
     fn the_only_confirmed_slot_is_never_marked_bad() {
-        assert_eq!(st(&[A], None, 0).health_failed(A), Err(StateError::LastConfirmedSlot(A)));
-        assert_eq!(st(&[A, B], None, 0).health_failed(A).unwrap(), st(&[B], None, 0));
+        assert_eq!(
+            st(&[A], None, 0).health_failed(A),
+            Err(StateError::LastConfirmedSlot(A))
+        );
+        assert_eq!(
+            st(&[A, B], None, 0).health_failed(A).unwrap(),
+            st(&[B], None, 0)
+        );
     }
 
     #[test]
@@ -322,8 +403,17 @@ mod tests {
         s.apply_to(&mut v).unwrap();
         assert_eq!(v.get(VAR_ORDER), Some("B A"));
         assert_eq!(BootState::from_vars(&v).unwrap(), s);
-        assert_eq!(BootState::from_vars(&Vars::default()).unwrap(), st(&[], None, 0));
-        for (k, bad) in [(VAR_ORDER, "A A"), (VAR_ORDER, "A  B"), (VAR_TRIAL, "C"), (VAR_LEFT, "10"), (VAR_LEFT, "-1")] {
+        assert_eq!(
+            BootState::from_vars(&Vars::default()).unwrap(),
+            st(&[], None, 0)
+        );
+        for (k, bad) in [
+            (VAR_ORDER, "A A"),
+            (VAR_ORDER, "A  B"),
+            (VAR_TRIAL, "C"),
+            (VAR_LEFT, "10"),
+            (VAR_LEFT, "-1"),
+        ] {
             let mut v = Vars::default();
             v.set(k, bad).unwrap();
             assert!(BootState::from_vars(&v).is_err(), "{k}={bad}");

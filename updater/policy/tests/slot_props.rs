@@ -20,10 +20,22 @@ enum Event {
     /// Power-on. `boot_write_lost`: the bootloader's decrement is cut off;
     /// `agent_write_lost`: the agent's write at boot is cut off; `panics`:
     /// a bad image dies before its health check.
-    Boot { boot_write_lost: bool, agent_write_lost: bool, panics: bool },
+    Boot {
+        boot_write_lost: bool,
+        agent_write_lost: bool,
+        panics: bool,
+    },
     /// An update into the inactive slot, cut at one of its steps.
-    Install { start_lost: bool, crash_mid_write: bool, good: bool, done_lost: bool, attempts: u8 },
-    Rollback { lost: bool },
+    Install {
+        start_lost: bool,
+        crash_mid_write: bool,
+        good: bool,
+        done_lost: bool,
+        attempts: u8,
+    },
+    Rollback {
+        lost: bool,
+    },
     PowerCut,
 }
 
@@ -59,8 +71,15 @@ impl Device {
     }
 
     fn check_invariants(&self) -> Result<(), TestCaseError> {
-        let confirmed_good = Slot::ALL.iter().any(|&s| self.env.is_confirmed(s) && self.content(s) == Content::Good);
-        prop_assert!(confirmed_good, "no confirmed good slot: {} {:?}", self.env, self.content);
+        let confirmed_good = Slot::ALL
+            .iter()
+            .any(|&s| self.env.is_confirmed(s) && self.content(s) == Content::Good);
+        prop_assert!(
+            confirmed_good,
+            "no confirmed good slot: {} {:?}",
+            self.env,
+            self.content
+        );
         for &s in &self.env.order {
             prop_assert!(
                 matches!(self.content(s), Content::Good | Content::Bad),
@@ -75,16 +94,26 @@ impl Device {
     fn step(&mut self, ev: &Event) -> Result<(), TestCaseError> {
         match *ev {
             Event::PowerCut => self.booted = None,
-            Event::Boot { boot_write_lost, agent_write_lost, panics } => {
+            Event::Boot {
+                boot_write_lost,
+                agent_write_lost,
+                panics,
+            } => {
                 if self.booted.is_some() {
                     return Ok(()); // already running; a boot needs a power cycle
                 }
                 let choice = self.env.boot();
                 prop_assert!(!choice.fallback, "fallback boot with {}", self.env);
                 let content = self.content(choice.slot);
-                prop_assert!(content == Content::Good || content == Content::Bad, "booted a {content:?} slot");
+                prop_assert!(
+                    content == Content::Good || content == Content::Bad,
+                    "booted a {content:?} slot"
+                );
                 if let Some(w) = &choice.write {
-                    prop_assert!(choice.trial && w.left < self.env.left, "write on a non-trial boot");
+                    prop_assert!(
+                        choice.trial && w.left < self.env.left,
+                        "write on a non-trial boot"
+                    );
                     if !boot_write_lost {
                         self.env = w.clone();
                         self.trial_boots_in_a_row += 1;
@@ -125,7 +154,13 @@ impl Device {
                     }
                 }
             }
-            Event::Install { start_lost, crash_mid_write, good, done_lost, attempts } => {
+            Event::Install {
+                start_lost,
+                crash_mid_write,
+                good,
+                done_lost,
+                attempts,
+            } => {
                 let Some(y) = self.booted else { return Ok(()) };
                 let x = !y;
                 let started = self.env.install_start(x);
@@ -153,7 +188,10 @@ impl Device {
             Event::Rollback { lost } => {
                 let Some(y) = self.booted else { return Ok(()) };
                 if let Ok(next) = self.env.rollback(y) {
-                    prop_assert!(self.content(!y) == Content::Good, "rolled back to a non-good slot");
+                    prop_assert!(
+                        self.content(!y) == Content::Good,
+                        "rolled back to a non-good slot"
+                    );
                     if !lost {
                         self.env = next;
                     }

@@ -1,0 +1,676 @@
+//! Real U-Boot (Debian's qemu_arm64 build) and real GRUB (arm64-efi on AAVMF)
+//! run the A/B scripts from bootloader-hooks/ in QEMU aarch64 with a real
+//! Debian kernel, on env states written by our CLI (`atomup`) and by the
+//! upstream tools (`fw_setenv`, `grub-editenv`). After each run the env is read
+//! back on the host with the upstream tools, so the bootloader's writes are
+//! checked by a second implementation. Every test boots 1-3 times.
+//!
+//! Images are built once per test binary by `qemu/build-image.sh` (under the
+//! target dir, `boot-tests/`); each test boots its own copy. At most two VMs
+//! run at once (`ATOMUP_QEMU_JOBS` overrides), as the CI machine has 2 cores.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::Instant;
+
+use atomup_tests::{require_tool, workspace_bin, workspace_root};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Loader {
+    UBoot,
+    Grub,
+}
+
+impl Loader {
+    fn name(self) -> &'static str {
+        match self {
+            Loader::UBoot => "uboot",
+            Loader::Grub => "grub",
+        }
+    }
+}
+
+/// Who writes the env state a test starts from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Writer {
+    /// `fw_setenv` / `grub-editenv`
+    Upstream,
+    /// our `atomup env set`
+    Atomup,
+}
+
+/// One A/B state as the contract defines it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct AbState {
+    order: String,
+    trial: String,
+    left: String,
+}
+
+fn st(order: &str, trial: &str, left: &str) -> AbState {
+    AbState { order: order.into(), trial: trial.into(), left: left.into() }
+}
+
+/// One `ATOMUP-BOOTED` line printed by the guest's /sbin/init.
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct Booted {
+    slot: String,
+    trial: bool,
+    fallback: bool,
+    image: String,
+}
+
+fn booted(slot: &str, trial: bool, fallback: bool) -> Booted {
+    Booted { slot: slot.into(), trial, fallback, image: slot.into() }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn require_tools() {
+    for tool in [
+        "qemu-system-aarch64",
+        "qemu-aarch64-static",
+        "fw_setenv",
+        "fw_printenv",
+        "grub-editenv",
+        "grub-mkstandalone",
+        "mkimage",
+        "mkenvimage",
+        "mcopy",
+        "mkfs.vfat",
+        "mkfs.ext4",
+        "sgdisk",
+        "cpio",
+        "depmod",
+    ] {
+        require_tool(tool);
+    }
+}
+
+/// The image for `loader`, built once per test binary.
+fn base_image(loader: Loader) -> &'static Path {
+    static UBOOT: OnceLock<PathBuf> = OnceLock::new();
+    static GRUB: OnceLock<PathBuf> = OnceLock::new();
+    let cell = match loader {
+        Loader::UBoot => &UBOOT,
+        Loader::Grub => &GRUB,
+    };
+    cell.get_or_init(|| {
+        require_tools();
+        let out = target_dir().join("boot-tests").join(format!("base-{}", loader.name()));
+        let started = Instant::now();
+        run(
+            Command::new(workspace_root().join("qemu/build-image.sh"))
+                .args(["--bootloader", loader.name(), "--out"])
+                .arg(&out),
+            "qemu/build-image.sh",
+        );
+        eprintln!("built {} image in {:.1}s", loader.name(), started.elapsed().as_secs_f64());
+        out
+    })
+}
+
+/// Counting semaphore: at most N QEMU processes at once.
+fn vm_permit() -> impl Drop {
+    struct Permit;
+    static STATE: OnceLock<(Mutex<usize>, Condvar)> = OnceLock::new();
+    fn state() -> &'static (Mutex<usize>, Condvar) {
+        STATE.get_or_init(|| (Mutex::new(0), Condvar::new()))
+    }
+    impl Drop for Permit {
+        fn drop(&mut self) {
+            let (lock, cv) = state();
+            *lock.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+            cv.notify_one();
+        }
+    }
+    let max: usize = std::env::var("ATOMUP_QEMU_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let (lock, cv) = state();
+    let mut running = lock.lock().unwrap_or_else(|e| e.into_inner());
+    while *running >= max.max(1) {
+        running = cv.wait(running).unwrap_or_else(|e| e.into_inner());
+    }
+    *running += 1;
+    Permit
+}
+
+/// One test's private copy of an image, plus host-side env access.
+struct Machine {
+    loader: Loader,
+    dir: PathBuf,
+    esp_offset: u64,
+}
+
+const UBOOT_ENV1: u64 = 0x80000;
+const UBOOT_ENV2: u64 = 0x84000;
+const UBOOT_ENV_SIZE: u64 = 0x4000;
+
+impl Machine {
+    fn new(loader: Loader, name: &str) -> Machine {
+        let base = base_image(loader);
+        let dir = target_dir().join("boot-tests").join("runs").join(name);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("esp/grub")).unwrap();
+        let files: &[&str] = match loader {
+            Loader::UBoot => &["disk.img", "layout.env", "flash1.img"],
+            Loader::Grub => &["disk.img", "layout.env", "vars.fd"],
+        };
+        for f in files {
+            run(
+                Command::new("cp").arg("--sparse=always").arg(base.join(f)).arg(dir.join(f)),
+                "copying the base image",
+            );
+        }
+        let layout = fs::read_to_string(dir.join("layout.env")).unwrap();
+        let esp_offset = layout
+            .lines()
+            .find_map(|l| l.strip_prefix("ESP_OFFSET="))
+            .and_then(|v| v.parse().ok())
+            .expect("ESP_OFFSET in layout.env");
+        let m = Machine { loader, dir, esp_offset };
+        if loader == Loader::UBoot {
+            let disk = m.disk();
+            let d = disk.display();
+            fs::write(m.dir.join("fw_env.config"), format!("{d} 0x80000 0x4000\n{d} 0x84000 0x4000\n"))
+                .unwrap();
+        }
+        m
+    }
+
+    fn disk(&self) -> PathBuf {
+        self.dir.join("disk.img")
+    }
+
+    /// Boots until the guest powers off; `script` is sourced by the guest's
+    /// init (see qemu/guest/test-init.sh). Returns the console text.
+    fn boot(&self, script: Option<&str>, boots: u64) -> String {
+        let log = self.dir.join("console.log");
+        let _ = fs::remove_file(&log);
+        let mut cmd = Command::new(workspace_root().join("qemu/run-vm.sh"));
+        cmd.arg("--dir").arg(&self.dir).arg("--log").arg(&log);
+        // Generous per-boot allowance: the CI machine is shared with builds.
+        cmd.args(["--timeout", &(30 + 90 * boots).to_string()]);
+        if let Some(s) = script {
+            let path = self.dir.join("test.sh");
+            fs::write(&path, s).unwrap();
+            cmd.arg("--script").arg(path);
+        }
+        let permit = vm_permit();
+        let started = Instant::now();
+        let status = cmd.status().expect("running qemu/run-vm.sh");
+        drop(permit);
+        let console = String::from_utf8_lossy(&fs::read(&log).unwrap_or_default()).into_owned();
+        eprintln!(
+            "{}: {} boot(s) in {:.1}s",
+            self.dir.file_name().unwrap().to_string_lossy(),
+            boots,
+            started.elapsed().as_secs_f64()
+        );
+        let tail: String = {
+            let lines: Vec<&str> = console.lines().collect();
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        };
+        assert!(status.success(), "VM did not power off cleanly ({status}); console tail:\n{tail}");
+        console
+    }
+
+    // ---- U-Boot raw env -----------------------------------------------------
+
+    fn uboot_fw_config(&self) -> PathBuf {
+        self.dir.join("fw_env.config")
+    }
+
+    fn uboot_env_bytes(&self) -> Vec<u8> {
+        let disk = fs::read(self.disk()).unwrap();
+        disk[UBOOT_ENV1 as usize..(UBOOT_ENV2 + UBOOT_ENV_SIZE) as usize].to_vec()
+    }
+
+    fn uboot_flags(&self) -> (u8, u8) {
+        let b = self.uboot_env_bytes();
+        (b[4], b[(UBOOT_ENV2 - UBOOT_ENV1) as usize + 4])
+    }
+
+    // ---- GRUB env files on the ESP ------------------------------------------
+
+    fn esp_image(&self) -> String {
+        format!("{}@@{}", self.disk().display(), self.esp_offset)
+    }
+
+    fn grub_file(&self, name: &str) -> PathBuf {
+        self.dir.join("esp/grub").join(name)
+    }
+
+    /// Copies grub/grubenv and grub/grubenv2 out of the ESP (missing ones are removed locally).
+    fn grub_pull(&self) {
+        for name in ["grubenv", "grubenv2"] {
+            let local = self.grub_file(name);
+            let _ = fs::remove_file(&local);
+            let _ = Command::new("mcopy")
+                .args(["-n", "-o", "-i", &self.esp_image()])
+                .arg(format!("::/grub/{name}"))
+                .arg(&local)
+                .output();
+        }
+    }
+
+    fn grub_push(&self) {
+        for name in ["grubenv", "grubenv2"] {
+            let local = self.grub_file(name);
+            if local.exists() {
+                run(
+                    Command::new("mcopy")
+                        .args(["-o", "-i", &self.esp_image()])
+                        .arg(&local)
+                        .arg(format!("::/grub/{name}")),
+                    "mcopy into the ESP",
+                );
+            } else {
+                let _ = Command::new("mdel").args(["-i", &self.esp_image()]).arg(format!("::/grub/{name}")).output();
+            }
+        }
+    }
+
+    fn grub_bytes(&self) -> Vec<u8> {
+        self.grub_pull();
+        let mut all = Vec::new();
+        for name in ["grubenv", "grubenv2"] {
+            all.extend(fs::read(self.grub_file(name)).unwrap_or_default());
+        }
+        all
+    }
+
+    fn env_bytes(&self) -> Vec<u8> {
+        match self.loader {
+            Loader::UBoot => self.uboot_env_bytes(),
+            Loader::Grub => self.grub_bytes(),
+        }
+    }
+
+    // ---- writing a state ----------------------------------------------------
+
+    fn set_state(&self, writer: Writer, s: &AbState) {
+        match (self.loader, writer) {
+            (Loader::UBoot, Writer::Upstream) => {
+                let script = self.dir.join("fw_setenv.script");
+                fs::write(
+                    &script,
+                    format!("ATOMUP_ORDER={}\nATOMUP_TRIAL={}\nATOMUP_LEFT={}\n", s.order, s.trial, s.left),
+                )
+                .unwrap();
+                run(
+                    Command::new("fw_setenv").arg("-c").arg(self.uboot_fw_config()).arg("-s").arg(&script),
+                    "fw_setenv",
+                );
+            }
+            (Loader::Grub, Writer::Upstream) => {
+                // The scheme's agent-side write with grub-editenv: the
+                // non-current file gets SEQ = max + 1 and a fresh seal.
+                self.grub_pull();
+                let files = self.grub_files();
+                let max_seq = files.iter().flatten().map(|f| f.seq).max().unwrap_or(0);
+                let target = match grub_current(&files) {
+                    Some(0) => "grubenv2",
+                    _ => "grubenv",
+                };
+                let seq = max_seq + 1;
+                let path = self.grub_file(target);
+                run(Command::new("grub-editenv").arg(&path).arg("create"), "grub-editenv create");
+                run(
+                    Command::new("grub-editenv").arg(&path).arg("set").args([
+                        format!("ATOMUP_SEQ={seq}"),
+                        format!("ATOMUP_ORDER={}", s.order),
+                        format!("ATOMUP_TRIAL={}", s.trial),
+                        format!("ATOMUP_LEFT={}", s.left),
+                        format!("ATOMUP_SEAL={seq}:{}:{}:{}", s.order, s.trial, s.left),
+                    ]),
+                    "grub-editenv set",
+                );
+                self.grub_push();
+            }
+            (_, Writer::Atomup) => {
+                let trial = if s.trial.is_empty() { "none" } else { s.trial.as_str() };
+                self.atomup(&["env", "set", "--order", &s.order, "--trial", trial, "--left", &s.left]);
+            }
+        }
+    }
+
+    /// Runs our CLI against this machine's env (GRUB: on the files copied out
+    /// of the ESP, copied back afterwards).
+    fn atomup(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(workspace_bin("atomup"));
+        cmd.args(args);
+        match self.loader {
+            Loader::UBoot => {
+                cmd.arg("--env-image").arg(self.disk());
+                run(&mut cmd, "atomup")
+            }
+            Loader::Grub => {
+                self.grub_pull();
+                cmd.arg("--grubenv").arg(self.grub_file("grubenv"));
+                let out = run(&mut cmd, "atomup");
+                self.grub_push();
+                out
+            }
+        }
+    }
+
+    // ---- reading the state back with the upstream tools -----------------------
+
+    fn grub_files(&self) -> [Option<GrubFile>; 2] {
+        ["grubenv", "grubenv2"].map(|name| {
+            let path = self.grub_file(name);
+            if !path.exists() {
+                return None;
+            }
+            let out = Command::new("grub-editenv").arg(&path).arg("list").output().ok()?;
+            if !out.status.success() {
+                return None;
+            }
+            GrubFile::parse(&String::from_utf8_lossy(&out.stdout))
+        })
+    }
+
+    /// The state an upstream reader sees: `fw_printenv`, or `grub-editenv list`
+    /// of both files with the scheme's choice of the current one.
+    fn upstream_state(&self) -> Option<AbState> {
+        match self.loader {
+            Loader::UBoot => {
+                let out = Command::new("fw_printenv").arg("-c").arg(self.uboot_fw_config()).output().ok()?;
+                if !out.status.success() {
+                    return None;
+                }
+                let vars: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                    .collect();
+                let get = |k: &str| vars.get(k).cloned().unwrap_or_default();
+                vars.get("ATOMUP_ORDER")?;
+                Some(st(&get("ATOMUP_ORDER"), &get("ATOMUP_TRIAL"), &get("ATOMUP_LEFT")))
+            }
+            Loader::Grub => {
+                self.grub_pull();
+                let files = self.grub_files();
+                let cur = grub_current(&files)?;
+                files[cur].as_ref().map(|f| f.state.clone())
+            }
+        }
+    }
+
+    /// The state our CLI reads (`atomup env show`).
+    fn atomup_state(&self) -> AbState {
+        let out = self.atomup(&["env", "show"]);
+        let get = |k: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_default()
+                .to_string()
+        };
+        st(&get("ATOMUP_ORDER"), &get("ATOMUP_TRIAL"), &get("ATOMUP_LEFT"))
+    }
+}
+
+/// One grubenv file of the two-file scheme, as `grub-editenv list` shows it.
+#[derive(Clone, Debug)]
+struct GrubFile {
+    seq: u64,
+    state: AbState,
+}
+
+impl GrubFile {
+    /// Valid only when the values reproduce the seal (bootloader-hooks/README.md).
+    fn parse(list: &str) -> Option<GrubFile> {
+        let vars: BTreeMap<&str, &str> = list.lines().filter_map(|l| l.split_once('=')).collect();
+        let seq_text = *vars.get("ATOMUP_SEQ")?;
+        let seq: u64 = seq_text.parse().ok()?;
+        let state = st(vars.get("ATOMUP_ORDER")?, vars.get("ATOMUP_TRIAL")?, vars.get("ATOMUP_LEFT")?);
+        let seal = format!("{seq_text}:{}:{}:{}", state.order, state.trial, state.left);
+        (vars.get("ATOMUP_SEAL") == Some(&seal.as_str())).then_some(GrubFile { seq, state })
+    }
+}
+
+/// Index of the current file: higher SEQ, then lower LEFT, then file 1.
+fn grub_current(files: &[Option<GrubFile>; 2]) -> Option<usize> {
+    match files {
+        [Some(a), Some(b)] => {
+            if b.seq > a.seq || (b.seq == a.seq && b.state.left < a.state.left) {
+                Some(1)
+            } else {
+                Some(0)
+            }
+        }
+        [Some(_), None] => Some(0),
+        [None, Some(_)] => Some(1),
+        [None, None] => None,
+    }
+}
+
+fn booted_lines(console: &str) -> Vec<Booted> {
+    console
+        .lines()
+        .filter_map(|l| l.find("ATOMUP-BOOTED ").map(|i| &l[i + "ATOMUP-BOOTED ".len()..]))
+        .map(|rest| {
+            let field = |k: &str| {
+                rest.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            Booted {
+                slot: field("slot"),
+                trial: field("trial") == "1",
+                fallback: field("fallback") == "1",
+                image: field("image"),
+            }
+        })
+        .collect()
+}
+
+fn bootloader_writes(loader: Loader, console: &str) -> usize {
+    let marker = match loader {
+        Loader::UBoot => "ATOMUP-UBOOT: wrote",
+        Loader::Grub => "ATOMUP-GRUB: wrote",
+    };
+    console.matches(marker).count()
+}
+
+/// Guest script: slot B's userspace is broken (init exits -> kernel panic -> reboot).
+const B_IS_BAD: &str = "if [ \"$slot\" = B ]; then echo \"TEST: slot B image is bad\"; exit 1; fi\n";
+
+// ---- scenarios, shared by both bootloaders -------------------------------------
+
+/// A trial boot decrements LEFT once, boots the trial slot with atomup.trial=1,
+/// and the host's upstream reader and our CLI both see LEFT - 1.
+fn trial_boot_decrements_left(loader: Loader, writer: Writer) {
+    let m = Machine::new(loader, &format!("{}-trial-decrement-{writer:?}", loader.name()));
+    match writer {
+        Writer::Upstream => m.set_state(writer, &st("B A", "B", "3")),
+        // The real transition the agent performs after writing slot B.
+        Writer::Atomup => {
+            m.atomup(&["install-done", "--slot", "B"]);
+        }
+    }
+    assert_eq!(m.upstream_state(), Some(st("B A", "B", "3")));
+    let console = m.boot(None, 1);
+    assert_eq!(booted_lines(&console), vec![booted("B", true, false)], "{console}");
+    assert_eq!(bootloader_writes(loader, &console), 1);
+    assert_eq!(m.upstream_state(), Some(st("B A", "B", "2")));
+    assert_eq!(m.atomup_state(), st("B A", "B", "2"));
+}
+
+/// A confirmed slot boots with no env write at all: the env bytes are identical.
+fn confirmed_boot_writes_nothing(loader: Loader) {
+    let m = Machine::new(loader, &format!("{}-confirmed-no-write", loader.name()));
+    m.set_state(Writer::Atomup, &st("B A", "", "0"));
+    let before = m.env_bytes();
+    let console = m.boot(None, 1);
+    assert_eq!(booted_lines(&console), vec![booted("B", false, false)], "{console}");
+    assert_eq!(bootloader_writes(loader, &console), 0);
+    assert!(m.env_bytes() == before, "env bytes changed on a confirmed boot");
+}
+
+/// A trial slot that panics every boot is tried LEFT times, then the confirmed
+/// slot boots; the env ends with LEFT=0 and the trial still recorded (for the
+/// agent to detect the fallback).
+fn exhausted_trial_falls_back(loader: Loader) {
+    let m = Machine::new(loader, &format!("{}-fallback-after-attempts", loader.name()));
+    m.atomup(&["install-done", "--slot", "B", "--attempts", "2"]);
+    assert_eq!(m.atomup_state(), st("B A", "B", "2"));
+    let console = m.boot(Some(B_IS_BAD), 3);
+    assert_eq!(
+        booted_lines(&console),
+        vec![booted("B", true, false), booted("B", true, false), booted("A", false, false)],
+        "{console}"
+    );
+    assert_eq!(bootloader_writes(loader, &console), 2);
+    assert_eq!(m.upstream_state(), Some(st("B A", "B", "0")));
+    // The agent's view: booted A while B was on trial with nothing left.
+    assert_eq!(m.atomup_state(), st("B A", "B", "0"));
+}
+
+/// The newer copy is corrupt: the bootloader uses the older valid copy (a
+/// trial of B) and records the attempt over the corrupt copy.
+fn corrupt_newer_copy_uses_older(loader: Loader) {
+    let m = Machine::new(loader, &format!("{}-corrupt-newer-copy", loader.name()));
+    m.set_state(Writer::Upstream, &st("B A", "B", "3"));
+    m.set_state(Writer::Upstream, &st("A B", "", "0"));
+    assert_eq!(m.upstream_state(), Some(st("A B", "", "0")));
+    match loader {
+        Loader::UBoot => {
+            // Flip one data byte of the newer copy: its CRC no longer matches.
+            let (f1, f2) = m.uboot_flags();
+            let newer = if f2 == f1.wrapping_add(1) { UBOOT_ENV2 } else { UBOOT_ENV1 };
+            let mut disk = fs::read(m.disk()).unwrap();
+            disk[newer as usize + 5] ^= 0x20;
+            fs::write(m.disk(), disk).unwrap();
+        }
+        Loader::Grub => {
+            // A torn write: the newer file's ORDER changed but its seal did not.
+            m.grub_pull();
+            let cur = grub_current(&m.grub_files()).unwrap();
+            let name = ["grubenv", "grubenv2"][cur];
+            let path = m.grub_file(name);
+            let text = fs::read(&path).unwrap();
+            let at = text.windows(15).position(|w| w == b"ATOMUP_ORDER=A ").unwrap() + 13;
+            let mut torn = text.clone();
+            torn[at] = b'B';
+            fs::write(&path, torn).unwrap();
+            m.grub_push();
+        }
+    }
+    assert_eq!(m.upstream_state(), Some(st("B A", "B", "3")), "upstream reader falls back to the older copy");
+    let console = m.boot(None, 1);
+    assert_eq!(booted_lines(&console), vec![booted("B", true, false)], "{console}");
+    assert_eq!(bootloader_writes(loader, &console), 1);
+    assert_eq!(m.upstream_state(), Some(st("B A", "B", "2")));
+}
+
+/// No valid env at all: slot A boots as the last resort with atomup.fallback=1,
+/// and nothing is written.
+fn blank_env_boots_a_as_fallback(loader: Loader) {
+    let m = Machine::new(loader, &format!("{}-blank-env", loader.name()));
+    match loader {
+        Loader::UBoot => {
+            let mut disk = fs::read(m.disk()).unwrap();
+            disk[UBOOT_ENV1 as usize..(UBOOT_ENV2 + UBOOT_ENV_SIZE) as usize].fill(0);
+            fs::write(m.disk(), disk).unwrap();
+        }
+        Loader::Grub => {
+            // Both files present but empty blocks (as `grub-editenv create` leaves them).
+            for name in ["grubenv", "grubenv2"] {
+                let path = m.grub_file(name);
+                let _ = fs::remove_file(&path);
+                run(Command::new("grub-editenv").arg(&path).arg("create"), "grub-editenv create");
+            }
+            m.grub_push();
+        }
+    }
+    assert_eq!(m.upstream_state(), None);
+    let before = m.env_bytes();
+    let console = m.boot(None, 1);
+    assert_eq!(booted_lines(&console), vec![booted("A", false, true)], "{console}");
+    assert_eq!(bootloader_writes(loader, &console), 0);
+    assert!(m.env_bytes() == before, "env bytes changed on a fallback boot");
+}
+
+// ---- U-Boot ----------------------------------------------------------------------
+
+#[test]
+fn uboot_trial_boot_decrements_left_fw_setenv_state() {
+    trial_boot_decrements_left(Loader::UBoot, Writer::Upstream);
+}
+
+#[test]
+fn uboot_trial_boot_decrements_left_atomup_install_done() {
+    trial_boot_decrements_left(Loader::UBoot, Writer::Atomup);
+}
+
+#[test]
+fn uboot_confirmed_boot_writes_nothing() {
+    confirmed_boot_writes_nothing(Loader::UBoot);
+}
+
+#[test]
+fn uboot_exhausted_trial_falls_back_to_confirmed_slot() {
+    exhausted_trial_falls_back(Loader::UBoot);
+}
+
+#[test]
+fn uboot_corrupt_newer_copy_uses_older_copy() {
+    corrupt_newer_copy_uses_older(Loader::UBoot);
+}
+
+#[test]
+fn uboot_blank_env_boots_a_as_fallback() {
+    blank_env_boots_a_as_fallback(Loader::UBoot);
+}
+
+// ---- GRUB ------------------------------------------------------------------------
+
+#[test]
+fn grub_trial_boot_decrements_left_grub_editenv_state() {
+    trial_boot_decrements_left(Loader::Grub, Writer::Upstream);
+}
+
+#[test]
+fn grub_trial_boot_decrements_left_atomup_install_done() {
+    trial_boot_decrements_left(Loader::Grub, Writer::Atomup);
+}
+
+#[test]
+fn grub_confirmed_boot_writes_nothing() {
+    confirmed_boot_writes_nothing(Loader::Grub);
+}
+
+#[test]
+fn grub_exhausted_trial_falls_back_to_confirmed_slot() {
+    exhausted_trial_falls_back(Loader::Grub);
+}
+
+#[test]
+fn grub_corrupt_newer_file_uses_older_file() {
+    corrupt_newer_copy_uses_older(Loader::Grub);
+}
+
+#[test]
+fn grub_blank_env_boots_a_as_fallback() {
+    blank_env_boots_a_as_fallback(Loader::Grub);
+}

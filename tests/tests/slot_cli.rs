@@ -1,0 +1,265 @@
+//! The `atomup` boot-state commands drive a whole update life on a disk image
+//! (U-Boot env) and on a grubenv pair, with the real fw_setenv / grub-editenv
+//! playing the bootloader's decrement and fw_printenv / grub-editenv reading
+//! the result: install, trial, confirm, fallback + recorded rollback, manual
+//! rollback, and the refusals that keep a confirmed slot.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("atomup-slot-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn atomup(args: &[&str], env: &[&str]) -> Output {
+    Command::new(atomup_tests::workspace_bin("atomup"))
+        .args(args)
+        .args(env)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str], env: &[&str]) -> String {
+    let out = atomup(args, env);
+    assert!(
+        out.status.success(),
+        "atomup {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str], env: &[&str]) -> String {
+    let out = atomup(args, env);
+    assert!(!out.status.success(), "atomup {args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn printenv(cfg: &Path, name: &str) -> String {
+    let out = Command::new("fw_printenv")
+        .arg("-c")
+        .arg(cfg)
+        .arg("-n")
+        .arg(name)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim_end_matches('\n')
+        .to_owned()
+}
+
+#[test]
+fn update_life_on_a_uboot_disk_image() {
+    if !atomup_tests::require_tool("fw_printenv") {
+        return;
+    }
+    let d = scratch("uboot");
+    let img = d.join("disk.img");
+    std::fs::write(&img, vec![0u8; 0x90000]).unwrap();
+    let cfg = d.join("fw_env.config");
+    std::fs::write(
+        &cfg,
+        format!("{0} 0x80000 0x4000\n{0} 0x84000 0x4000\n", img.display()),
+    )
+    .unwrap();
+    let state = d.join("state");
+    let (img_s, cfg_s, state_s) = (
+        img.to_str().unwrap(),
+        cfg.to_str().unwrap(),
+        state.to_str().unwrap(),
+    );
+    let on_a = [
+        "--env-config",
+        cfg_s,
+        "--state-dir",
+        state_s,
+        "--booted-slot",
+        "A",
+    ];
+    let on_b = [
+        "--env-config",
+        cfg_s,
+        "--state-dir",
+        state_s,
+        "--booted-slot",
+        "B",
+    ];
+
+    ok(&["env", "init", "--env-image", img_s, "--order", "A"], &[]);
+    assert_eq!(printenv(&cfg, "ATOMUP_ORDER"), "A");
+    ok(&["install-start", "--slot", "B"], &on_a);
+    ok(
+        &[
+            "install-done",
+            "--slot",
+            "B",
+            "--commit",
+            "c0ffee",
+            "--version",
+            "2.0",
+            "--timestamp",
+            "2026-11-22T00:00:00Z",
+        ],
+        &on_a,
+    );
+    assert_eq!(
+        (
+            printenv(&cfg, "ATOMUP_ORDER"),
+            printenv(&cfg, "ATOMUP_TRIAL"),
+            printenv(&cfg, "ATOMUP_LEFT")
+        ),
+        ("B A".into(), "B".into(), "3".into())
+    );
+    // The bootloader's trial decrement, done by the real fw_setenv.
+    let st = Command::new("fw_setenv")
+        .arg("-c")
+        .arg(&cfg)
+        .args(["ATOMUP_LEFT", "2"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let json = ok(&["status", "--json"], &on_b);
+    assert!(json.contains(r#""booted":"B""#), "{json}");
+    assert!(json.contains(r#"{"slot":"B","booted":true,"state":"trial","commit":"c0ffee","version":"2.0","timestamp":"2026-11-22T00:00:00Z","attempts_left":2}"#), "{json}");
+    let text = ok(&["status"], &on_b);
+    assert!(
+        text.contains("● B") && text.contains("State: trial"),
+        "{text}"
+    );
+    ok(&["mark-good"], &on_b);
+    assert_eq!(
+        (
+            printenv(&cfg, "ATOMUP_TRIAL"),
+            printenv(&cfg, "ATOMUP_LEFT")
+        ),
+        (String::new(), "0".into())
+    );
+    // A confirmed boot writes nothing.
+    let before = std::fs::read(&img).unwrap();
+    assert!(ok(&["mark-good"], &on_b).contains("nothing to write"));
+    assert_eq!(std::fs::read(&img).unwrap(), before);
+
+    // Next release into A, which never passes: the bootloader spends its
+    // attempts and falls back to B; mark-good on B records the rollback.
+    ok(&["install-start", "--slot", "A"], &on_b);
+    assert_eq!(printenv(&cfg, "ATOMUP_ORDER"), "B");
+    ok(
+        &[
+            "install-done",
+            "--slot",
+            "A",
+            "--attempts",
+            "1",
+            "--commit",
+            "bad",
+            "--version",
+            "3.0",
+        ],
+        &on_b,
+    );
+    let st = Command::new("fw_setenv")
+        .arg("-c")
+        .arg(&cfg)
+        .args(["ATOMUP_LEFT", "0"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(ok(&["status", "--json"], &on_b).contains(r#""fallback_pending":true"#));
+    let out = ok(&["mark-good"], &on_b);
+    assert!(out.contains("rollback detected"), "{out}");
+    assert_eq!(
+        (
+            printenv(&cfg, "ATOMUP_ORDER"),
+            printenv(&cfg, "ATOMUP_TRIAL")
+        ),
+        ("B".into(), String::new())
+    );
+    let json = ok(&["status", "--json"], &on_b);
+    assert!(
+        json.contains(r#""rollbacks":[{"slot":"A","commit":"bad","version":"3.0","#),
+        "{json}"
+    );
+    assert!(
+        json.contains(r#"{"slot":"A","booted":false,"state":"bad""#),
+        "{json}"
+    );
+
+    // Refusals that keep a confirmed slot: no rollback to a bad slot, no
+    // mark-bad of the only confirmed slot.
+    assert!(fails(&["rollback"], &on_b).contains("cannot roll back"));
+    assert!(fails(&["mark-bad"], &on_b).contains("only slot in the boot order"));
+    assert_eq!(printenv(&cfg, "ATOMUP_ORDER"), "B");
+    // With both confirmed, rollback swaps the order.
+    ok(&["env", "set", "--order", "B A"], &on_b);
+    ok(&["rollback"], &on_b);
+    assert_eq!(printenv(&cfg, "ATOMUP_ORDER"), "A B");
+    // Booted slot unknown on a host without --booted-slot and no atomup.slot=.
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if !cmdline.contains("atomup.slot=") {
+        assert!(fails(&["mark-good", "--env-config", cfg_s], &[]).contains("booted slot unknown"));
+    }
+}
+
+#[test]
+fn update_life_on_a_grubenv_pair() {
+    if !atomup_tests::require_tool("grub-editenv") {
+        return;
+    }
+    let d = scratch("grub");
+    let env = d.join("grubenv");
+    let env_s = env.to_str().unwrap();
+    let env2 = d.join("grubenv2");
+    let list = |p: &Path| {
+        let out = Command::new("grub-editenv")
+            .arg(p)
+            .arg("list")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let on_a = ["--grubenv", env_s, "--booted-slot", "A"];
+    ok(&["env", "init", "--order", "A"], &on_a);
+    ok(&["install-start", "--slot", "B"], &on_a);
+    ok(&["install-done", "--slot", "B"], &on_a);
+    // SEQ 0/1 from init, the two writes went to block 2 then block 1.
+    assert!(list(&env).contains("ATOMUP_SEQ=3\nATOMUP_ORDER=B A\nATOMUP_TRIAL=B\nATOMUP_LEFT=3\nATOMUP_SEAL=3:B A:B:3\n"), "{}", list(&env));
+    assert!(
+        list(&env2).contains("ATOMUP_SEQ=2\nATOMUP_ORDER=A\n"),
+        "{}",
+        list(&env2)
+    );
+    // GRUB's decrement into the non-current block (block 2) with grub-editenv.
+    let st = Command::new("grub-editenv")
+        .arg(&env2)
+        .args([
+            "set",
+            "ATOMUP_SEQ=3",
+            "ATOMUP_ORDER=B A",
+            "ATOMUP_TRIAL=B",
+            "ATOMUP_LEFT=2",
+            "ATOMUP_SEAL=3:B A:B:2",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let on_b = ["--grubenv", env_s, "--booted-slot", "B"];
+    assert!(ok(&["env", "show"], &on_b).contains("ATOMUP_LEFT=2"));
+    ok(&["mark-good"], &on_b);
+    assert!(
+        list(&env).contains("ATOMUP_SEQ=4\nATOMUP_ORDER=B A\nATOMUP_TRIAL=\nATOMUP_LEFT=0\n"),
+        "{}",
+        list(&env)
+    );
+    let json = ok(&["status", "--json"], &on_b);
+    assert!(json.contains(r#""order":["B","A"],"trial":null"#), "{json}");
+}

@@ -292,7 +292,15 @@ pub fn apply(opts: &Options<'_>) -> Result<Stats> {
 
     // Rule: the written tree read back from disk must hash to the signed commit.
     let mut cache = HashMap::new();
-    let (tree, meta) = hash_dir(&target_fd, opts.target, 0, &mut cache)?;
+    let load = |id: &ObjectId| st.load_meta(id, ObjectType::DirTree).ok();
+    let (tree, meta) = hash_dir_guided(
+        &target_fd,
+        opts.target,
+        0,
+        &mut cache,
+        Some((sb.commit.root_tree, sb.commit.root_meta)),
+        &load,
+    )?;
     if tree != sb.commit.root_tree {
         return Err(DeployError::VerifyMismatch {
             what: "root dirtree",
@@ -578,7 +586,7 @@ impl State<'_> {
         )
         .map_err(|e| io("open", &path)(e.into()))?;
         let file = File::from(fd);
-        let (actual, size) = fsx::hash_regular(&file, &path)?;
+        let (actual, size, _) = fsx::hash_regular(&file, &path, Some(id))?;
         // Rule: an old object is re-hashed before use; a modified active root is an error.
         if actual != *id {
             return Err(DeployError::Corrupt {
@@ -614,7 +622,7 @@ impl State<'_> {
         let hex = id.to_hex();
         let staged_path = self.staging_path.join(&hex);
         if stt.st_mode & S_IFMT == S_IFLNK {
-            let (actual, target) = fsx::hash_symlink(&dir, &cname, &path)?;
+            let (actual, target, x) = fsx::hash_symlink(&dir, &cname, &path, Some(id))?;
             if actual != *id {
                 return Err(DeployError::Corrupt {
                     what: "old object",
@@ -623,7 +631,6 @@ impl State<'_> {
                     actual,
                 });
             }
-            let x = fsx::link_xattrs(&path).map_err(io("read xattrs of", &path))?;
             let header = FileHeader {
                 uid: stt.st_uid,
                 gid: stt.st_gid,
@@ -645,16 +652,20 @@ impl State<'_> {
             if s.st_mode & S_IFMT != S_IFREG {
                 return Err(DeployError::BadFileType { path });
             }
-            let x = fsx::fd_xattrs(&src).map_err(io("read xattrs of", &path))?;
-            let xattrs = Xattrs::parse(&x).map_err(fmt("xattrs"))?;
-            let header = FileHeader {
-                uid: s.st_uid,
-                gid: s.st_gid,
-                mode: s.st_mode,
-                symlink: "",
-                xattrs,
-            };
-            let mut h = header.content_hasher();
+            let cands = fsx::xattr_candidates(
+                fsx::fd_xattr_list(&src).map_err(io("read xattrs of", &path))?,
+            );
+            let mut hashers = Vec::new();
+            for x in &cands {
+                let header = FileHeader {
+                    uid: s.st_uid,
+                    gid: s.st_gid,
+                    mode: s.st_mode,
+                    symlink: "",
+                    xattrs: Xattrs::parse(x).map_err(fmt("xattrs"))?,
+                };
+                hashers.push(header.content_hasher());
+            }
             let tmp = format!("{hex}.tmp");
             let mut out = self.create_staged(&tmp)?;
             let mut buf = vec![0u8; CHUNK];
@@ -664,12 +675,15 @@ impl State<'_> {
                 if n == 0 {
                     break;
                 }
-                h.update(&buf[..n]);
+                for h in &mut hashers {
+                    h.update(&buf[..n]);
+                }
                 out.write_all(&buf[..n])
                     .map_err(io("write", &staged_path))?;
                 total += n as u64;
             }
-            let actual = finish_id(h);
+            let ids = hashers.into_iter().map(finish_id).zip(cands).collect();
+            let (actual, x) = fsx::pick(ids, Some(id)).unwrap_or_default();
             if actual != *id {
                 let _ = rustix::fs::unlinkat(&self.staging, tmp.as_str(), AtFlags::empty());
                 return Err(DeployError::Corrupt {
@@ -679,6 +693,13 @@ impl State<'_> {
                     actual,
                 });
             }
+            let header = FileHeader {
+                uid: s.st_uid,
+                gid: s.st_gid,
+                mode: s.st_mode,
+                symlink: "",
+                xattrs: Xattrs::parse(&x).map_err(fmt("xattrs"))?,
+            };
             self.finish_staged(out, &tmp, &hex, &header)?;
             self.stats.bytes_reused += total;
         }
@@ -1120,20 +1141,43 @@ pub fn hash_dir(
     depth: usize,
     cache: &mut HashMap<(u64, u64), ObjectId>,
 ) -> Result<(ObjectId, ObjectId)> {
+    hash_dir_guided(dir, path, depth, cache, None, &|_| None)
+}
+
+/// Loads an expected dirtree's bytes by id (verification hints).
+type TreeLoader<'l> = &'l dyn Fn(&ObjectId) -> Option<Vec<u8>>;
+
+/// As [`hash_dir`]; with `expected` (tree, meta) ids and a loader for the
+/// expected dirtrees, xattr encodings of older OSTree versions are tried where
+/// the sorted one does not match. The result is still computed from disk
+/// only: hints choose between encodings, they never supply entries.
+fn hash_dir_guided(
+    dir: &OwnedFd,
+    path: &Path,
+    depth: usize,
+    cache: &mut HashMap<(u64, u64), ObjectId>,
+    expected: Option<(ObjectId, ObjectId)>,
+    load: TreeLoader<'_>,
+) -> Result<(ObjectId, ObjectId)> {
     use atomup_ostree::object::{DirEntry, FileEntry};
     use atomup_ostree::SafeName;
     if depth > MAX_DEPTH {
         return Err(DeployError::TooDeep { limit: MAX_DEPTH });
     }
     let st = rustix::fs::fstat(dir).map_err(|e| io("stat", path)(e.into()))?;
-    let x = fsx::fd_xattrs(dir).map_err(io("read xattrs of", path))?;
-    let meta = DirMeta {
-        uid: st.st_uid,
-        gid: st.st_gid,
-        mode: st.st_mode,
-        xattrs: Xattrs::parse(&x).map_err(fmt("xattrs"))?,
-    };
-    let meta_id = ObjectId::of(&meta.encode());
+    let mut metas = Vec::new();
+    for x in fsx::xattr_candidates(fsx::fd_xattr_list(dir).map_err(io("read xattrs of", path))?) {
+        let meta = DirMeta {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode,
+            xattrs: Xattrs::parse(&x).map_err(fmt("xattrs"))?,
+        };
+        metas.push((ObjectId::of(&meta.encode()), ()));
+    }
+    let (meta_id, ()) = fsx::pick(metas, expected.as_ref().map(|e| &e.1)).unwrap_or_default();
+    let hint_bytes = expected.and_then(|(t, _)| load(&t));
+    let hint = hint_bytes.as_deref().and_then(|b| DirTree::parse(b).ok());
     let mut names: Vec<String> = Vec::new();
     for n in fsx::dir_names(dir, path)? {
         names.push(n.into_string().map_err(|_| DeployError::BadFileType {
@@ -1147,12 +1191,20 @@ pub fn hash_dir(
         let p = path.join(name);
         let safe = SafeName::new(name).map_err(fmt("file name"))?;
         let c = fsx::cname(name);
+        let want_file = hint
+            .as_ref()
+            .and_then(|h| h.files.iter().find(|f| f.name.as_str() == name.as_str()))
+            .map(|f| f.id);
         let s = rustix::fs::statat(dir, c.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| io("stat", &p)(e.into()))?;
         match s.st_mode & S_IFMT {
             S_IFDIR => {
+                let want_dir = hint
+                    .as_ref()
+                    .and_then(|h| h.dirs.iter().find(|d| d.name.as_str() == name.as_str()))
+                    .map(|d| (d.tree, d.meta));
                 let sub = fsx::open_dir_at(dir, name).map_err(io("open directory", &p))?;
-                let (tree, meta) = hash_dir(&sub, &p, depth + 1, cache)?;
+                let (tree, meta) = hash_dir_guided(&sub, &p, depth + 1, cache, want_dir, load)?;
                 dirs.push(DirEntry {
                     name: safe,
                     tree,
@@ -1171,7 +1223,8 @@ pub fn hash_dir(
                             Mode::empty(),
                         )
                         .map_err(|e| io("open", &p)(e.into()))?;
-                        let (id, _) = fsx::hash_regular(&File::from(fd), &p)?;
+                        let (id, _, _) =
+                            fsx::hash_regular(&File::from(fd), &p, want_file.as_ref())?;
                         cache.insert(key, id);
                         id
                     }
@@ -1179,7 +1232,7 @@ pub fn hash_dir(
                 files.push(FileEntry { name: safe, id });
             }
             S_IFLNK => {
-                let (id, _) = fsx::hash_symlink(dir, &c, &p)?;
+                let (id, _, _) = fsx::hash_symlink(dir, &c, &p, want_file.as_ref())?;
                 files.push(FileEntry { name: safe, id });
             }
             _ => return Err(DeployError::BadFileType { path: p }),

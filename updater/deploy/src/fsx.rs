@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use atomup_ostree::object::{
-    encode_xattrs, finish_id, FileHeader, Xattrs, S_IFLNK, S_IFMT, S_IFREG,
+    encode_xattrs, encode_xattrs_in_order, finish_id, FileHeader, Xattrs, S_IFLNK, S_IFMT, S_IFREG,
 };
 use atomup_ostree::ObjectId;
 use rustix::fs::{AtFlags, Mode, OFlags, XattrFlags};
@@ -53,8 +53,8 @@ pub(crate) fn walk_parent<'a>(root: &OwnedFd, rel: &'a str) -> std::io::Result<(
     Err(std::io::ErrorKind::NotFound.into())
 }
 
-/// Xattrs of an open file or directory, sorted, in OSTree's encoding.
-pub(crate) fn fd_xattrs(fd: impl AsFd) -> std::io::Result<Vec<u8>> {
+/// Xattrs of an open file or directory as (name, value), in `listxattr` order.
+pub(crate) fn fd_xattr_list(fd: impl AsFd) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let fd = fd.as_fd();
     let names = match list(|buf| rustix::fs::flistxattr(fd, buf)) {
         Ok(n) => n,
@@ -68,15 +68,11 @@ pub(crate) fn fd_xattrs(fd: impl AsFd) -> std::io::Result<Vec<u8>> {
         let value = list(|buf| rustix::fs::fgetxattr(fd, c.as_c_str(), buf))?;
         attrs.push((name.to_vec(), value));
     }
-    Ok(if attrs.is_empty() {
-        Vec::new()
-    } else {
-        encode_xattrs(attrs)
-    })
+    Ok(attrs)
 }
 
 /// Xattrs of a symlink itself (by path, since a symlink cannot be opened).
-pub(crate) fn link_xattrs(path: &Path) -> std::io::Result<Vec<u8>> {
+pub(crate) fn link_xattr_list(path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let names = match list(|buf| rustix::fs::llistxattr(path, buf)) {
         Ok(n) => n,
         Err(e) if e == Errno::OPNOTSUPP || e == Errno::PERM => return Ok(Vec::new()),
@@ -89,11 +85,34 @@ pub(crate) fn link_xattrs(path: &Path) -> std::io::Result<Vec<u8>> {
         let value = list(|buf| rustix::fs::lgetxattr(path, c.as_c_str(), buf))?;
         attrs.push((name.to_vec(), value));
     }
-    Ok(if attrs.is_empty() {
-        Vec::new()
+    Ok(attrs)
+}
+
+/// The xattr encodings a commit may have used for these attributes: sorted by
+/// name (OSTree 2025.2+) and, if different, `listxattr` order (older OSTree,
+/// e.g. Debian bookworm's 2022.7). Sorted comes first.
+pub(crate) fn xattr_candidates(attrs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<Vec<u8>> {
+    if attrs.is_empty() {
+        return vec![Vec::new()];
+    }
+    let raw = encode_xattrs_in_order(&attrs);
+    let sorted = encode_xattrs(attrs);
+    if raw == sorted {
+        vec![sorted]
     } else {
-        encode_xattrs(attrs)
-    })
+        vec![sorted, raw]
+    }
+}
+
+/// Picks the candidate whose id equals `expected`, else the first.
+pub(crate) fn pick<T>(
+    cands: Vec<(ObjectId, T)>,
+    expected: Option<&ObjectId>,
+) -> Option<(ObjectId, T)> {
+    let idx = expected
+        .and_then(|e| cands.iter().position(|(id, _)| id == e))
+        .unwrap_or(0);
+    cands.into_iter().nth(idx)
 }
 
 /// Calls a size-probing xattr syscall with a growing buffer.
@@ -229,23 +248,31 @@ pub(crate) fn dir_names(dir: &OwnedFd, path: &Path) -> Result<Vec<CString>> {
 }
 
 /// Content checksum of a regular file from an open fd: header from fstat and
-/// xattrs, then the data. Returns the id and the data size.
-pub(crate) fn hash_regular(file: &File, path: &Path) -> Result<(ObjectId, u64)> {
+/// xattrs, then the data. With `expected`, an older OSTree's xattr order is
+/// also tried. Returns the id, the data size and the xattr encoding used.
+pub(crate) fn hash_regular(
+    file: &File,
+    path: &Path,
+    expected: Option<&ObjectId>,
+) -> Result<(ObjectId, u64, Vec<u8>)> {
     let st = rustix::fs::fstat(file).map_err(|e| io("stat", path)(e.into()))?;
     if st.st_mode & S_IFMT != S_IFREG {
         return Err(DeployError::BadFileType {
             path: path.to_owned(),
         });
     }
-    let x = fd_xattrs(file).map_err(io("read xattrs of", path))?;
-    let header = FileHeader {
-        uid: st.st_uid,
-        gid: st.st_gid,
-        mode: st.st_mode,
-        symlink: "",
-        xattrs: Xattrs::parse(&x).map_err(crate::error::fmt("xattrs"))?,
-    };
-    let mut h = header.content_hasher();
+    let cands = xattr_candidates(fd_xattr_list(file).map_err(io("read xattrs of", path))?);
+    let mut hashers = Vec::new();
+    for x in &cands {
+        let header = FileHeader {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode,
+            symlink: "",
+            xattrs: Xattrs::parse(x).map_err(crate::error::fmt("xattrs"))?,
+        };
+        hashers.push(header.content_hasher());
+    }
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
     let mut f = file;
@@ -254,14 +281,26 @@ pub(crate) fn hash_regular(file: &File, path: &Path) -> Result<(ObjectId, u64)> 
         if n == 0 {
             break;
         }
-        h.update(&buf[..n]);
+        for h in &mut hashers {
+            h.update(&buf[..n]);
+        }
         total += n as u64;
     }
-    Ok((finish_id(h), total))
+    let ids: Vec<(ObjectId, Vec<u8>)> = hashers.into_iter().map(finish_id).zip(cands).collect();
+    let (id, x) = pick(ids, expected).ok_or(DeployError::BadFileType {
+        path: path.to_owned(),
+    })?;
+    Ok((id, total, x))
 }
 
 /// Content checksum of a symlink `name` in `dir` (full `path` for xattrs).
-pub(crate) fn hash_symlink(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<(ObjectId, String)> {
+/// Returns the id, the target and the xattr encoding used.
+pub(crate) fn hash_symlink(
+    dir: &OwnedFd,
+    name: &CStr,
+    path: &Path,
+    expected: Option<&ObjectId>,
+) -> Result<(ObjectId, String, Vec<u8>)> {
     let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| io("stat", path)(e.into()))?;
     if st.st_mode & S_IFMT != S_IFLNK {
@@ -274,15 +313,21 @@ pub(crate) fn hash_symlink(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<(O
     let target = target.into_string().map_err(|_| DeployError::BadFileType {
         path: path.to_owned(),
     })?;
-    let x = link_xattrs(path).map_err(io("read xattrs of", path))?;
-    let header = FileHeader {
-        uid: st.st_uid,
-        gid: st.st_gid,
-        mode: st.st_mode,
-        symlink: &target,
-        xattrs: Xattrs::parse(&x).map_err(crate::error::fmt("xattrs"))?,
-    };
-    Ok((finish_id(header.content_hasher()), target))
+    let mut ids = Vec::new();
+    for x in xattr_candidates(link_xattr_list(path).map_err(io("read xattrs of", path))?) {
+        let header = FileHeader {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode,
+            symlink: &target,
+            xattrs: Xattrs::parse(&x).map_err(crate::error::fmt("xattrs"))?,
+        };
+        ids.push((finish_id(header.content_hasher()), x));
+    }
+    let (id, x) = pick(ids, expected).ok_or(DeployError::BadFileType {
+        path: path.to_owned(),
+    })?;
+    Ok((id, target, x))
 }
 
 pub(crate) fn cname(name: &str) -> CString {

@@ -435,3 +435,83 @@ fn fallback_object_from_archive_repo() {
     checkout(&f.repo, &v3, &reference);
     assert_same_tree(&target, &reference);
 }
+
+fn xattrs_of(p: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut names = vec![0u8; 4096];
+    let n = rustix::fs::llistxattr(p, &mut names[..]).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = names[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            let name = String::from_utf8(name.to_vec()).unwrap();
+            let mut v = vec![0u8; 4096];
+            let k = rustix::fs::lgetxattr(p, name.as_str(), &mut v[..]).unwrap();
+            v.truncate(k);
+            (name, v)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Xattrs on files and directories (set in non-sorted order) are written and
+/// verified, both for objects from the delta and objects reused from the
+/// active root.
+#[test]
+fn xattrs_on_files_and_directories() {
+    let base = scratch("xattrs");
+    let t1 = base.join("t1");
+    write(&t1.join("d/x"), b"x\n");
+    write(&t1.join("d/keep"), b"keep\n");
+    let set = |p: &Path, n: &str, v: &[u8]| {
+        rustix::fs::lsetxattr(p, n, v, rustix::fs::XattrFlags::empty()).unwrap()
+    };
+    for f in ["d/x", "d/keep"] {
+        set(&t1.join(f), "user.b", b"2");
+        set(&t1.join(f), "user.a", b"1");
+    }
+    set(&t1.join("d"), "user.z", b"z");
+    set(&t1.join("d"), "user.c", b"c");
+    let repo = base.join("repo");
+    ostree(&[
+        &format!("--repo={}", repo.display()),
+        "init",
+        "--mode=archive",
+    ]);
+    let v1 = commit(&repo, &t1, "v1");
+    std::fs::write(t1.join("d/x"), b"x changed\n").unwrap();
+    let v2 = commit(&repo, &t1, "v2");
+    let (s, d) = (base.join("scratch"), base.join("d"));
+    delta(&repo, None, &v1, &s, &[]);
+    delta(&repo, Some(&v1), &v2, &d, &[]);
+    let (a, b, meta) = (base.join("a"), base.join("b"), base.join("meta"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    apply(&Options {
+        delta: &s,
+        target: &a,
+        from_root: None,
+        from_meta: None,
+        fallback_repo: None,
+        meta_out: Some(&meta),
+        trust: None,
+    })
+    .unwrap();
+    apply(&Options {
+        delta: &d,
+        target: &b,
+        from_root: Some(&a),
+        from_meta: Some(&meta),
+        fallback_repo: None,
+        meta_out: None,
+        trust: None,
+    })
+    .unwrap();
+    let reference = base.join("ref");
+    checkout(&repo, &v2, &reference);
+    assert_same_tree(&b, &reference);
+    for p in ["d", "d/x", "d/keep"] {
+        assert_eq!(xattrs_of(&b.join(p)), xattrs_of(&reference.join(p)), "{p}");
+        assert_eq!(xattrs_of(&b.join(p)).len(), 2, "{p}");
+    }
+}

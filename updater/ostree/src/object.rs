@@ -204,6 +204,12 @@ impl<'a> Xattrs<'a> {
 /// hashes them.
 pub fn encode_xattrs(mut attrs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
     attrs.sort();
+    encode_xattrs_in_order(&attrs)
+}
+
+/// Serializes xattrs in the given order: OSTree before 2025.2 hashed them in
+/// `listxattr` order, so a verifier must be able to reproduce that too.
+pub fn encode_xattrs_in_order(attrs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let elems: Vec<Vec<u8>> = attrs
         .iter()
         .map(|(n, v)| {

@@ -118,6 +118,29 @@ impl UbootEnv {
     }
 }
 
+/// libubootenv's lock file: holding it while we read-modify-write keeps a
+/// concurrent `fw_setenv` from picking the same target copy.
+const LOCK_FILE: &str = "/var/lock/fw_printenv.lock";
+
+/// Held for the duration of one env write; dropped = unlocked.
+struct EnvLock(#[allow(dead_code)] Option<std::fs::File>);
+
+fn lock() -> Result<EnvLock, BootctlError> {
+    let path = Path::new(LOCK_FILE);
+    if !path.parent().is_some_and(Path::exists) {
+        return Ok(EnvLock(None)); // no /var/lock (initramfs, minimal rootfs): nobody to race
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(crate::io::io_err(path, "opening the env lock file"))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| crate::io::io_err(path, "locking the env")(e.into()))?;
+    Ok(EnvLock(Some(f)))
+}
+
 impl Bootloader for UbootEnv {
     fn read(&mut self) -> Result<Option<Vars>, BootctlError> {
         match self.devices.as_slice() {
@@ -129,6 +152,7 @@ impl Bootloader for UbootEnv {
     }
 
     fn write(&mut self, vars: &Vars) -> Result<(), BootctlError> {
+        let _lock = lock()?;
         match self.devices.len() {
             1 => self.write_copy(0, vars, 0),
             _ => {
@@ -140,6 +164,7 @@ impl Bootloader for UbootEnv {
     }
 
     fn init(&mut self, vars: &Vars) -> Result<(), BootctlError> {
+        let _lock = lock()?;
         if self.devices.len() == 2 {
             // Older copy first: a cut between the two leaves copy 2 valid.
             self.write_copy(1, vars, 0)?;

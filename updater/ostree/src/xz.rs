@@ -1,7 +1,9 @@
-//! Part decompression with a hard output cap. Pure Rust (`lzma-rs`), streaming
-//! from a reader into a writer: the device never holds a compressed or
+//! Part decompression with a hard output cap. liblzma (`xz2`, built from
+//! source and linked statically) streams from a reader into a writer with a
+//! fixed-size dictionary window: the device never holds a compressed or
 //! decompressed part in memory, and a part that inflates beyond what its
-//! superblock declared is a decompression bomb and is stopped at the cap.
+//! superblock declared is a decompression bomb, stopped at the cap as the
+//! bytes come out (not after the fact).
 
 use std::io::{BufRead, Write};
 
@@ -30,11 +32,16 @@ impl<W: Write> Write for Capped<W> {
     }
 }
 
+/// Memory the xz decoder may use. Upstream's generator uses a 32 MiB
+/// dictionary; anything asking for more than this is refused rather than
+/// allowed to exhaust a small device.
+pub const XZ_MEMLIMIT: u64 = 64 << 20;
+
 /// Decompresses a part payload into `out`, refusing more than `limit` bytes.
 /// Returns the decompressed size.
 pub fn decompress<R: BufRead, W: Write>(
     compression: Compression,
-    mut input: R,
+    input: R,
     out: W,
     limit: u64,
 ) -> Result<u64> {
@@ -45,13 +52,16 @@ pub fn decompress<R: BufRead, W: Write>(
         over: false,
     };
     let res = match compression {
-        Compression::None => std::io::copy(&mut input, &mut capped)
-            .map(|_| ())
-            .map_err(Some),
-        Compression::Xz => lzma_rs::xz_decompress(&mut input, &mut capped).map_err(|e| match e {
-            lzma_rs::error::Error::IoError(e) => Some(e),
-            _ => None,
-        }),
+        Compression::None => {
+            let mut input = input;
+            std::io::copy(&mut input, &mut capped)
+        }
+        Compression::Xz => {
+            let stream = xz2::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, 0)
+                .map_err(|_| Error::malformed("xz part", "cannot set up the decoder"))?;
+            let mut dec = xz2::bufread::XzDecoder::new_stream(input, stream);
+            std::io::copy(&mut dec, &mut capped)
+        }
     };
     if capped.over {
         return Err(Error::TooLarge {
@@ -60,18 +70,32 @@ pub fn decompress<R: BufRead, W: Write>(
         });
     }
     match res {
-        Ok(()) => {
+        Ok(_) => {
             capped.flush().map_err(|source| Error::Io {
                 what: "writing the decompressed part",
                 source,
             })?;
             Ok(capped.written)
         }
-        Err(Some(source)) => Err(Error::Io {
+        // liblzma reports corrupt or truncated data as InvalidData/UnexpectedEof
+        // (or a wrapped lzma error); everything else is a real I/O failure.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::Other
+            ) =>
+        {
+            Err(Error::malformed(
+                "xz part",
+                "corrupt or truncated xz stream",
+            ))
+        }
+        Err(source) => Err(Error::Io {
             what: "decompressing a part",
             source,
         }),
-        Err(None) => Err(Error::malformed("xz part", "corrupt xz stream")),
     }
 }
 
@@ -106,5 +130,24 @@ mod tests {
         assert!(matches!(err, Error::TooLarge { .. }), "{err}");
         assert!(decompress(c, &data[..data.len() / 2], Vec::new(), 1 << 20).is_err());
         assert!(decompress(Compression::None, &b"abc"[..], Vec::new(), 2).is_err());
+    }
+
+    /// A real bomb (32 MiB of zeros in a few kilobytes of xz) is
+    /// stopped at the cap while streaming, without buffering the output.
+    #[test]
+    fn bomb_is_stopped_while_streaming() {
+        use std::io::Write as _;
+        let mut enc = xz2::write::XzEncoder::new(Vec::new(), 1);
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..32 {
+            enc.write_all(&zeros).unwrap();
+        }
+        let xz = enc.finish().unwrap();
+        assert!(xz.len() < 64 << 10);
+        let err = decompress(Compression::Xz, &xz[..], std::io::sink(), 1 << 20).unwrap_err();
+        assert!(
+            matches!(err, Error::TooLarge { limit, .. } if limit == 1 << 20),
+            "{err}"
+        );
     }
 }

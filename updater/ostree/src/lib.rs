@@ -11,6 +11,8 @@ pub mod execute;
 pub mod gvariant;
 pub mod object;
 pub mod sign;
+#[cfg(feature = "encode")]
+pub mod vendor;
 pub mod xz;
 
 pub use delta::MAX_METADATA_SIZE;

@@ -279,7 +279,7 @@ impl Writer<'_> {
 /// serialized sorted by name as OSTree 2025.2+ hashes them.
 fn read_xattrs(path: &Path) -> Result<Vec<u8>, CommitError> {
     let err = io_err("reading xattrs of", path);
-    let size = match rustix::fs::llistxattr(path, &mut [0u8; 0][..]) {
+    let size = match rustix::fs::llistxattr_query(path) {
         Ok(n) => n,
         Err(e) if e == rustix::io::Errno::NOTSUP || e == rustix::io::Errno::NOSYS => {
             return Ok(Vec::new())
@@ -295,7 +295,7 @@ fn read_xattrs(path: &Path) -> Result<Vec<u8>, CommitError> {
     let mut attrs = Vec::new();
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let name_os = std::ffi::OsStr::from_bytes(name);
-        let vlen = rustix::fs::lgetxattr(path, name_os, &mut [0u8; 0][..])
+        let vlen = rustix::fs::lgetxattr_query(path, name_os)
             .map_err(|e| io_err("reading xattrs of", path)(e.into()))?;
         let mut value = vec![0u8; vlen];
         let got = rustix::fs::lgetxattr(path, name_os, &mut value[..])
@@ -680,7 +680,12 @@ pub fn commit(repo: &Repo, source: Source<'_>, opts: &Options) -> Result<Summary
         root_meta: meta,
     }
     .encode();
-    let (id, _) = repo.write_meta(ObjectType::Commit, &bytes)?;
+    let (id, new) = repo.write_meta(ObjectType::Commit, &bytes)?;
+    if new {
+        w.summary.new_objects += 1;
+    } else {
+        w.summary.reused_objects += 1;
+    }
     repo.write_ref(&opts.branch, &id)?;
     w.summary.id = Some(id);
     w.summary.parent = parent;

@@ -31,6 +31,9 @@ use part::{xz_compress, PartBuilder};
 use crate::progress::{human, Progress};
 use crate::repo::{OwnedHeader, Repo, RepoError};
 
+/// Files smaller than this are always stored literally.
+const MIN_BSDIFF_SIZE: u64 = 512;
+
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Cut a new part once the uncompressed payload would exceed this.
@@ -366,7 +369,8 @@ pub fn generate(
             });
             continue;
         }
-        let base = if opts.bsdiff && from.is_some() {
+        // Tiny files: a patch's control block costs more than the file.
+        let base = if opts.bsdiff && from.is_some() && size >= MIN_BSDIFF_SIZE {
             planner.candidates(path, size, &from_idx, &by_name, &by_stem)?
         } else {
             None

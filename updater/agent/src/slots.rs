@@ -252,12 +252,17 @@ fn mark_good(o: &Opts, bl: &mut dyn Bootloader) -> Result {
         );
         state = write;
     }
-    match state.health_passed(slot) {
+    let passed = if booted(o)?.fallback {
+        state.fallback_boot_passed(slot)
+    } else {
+        state.health_passed(slot)
+    };
+    match passed {
         Some(next) => {
             atomup_bootctl::write_state(bl, &next)?;
             println!("slot {slot} confirmed good ({next})");
         }
-        None => println!("slot {slot} is not on trial: nothing to write"),
+        None => println!("slot {slot} is confirmed (not on trial): nothing to write"),
     }
     Ok(())
 }

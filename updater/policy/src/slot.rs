@@ -261,6 +261,30 @@ impl BootState {
         })
     }
 
+    /// Health passed after the bootloader's last-resort boot
+    /// (`atomup.fallback=1`: env missing/corrupt/empty, or only an exhausted
+    /// trial): the slot that booted and passed is put first in the order,
+    /// which repairs the env so the next boot is a normal one. Only for that
+    /// boot kind: elsewhere a booted slot outside the order was taken out on
+    /// purpose (mark-bad, rollback) and must stay out.
+    pub fn fallback_boot_passed(&self, booted: Slot) -> Option<BootState> {
+        if self.is_confirmed(booted) {
+            return None;
+        }
+        let mut order = vec![booted];
+        order.extend(
+            self.order
+                .iter()
+                .copied()
+                .filter(|&s| s != booted && self.is_confirmed(s)),
+        );
+        Some(BootState {
+            order,
+            trial: None,
+            left: 0,
+        })
+    }
+
     /// Health failed on `booted`: it leaves the order (the caller reboots).
     /// A confirmed slot that is the only one in the order is kept: removing
     /// it would leave nothing confirmed to boot.
@@ -358,6 +382,27 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_healthy_last_resort_boot_repairs_the_order() {
+        assert_eq!(
+            st(&[], None, 0).fallback_boot_passed(A),
+            Some(st(&[A], None, 0))
+        );
+        // Exhausted trial B: the fallback write drops B, then A is confirmed.
+        let s = st(&[B], Some(B), 0);
+        let BootOutcome::Fallback { write, .. } = s.after_boot(A) else {
+            panic!()
+        };
+        assert_eq!(write.fallback_boot_passed(A), Some(st(&[A], None, 0)));
+        assert_eq!(
+            st(&[B], None, 0).fallback_boot_passed(A),
+            Some(st(&[A, B], None, 0))
+        );
+        assert_eq!(st(&[A], None, 0).fallback_boot_passed(A), None);
+        // Outside a last-resort boot, health passing never re-adds a slot.
+        assert_eq!(st(&[B], None, 0).health_passed(A), None);
     }
 
     #[test]

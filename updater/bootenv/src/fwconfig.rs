@@ -2,7 +2,8 @@
 //! existing config describes where our env copies are without translation.
 //!
 //! libubootenv's rules (its `sscanf("%ms %lli %zx %zx %lx %d")`), mirrored:
-//! a line starting with `#` is a comment; a line whose first three fields do
+//! a line starting with `#` is a comment (also when indented: the one
+//! deliberate difference, found by fuzzing); a line whose first three fields do
 //! not parse (blank lines included) is ignored; the offset takes C integer
 //! syntax (`0x` hex, leading `0` octal, else decimal); the size, erase size and
 //! sector count are ALWAYS hexadecimal, with or without `0x`; anything after a
@@ -55,6 +56,11 @@ impl FwEnvConfig {
             }
             let mut fields = line.split_ascii_whitespace();
             let Some(path) = fields.next() else { continue };
+            // libubootenv would take an indented `#word` as a device name; no
+            // real device is named so, and a person reads it as a comment.
+            if path.starts_with('#') {
+                continue;
+            }
             let Some(offset) = fields.next().and_then(parse_c_int) else {
                 continue;
             };
@@ -172,6 +178,20 @@ mod tests {
             FwEnvConfig::parse(b"\n  \njunk\nx y z\na 0 0x10\nb 0x10 0x10\nc 0x20 0x10\n").unwrap();
         assert_eq!(c.devices.len(), 2);
         assert_eq!(c.devices[1].path, "b");
+    }
+
+    /// Regression (fuzz find): an indented `#x 0x84000 0x4000` was read as a
+    /// device named `#x`, which serializes back as a comment.
+    #[test]
+    fn indented_hash_line_is_a_comment() {
+        let c = FwEnvConfig::parse(
+            b"  #covda 0x84000 0x4000
+/dev/vda 0 0x10
+",
+        )
+        .unwrap();
+        assert_eq!(c.devices.len(), 1);
+        assert_eq!(c.devices[0].path, "/dev/vda");
     }
 
     #[test]

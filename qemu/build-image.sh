@@ -8,6 +8,10 @@
 #   --bad-slot A|B     that slot's /sbin/init exits at once: kernel panic, panic=1 reboot (a bad image)
 #   --guest-bin FILE   copy FILE into /usr/bin of both slots (repeatable), e.g. a static aarch64 atomup
 #   --blank-env        leave the A/B env blank (U-Boot: zeroed copies; GRUB: no grubenv files)
+#   --uboot-variant raw|saveenv
+#                      boot.scr from bootloader-hooks/uboot/atomup-qemu-raw.cmd (default) or
+#                      atomup-saveenv.cmd (A/B vars in U-Boot's own env; see --uboot-env)
+#   --uboot-env K=V    add K=V to U-Boot's own env in flash1.img (repeatable; saveenv variant)
 #
 # Output in DIR:
 #   disk.img    GPT: 1 boot FAT (U-Boot: /boot.scr; GRUB: /EFI/BOOT/BOOTAA64.EFI + /grub/grubenv{,2}),
@@ -15,6 +19,7 @@
 #               byte 0x80000 and 0x84000 (0x4000 each), in the gap before partition 1.
 #   flash1.img  (U-Boot) U-Boot's own env pflash: Debian's default env with bootdelay=0 and
 #               boot_targets=virtio0 (attached read-only: saveenv is broken on QEMU 7.2)
+#   uboot-env.txt (U-Boot) that env as text, to make variants with mkenvimage -s 0x40000
 #   vars.fd     (GRUB) a fresh copy of the AAVMF variable store
 #   layout.env  byte offsets of the partitions, for host-side readers (debugfs/mtools)
 # Initial A/B env unless --blank-env: ATOMUP_ORDER="A B", ATOMUP_TRIAL empty, ATOMUP_LEFT=0,
@@ -25,8 +30,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 hooks=$root/bootloader-hooks
 
-bootloader= out= cache= image_a=A image_b=B bad_slot= blank_env=0
-guest_bins=()
+bootloader= out= cache= image_a=A image_b=B bad_slot= blank_env=0 uboot_variant=raw
+guest_bins=() uboot_env=()
 while [ $# -gt 0 ]; do
     case $1 in
         --bootloader) bootloader=$2; shift 2;;
@@ -37,6 +42,8 @@ while [ $# -gt 0 ]; do
         --bad-slot) bad_slot=$2; shift 2;;
         --guest-bin) guest_bins+=("$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"); shift 2;;
         --blank-env) blank_env=1; shift;;
+        --uboot-variant) uboot_variant=$2; shift 2;;
+        --uboot-env) uboot_env+=("$2"); shift 2;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;;
         *) echo "build-image: unknown option $1" >&2; exit 2;;
     esac
@@ -44,6 +51,11 @@ done
 case $bootloader in uboot|grub) ;; *) echo "build-image: --bootloader uboot|grub is required" >&2; exit 2;; esac
 [ -n "$out" ] || { echo "build-image: --out DIR is required" >&2; exit 2; }
 case $bad_slot in ""|A|B) ;; *) echo "build-image: --bad-slot A|B" >&2; exit 2;; esac
+case $uboot_variant in
+    raw) uboot_cmd=$hooks/uboot/atomup-qemu-raw.cmd;;
+    saveenv) uboot_cmd=$hooks/uboot/atomup-saveenv.cmd;;
+    *) echo "build-image: --uboot-variant raw|saveenv" >&2; exit 2;;
+esac
 
 cache=$("$here/fetch-parts.sh" ${cache:+"$cache"})
 kver=$(cat "$cache/kernel/KVER")
@@ -82,7 +94,7 @@ add_module() { # $1 = module name
     done
     order+=("$path")
 }
-for m in virtio_pci virtio_mmio virtio_blk crc32c_generic ext4 qemu_fw_cfg vfat nls_cp437 nls_ascii nls_iso8859-1 i6300esb; do
+for m in virtio_pci virtio_mmio virtio_blk crc32c_generic ext4 qemu_fw_cfg vfat nls_cp437 nls_ascii nls_iso8859-1 nls_utf8 i6300esb; do
     add_module "$m"
 done
 : >"$ird/lib/modules/load-order"
@@ -110,19 +122,19 @@ make_root() { # $1 = slot letter, $2 = image label, $3 = output image
     [ "$bad_slot" != "$1" ] || : >"$r/etc/atomup-bad-image"
     printf '/dev/vda 0x80000 0x4000\n/dev/vda 0x84000 0x4000\n' >"$r/etc/fw_env.config"
     for b in "${guest_bins[@]}"; do cp "$b" "$r/usr/bin/"; done
-    mkfs.ext4 -q -F -L "root$1" -E root_owner=0:0 -d "$r" "$3" $((root_size / 2))k
+    mkfs.ext4 -q -F -L "root$1" -E root_owner=0:0 -d "$r" "$3" $((root_size / 2))k >/dev/null
 }
 make_root A "$image_a" "$work/rootA.ext4"
 make_root B "$image_b" "$work/rootB.ext4"
 mkdir -p "$work/data"
-mkfs.ext4 -q -F -L data -d "$work/data" "$work/data.ext4" $((data_size / 2))k
+mkfs.ext4 -q -F -L data -d "$work/data" "$work/data.ext4" $((data_size / 2))k >/dev/null
 
 # --- boot partition -------------------------------------------------------------
 esp=$work/esp.vfat
 mkfs.vfat -n BOOT -C "$esp" $((esp_size / 2)) >/dev/null
 if [ "$bootloader" = uboot ]; then
     mkimage -q -A arm64 -O linux -T script -C none -n "atomup A/B" \
-        -d "$hooks/uboot/atomup-qemu-raw.cmd" "$work/boot.scr" >/dev/null
+        -d "$uboot_cmd" "$work/boot.scr" >/dev/null
     mcopy -i "$esp" "$work/boot.scr" ::/boot.scr
 else
     grub-mkstandalone -O arm64-efi -d "$cache/grub/arm64-efi" \
@@ -188,9 +200,11 @@ if [ "$bootloader" = uboot ]; then
     ubin=/usr/lib/u-boot/qemu_arm64/u-boot.bin
     tr '\0' '\n' <"$ubin" | sed -n '/^bootcmd=run distro_bootcmd$/,/^$/p' | sed '/^$/d' |
         sed -e 's/^bootdelay=.*/bootdelay=0/' -e 's/^boot_targets=.*/boot_targets=virtio0/' >"$work/uboot-env.txt"
+    for kv in "${uboot_env[@]}"; do echo "$kv" >>"$work/uboot-env.txt"; done
     grep -q '^distro_bootcmd=' "$work/uboot-env.txt" ||
         { echo "build-image: default env not found in $ubin" >&2; exit 1; }
     mkenvimage -s 0x40000 -o "$work/uboot-env.bin" "$work/uboot-env.txt"
+    cp "$work/uboot-env.txt" "$out/uboot-env.txt"
     rm -f "$out/flash1.img"
     truncate -s 64M "$out/flash1.img"
     dd if="$work/uboot-env.bin" of="$out/flash1.img" conv=notrunc status=none

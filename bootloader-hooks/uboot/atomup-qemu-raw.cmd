@@ -67,10 +67,11 @@ echo "ATOMUP-UBOOT: env copy=${au_cur} flags=${au_f1}/${au_f2} ORDER=${ATOMUP_OR
 # Slot choice (contract): first slot in ORDER; the trial slot only while LEFT > 0.
 # LEFT is decremented by comparison (9..1), so a value outside 1..9 counts as
 # exhausted instead of being misread (setexpr would parse it as hex).
-# Pass 2 runs only if recording a trial attempt failed: an attempt that cannot
+# Pass 2 runs only if recording a trial attempt failed (au_skip_trial=1): an attempt that cannot
 # be counted is not spent, the trial slot is skipped instead.
 setenv au_slot
 setenv au_trial 0
+setenv au_skip_trial 0
 for au_pass in 1 2; do
   if test -z "${au_slot}"; then
     for s in "${ATOMUP_ORDER}"; do
@@ -80,7 +81,7 @@ for au_pass in 1 2; do
         echo "ATOMUP-UBOOT: ignoring unknown slot '${s}' in ATOMUP_ORDER"
       elif test "${s}" = "${ATOMUP_TRIAL}"; then
         setenv au_left
-        if test ${au_pass} = 1; then
+        if test ${au_skip_trial} = 0; then
           if test "${ATOMUP_LEFT}" = 9; then setenv au_left 8
           elif test "${ATOMUP_LEFT}" = 8; then setenv au_left 7
           elif test "${ATOMUP_LEFT}" = 7; then setenv au_left 6
@@ -96,7 +97,7 @@ for au_pass in 1 2; do
           setenv au_slot ${s}
           setenv au_trial 1
         else
-          echo "ATOMUP-UBOOT: trial slot ${s} has no attempts left, skipping it"
+          echo "ATOMUP-UBOOT: skipping trial slot ${s} (no attempts left, or the attempt cannot be recorded)"
         fi
       else
         setenv au_slot ${s}
@@ -104,6 +105,7 @@ for au_pass in 1 2; do
     done
     if test ${au_trial} = 1; then
       # Record the attempt: write the copy that was NOT used, with flags + 1.
+      setenv au_keep_left ${ATOMUP_LEFT}
       setenv ATOMUP_LEFT ${au_left}
       if test ${au_cur} = 1; then
         setenv au_wbuf ${au_buf2}; setenv au_wblk ${au_blk2}; setenv au_wcopy 2; setenv au_fc ${au_f1}
@@ -125,8 +127,10 @@ for au_pass in 1 2; do
         echo "ATOMUP-UBOOT: wrote copy=${au_wcopy} flags=${au_fn} LEFT=${ATOMUP_LEFT}"
       else
         echo "ATOMUP-UBOOT: could not record the attempt, not booting trial slot ${au_slot}"
+        setenv ATOMUP_LEFT ${au_keep_left}
         setenv au_slot
         setenv au_trial 0
+        setenv au_skip_trial 1
       fi
     fi
   fi

@@ -51,7 +51,11 @@ struct AbState {
 }
 
 fn st(order: &str, trial: &str, left: &str) -> AbState {
-    AbState { order: order.into(), trial: trial.into(), left: left.into() }
+    AbState {
+        order: order.into(),
+        trial: trial.into(),
+        left: left.into(),
+    }
 }
 
 /// One `ATOMUP-BOOTED` line printed by the guest's /sbin/init.
@@ -64,7 +68,12 @@ struct Booted {
 }
 
 fn booted(slot: &str, trial: bool, fallback: bool) -> Booted {
-    Booted { slot: slot.into(), trial, fallback, image: slot.into() }
+    Booted {
+        slot: slot.into(),
+        trial,
+        fallback,
+        image: slot.into(),
+    }
 }
 
 fn target_dir() -> PathBuf {
@@ -74,7 +83,9 @@ fn target_dir() -> PathBuf {
 }
 
 fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     assert!(
         out.status.success(),
         "{what} failed ({}):\n{}{}",
@@ -116,7 +127,9 @@ fn base_image(loader: Loader) -> &'static Path {
     };
     cell.get_or_init(|| {
         require_tools();
-        let out = target_dir().join("boot-tests").join(format!("base-{}", loader.name()));
+        let out = target_dir()
+            .join("boot-tests")
+            .join(format!("base-{}", loader.name()));
         let started = Instant::now();
         run(
             Command::new(workspace_root().join("qemu/build-image.sh"))
@@ -124,7 +137,11 @@ fn base_image(loader: Loader) -> &'static Path {
                 .arg(&out),
             "qemu/build-image.sh",
         );
-        eprintln!("built {} image in {:.1}s", loader.name(), started.elapsed().as_secs_f64());
+        eprintln!(
+            "built {} image in {:.1}s",
+            loader.name(),
+            started.elapsed().as_secs_f64()
+        );
         out
     })
 }
@@ -143,7 +160,10 @@ fn vm_permit() -> impl Drop {
             cv.notify_one();
         }
     }
-    let max: usize = std::env::var("ATOMUP_QEMU_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let max: usize = std::env::var("ATOMUP_QEMU_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let (lock, cv) = state();
     let mut running = lock.lock().unwrap_or_else(|e| e.into_inner());
     while *running >= max.max(1) {
@@ -171,12 +191,15 @@ impl Machine {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("esp/grub")).unwrap();
         let files: &[&str] = match loader {
-            Loader::UBoot => &["disk.img", "layout.env", "flash1.img"],
+            Loader::UBoot => &["disk.img", "layout.env", "flash1.img", "uboot-env.txt"],
             Loader::Grub => &["disk.img", "layout.env", "vars.fd"],
         };
         for f in files {
             run(
-                Command::new("cp").arg("--sparse=always").arg(base.join(f)).arg(dir.join(f)),
+                Command::new("cp")
+                    .arg("--sparse=always")
+                    .arg(base.join(f))
+                    .arg(dir.join(f)),
                 "copying the base image",
             );
         }
@@ -186,12 +209,19 @@ impl Machine {
             .find_map(|l| l.strip_prefix("ESP_OFFSET="))
             .and_then(|v| v.parse().ok())
             .expect("ESP_OFFSET in layout.env");
-        let m = Machine { loader, dir, esp_offset };
+        let m = Machine {
+            loader,
+            dir,
+            esp_offset,
+        };
         if loader == Loader::UBoot {
             let disk = m.disk();
             let d = disk.display();
-            fs::write(m.dir.join("fw_env.config"), format!("{d} 0x80000 0x4000\n{d} 0x84000 0x4000\n"))
-                .unwrap();
+            fs::write(
+                m.dir.join("fw_env.config"),
+                format!("{d} 0x80000 0x4000\n{d} 0x84000 0x4000\n"),
+            )
+            .unwrap();
         }
         m
     }
@@ -229,7 +259,10 @@ impl Machine {
             let lines: Vec<&str> = console.lines().collect();
             lines[lines.len().saturating_sub(60)..].join("\n")
         };
-        assert!(status.success(), "VM did not power off cleanly ({status}); console tail:\n{tail}");
+        assert!(
+            status.success(),
+            "VM did not power off cleanly ({status}); console tail:\n{tail}"
+        );
         console
     }
 
@@ -247,6 +280,52 @@ impl Machine {
     fn uboot_flags(&self) -> (u8, u8) {
         let b = self.uboot_env_bytes();
         (b[4], b[(UBOOT_ENV2 - UBOOT_ENV1) as usize + 4])
+    }
+
+    /// Switches this machine to the saveenv variant of the U-Boot script, with
+    /// `vars` added to U-Boot's own env (flash1.img, attached read-only, so
+    /// every saveenv fails as on a board whose env storage broke).
+    fn uboot_use_saveenv_variant(&self, vars: &[(&str, &str)]) {
+        let scr = self.dir.join("boot.scr");
+        run(
+            Command::new("mkimage")
+                .args([
+                    "-A", "arm64", "-O", "linux", "-T", "script", "-C", "none", "-d",
+                ])
+                .arg(workspace_root().join("bootloader-hooks/uboot/atomup-saveenv.cmd"))
+                .arg(&scr),
+            "mkimage",
+        );
+        run(
+            Command::new("mcopy")
+                .args(["-o", "-i", &self.esp_image()])
+                .arg(&scr)
+                .arg("::/boot.scr"),
+            "mcopy boot.scr",
+        );
+        let mut env = fs::read_to_string(self.dir.join("uboot-env.txt")).unwrap();
+        for (k, v) in vars {
+            env.push_str(&format!("{k}={v}\n"));
+        }
+        fs::write(self.dir.join("uboot-env-ab.txt"), env).unwrap();
+        let bin = self.dir.join("uboot-env.bin");
+        run(
+            Command::new("mkenvimage")
+                .args(["-s", "0x40000", "-o"])
+                .arg(&bin)
+                .arg(self.dir.join("uboot-env-ab.txt")),
+            "mkenvimage",
+        );
+        let mut flash = fs::read(&bin).unwrap();
+        flash.resize(64 << 20, 0);
+        fs::write(self.dir.join("flash1.img"), flash).unwrap();
+    }
+
+    /// Writes `count` states with fw_setenv, each one a new copy (flags + 1).
+    fn uboot_fw_setenv_many(&self, s: &AbState, count: usize) {
+        for _ in 0..count {
+            self.set_state(Writer::Upstream, s);
+        }
     }
 
     // ---- GRUB env files on the ESP ------------------------------------------
@@ -284,7 +363,10 @@ impl Machine {
                     "mcopy into the ESP",
                 );
             } else {
-                let _ = Command::new("mdel").args(["-i", &self.esp_image()]).arg(format!("::/grub/{name}")).output();
+                let _ = Command::new("mdel")
+                    .args(["-i", &self.esp_image()])
+                    .arg(format!("::/grub/{name}"))
+                    .output();
             }
         }
     }
@@ -313,11 +395,18 @@ impl Machine {
                 let script = self.dir.join("fw_setenv.script");
                 fs::write(
                     &script,
-                    format!("ATOMUP_ORDER={}\nATOMUP_TRIAL={}\nATOMUP_LEFT={}\n", s.order, s.trial, s.left),
+                    format!(
+                        "ATOMUP_ORDER={}\nATOMUP_TRIAL={}\nATOMUP_LEFT={}\n",
+                        s.order, s.trial, s.left
+                    ),
                 )
                 .unwrap();
                 run(
-                    Command::new("fw_setenv").arg("-c").arg(self.uboot_fw_config()).arg("-s").arg(&script),
+                    Command::new("fw_setenv")
+                        .arg("-c")
+                        .arg(self.uboot_fw_config())
+                        .arg("-s")
+                        .arg(&script),
                     "fw_setenv",
                 );
             }
@@ -333,7 +422,10 @@ impl Machine {
                 };
                 let seq = max_seq + 1;
                 let path = self.grub_file(target);
-                run(Command::new("grub-editenv").arg(&path).arg("create"), "grub-editenv create");
+                run(
+                    Command::new("grub-editenv").arg(&path).arg("create"),
+                    "grub-editenv create",
+                );
                 run(
                     Command::new("grub-editenv").arg(&path).arg("set").args([
                         format!("ATOMUP_SEQ={seq}"),
@@ -347,8 +439,14 @@ impl Machine {
                 self.grub_push();
             }
             (_, Writer::Atomup) => {
-                let trial = if s.trial.is_empty() { "none" } else { s.trial.as_str() };
-                self.atomup(&["env", "set", "--order", &s.order, "--trial", trial, "--left", &s.left]);
+                let trial = if s.trial.is_empty() {
+                    "none"
+                } else {
+                    s.trial.as_str()
+                };
+                self.atomup(&[
+                    "env", "set", "--order", &s.order, "--trial", trial, "--left", &s.left,
+                ]);
             }
         }
     }
@@ -381,7 +479,11 @@ impl Machine {
             if !path.exists() {
                 return None;
             }
-            let out = Command::new("grub-editenv").arg(&path).arg("list").output().ok()?;
+            let out = Command::new("grub-editenv")
+                .arg(&path)
+                .arg("list")
+                .output()
+                .ok()?;
             if !out.status.success() {
                 return None;
             }
@@ -394,17 +496,28 @@ impl Machine {
     fn upstream_state(&self) -> Option<AbState> {
         match self.loader {
             Loader::UBoot => {
-                let out = Command::new("fw_printenv").arg("-c").arg(self.uboot_fw_config()).output().ok()?;
+                let out = Command::new("fw_printenv")
+                    .arg("-c")
+                    .arg(self.uboot_fw_config())
+                    .output()
+                    .ok()?;
                 if !out.status.success() {
                     return None;
                 }
                 let vars: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
                     .lines()
-                    .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                    .filter_map(|l| {
+                        l.split_once('=')
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                    })
                     .collect();
                 let get = |k: &str| vars.get(k).cloned().unwrap_or_default();
                 vars.get("ATOMUP_ORDER")?;
-                Some(st(&get("ATOMUP_ORDER"), &get("ATOMUP_TRIAL"), &get("ATOMUP_LEFT")))
+                Some(st(
+                    &get("ATOMUP_ORDER"),
+                    &get("ATOMUP_TRIAL"),
+                    &get("ATOMUP_LEFT"),
+                ))
             }
             Loader::Grub => {
                 self.grub_pull();
@@ -424,7 +537,11 @@ impl Machine {
                 .unwrap_or_default()
                 .to_string()
         };
-        st(&get("ATOMUP_ORDER"), &get("ATOMUP_TRIAL"), &get("ATOMUP_LEFT"))
+        st(
+            &get("ATOMUP_ORDER"),
+            &get("ATOMUP_TRIAL"),
+            &get("ATOMUP_LEFT"),
+        )
     }
 }
 
@@ -441,7 +558,11 @@ impl GrubFile {
         let vars: BTreeMap<&str, &str> = list.lines().filter_map(|l| l.split_once('=')).collect();
         let seq_text = *vars.get("ATOMUP_SEQ")?;
         let seq: u64 = seq_text.parse().ok()?;
-        let state = st(vars.get("ATOMUP_ORDER")?, vars.get("ATOMUP_TRIAL")?, vars.get("ATOMUP_LEFT")?);
+        let state = st(
+            vars.get("ATOMUP_ORDER")?,
+            vars.get("ATOMUP_TRIAL")?,
+            vars.get("ATOMUP_LEFT")?,
+        );
         let seal = format!("{seq_text}:{}:{}:{}", state.order, state.trial, state.left);
         (vars.get("ATOMUP_SEAL") == Some(&seal.as_str())).then_some(GrubFile { seq, state })
     }
@@ -466,7 +587,10 @@ fn grub_current(files: &[Option<GrubFile>; 2]) -> Option<usize> {
 fn booted_lines(console: &str) -> Vec<Booted> {
     console
         .lines()
-        .filter_map(|l| l.find("ATOMUP-BOOTED ").map(|i| &l[i + "ATOMUP-BOOTED ".len()..]))
+        .filter_map(|l| {
+            l.find("ATOMUP-BOOTED ")
+                .map(|i| &l[i + "ATOMUP-BOOTED ".len()..])
+        })
         .map(|rest| {
             let field = |k: &str| {
                 rest.split_whitespace()
@@ -493,14 +617,18 @@ fn bootloader_writes(loader: Loader, console: &str) -> usize {
 }
 
 /// Guest script: slot B's userspace is broken (init exits -> kernel panic -> reboot).
-const B_IS_BAD: &str = "if [ \"$slot\" = B ]; then echo \"TEST: slot B image is bad\"; exit 1; fi\n";
+const B_IS_BAD: &str =
+    "if [ \"$slot\" = B ]; then echo \"TEST: slot B image is bad\"; exit 1; fi\n";
 
 // ---- scenarios, shared by both bootloaders -------------------------------------
 
 /// A trial boot decrements LEFT once, boots the trial slot with atomup.trial=1,
 /// and the host's upstream reader and our CLI both see LEFT - 1.
 fn trial_boot_decrements_left(loader: Loader, writer: Writer) {
-    let m = Machine::new(loader, &format!("{}-trial-decrement-{writer:?}", loader.name()));
+    let m = Machine::new(
+        loader,
+        &format!("{}-trial-decrement-{writer:?}", loader.name()),
+    );
     match writer {
         Writer::Upstream => m.set_state(writer, &st("B A", "B", "3")),
         // The real transition the agent performs after writing slot B.
@@ -510,7 +638,11 @@ fn trial_boot_decrements_left(loader: Loader, writer: Writer) {
     }
     assert_eq!(m.upstream_state(), Some(st("B A", "B", "3")));
     let console = m.boot(None, 1);
-    assert_eq!(booted_lines(&console), vec![booted("B", true, false)], "{console}");
+    assert_eq!(
+        booted_lines(&console),
+        vec![booted("B", true, false)],
+        "{console}"
+    );
     assert_eq!(bootloader_writes(loader, &console), 1);
     assert_eq!(m.upstream_state(), Some(st("B A", "B", "2")));
     assert_eq!(m.atomup_state(), st("B A", "B", "2"));
@@ -522,22 +654,36 @@ fn confirmed_boot_writes_nothing(loader: Loader) {
     m.set_state(Writer::Atomup, &st("B A", "", "0"));
     let before = m.env_bytes();
     let console = m.boot(None, 1);
-    assert_eq!(booted_lines(&console), vec![booted("B", false, false)], "{console}");
+    assert_eq!(
+        booted_lines(&console),
+        vec![booted("B", false, false)],
+        "{console}"
+    );
     assert_eq!(bootloader_writes(loader, &console), 0);
-    assert!(m.env_bytes() == before, "env bytes changed on a confirmed boot");
+    assert!(
+        m.env_bytes() == before,
+        "env bytes changed on a confirmed boot"
+    );
 }
 
 /// A trial slot that panics every boot is tried LEFT times, then the confirmed
 /// slot boots; the env ends with LEFT=0 and the trial still recorded (for the
 /// agent to detect the fallback).
 fn exhausted_trial_falls_back(loader: Loader) {
-    let m = Machine::new(loader, &format!("{}-fallback-after-attempts", loader.name()));
+    let m = Machine::new(
+        loader,
+        &format!("{}-fallback-after-attempts", loader.name()),
+    );
     m.atomup(&["install-done", "--slot", "B", "--attempts", "2"]);
     assert_eq!(m.atomup_state(), st("B A", "B", "2"));
     let console = m.boot(Some(B_IS_BAD), 3);
     assert_eq!(
         booted_lines(&console),
-        vec![booted("B", true, false), booted("B", true, false), booted("A", false, false)],
+        vec![
+            booted("B", true, false),
+            booted("B", true, false),
+            booted("A", false, false)
+        ],
         "{console}"
     );
     assert_eq!(bootloader_writes(loader, &console), 2);
@@ -557,7 +703,11 @@ fn corrupt_newer_copy_uses_older(loader: Loader) {
         Loader::UBoot => {
             // Flip one data byte of the newer copy: its CRC no longer matches.
             let (f1, f2) = m.uboot_flags();
-            let newer = if f2 == f1.wrapping_add(1) { UBOOT_ENV2 } else { UBOOT_ENV1 };
+            let newer = if f2 == f1.wrapping_add(1) {
+                UBOOT_ENV2
+            } else {
+                UBOOT_ENV1
+            };
             let mut disk = fs::read(m.disk()).unwrap();
             disk[newer as usize + 5] ^= 0x20;
             fs::write(m.disk(), disk).unwrap();
@@ -569,16 +719,28 @@ fn corrupt_newer_copy_uses_older(loader: Loader) {
             let name = ["grubenv", "grubenv2"][cur];
             let path = m.grub_file(name);
             let text = fs::read(&path).unwrap();
-            let at = text.windows(15).position(|w| w == b"ATOMUP_ORDER=A ").unwrap() + 13;
+            let at = text
+                .windows(15)
+                .position(|w| w == b"ATOMUP_ORDER=A ")
+                .unwrap()
+                + 13;
             let mut torn = text.clone();
             torn[at] = b'B';
             fs::write(&path, torn).unwrap();
             m.grub_push();
         }
     }
-    assert_eq!(m.upstream_state(), Some(st("B A", "B", "3")), "upstream reader falls back to the older copy");
+    assert_eq!(
+        m.upstream_state(),
+        Some(st("B A", "B", "3")),
+        "upstream reader falls back to the older copy"
+    );
     let console = m.boot(None, 1);
-    assert_eq!(booted_lines(&console), vec![booted("B", true, false)], "{console}");
+    assert_eq!(
+        booted_lines(&console),
+        vec![booted("B", true, false)],
+        "{console}"
+    );
     assert_eq!(bootloader_writes(loader, &console), 1);
     assert_eq!(m.upstream_state(), Some(st("B A", "B", "2")));
 }
@@ -598,7 +760,10 @@ fn blank_env_boots_a_as_fallback(loader: Loader) {
             for name in ["grubenv", "grubenv2"] {
                 let path = m.grub_file(name);
                 let _ = fs::remove_file(&path);
-                run(Command::new("grub-editenv").arg(&path).arg("create"), "grub-editenv create");
+                run(
+                    Command::new("grub-editenv").arg(&path).arg("create"),
+                    "grub-editenv create",
+                );
             }
             m.grub_push();
         }
@@ -606,9 +771,16 @@ fn blank_env_boots_a_as_fallback(loader: Loader) {
     assert_eq!(m.upstream_state(), None);
     let before = m.env_bytes();
     let console = m.boot(None, 1);
-    assert_eq!(booted_lines(&console), vec![booted("A", false, true)], "{console}");
+    assert_eq!(
+        booted_lines(&console),
+        vec![booted("A", false, true)],
+        "{console}"
+    );
     assert_eq!(bootloader_writes(loader, &console), 0);
-    assert!(m.env_bytes() == before, "env bytes changed on a fallback boot");
+    assert!(
+        m.env_bytes() == before,
+        "env bytes changed on a fallback boot"
+    );
 }
 
 // ---- U-Boot ----------------------------------------------------------------------
@@ -641,6 +813,78 @@ fn uboot_corrupt_newer_copy_uses_older_copy() {
 #[test]
 fn uboot_blank_env_boots_a_as_fallback() {
     blank_env_boots_a_as_fallback(Loader::UBoot);
+}
+
+/// The flags byte wraps: the copy with flags 0x00 is newer than the one with
+/// 0xff. U-Boot must use the 0x00 copy (a trial of B) and write the other copy
+/// with flags 0x01, and fw_printenv must agree afterwards.
+#[test]
+fn uboot_flags_wrap_newer_copy_is_zero() {
+    let m = Machine::new(Loader::UBoot, "uboot-flags-wrap");
+    // Base image: copy 1 blank, copy 2 flags 1. fw_setenv write k goes to
+    // copy 1 (k odd) or 2 (k even) with flags 1 + k: write 254 puts 0xff into
+    // copy 2, write 255 wraps copy 1 to 0x00.
+    m.uboot_fw_setenv_many(&st("A B", "", "0"), 254);
+    m.set_state(Writer::Upstream, &st("B A", "B", "3"));
+    assert_eq!(m.uboot_flags(), (0x00, 0xff));
+    assert_eq!(m.upstream_state(), Some(st("B A", "B", "3")));
+    let console = m.boot(None, 1);
+    assert!(
+        console.contains("ATOMUP-UBOOT: env copy=1 flags=0/ff "),
+        "{console}"
+    );
+    assert_eq!(
+        booted_lines(&console),
+        vec![booted("B", true, false)],
+        "{console}"
+    );
+    assert!(
+        console.contains("ATOMUP-UBOOT: wrote copy=2 flags=1 LEFT=2"),
+        "{console}"
+    );
+    assert_eq!(m.uboot_flags(), (0x00, 0x01));
+    assert_eq!(m.upstream_state(), Some(st("B A", "B", "2")));
+}
+
+/// saveenv variant (A/B vars in U-Boot's own env): a confirmed slot boots with
+/// no save at all.
+#[test]
+fn uboot_saveenv_variant_confirmed_boot_does_not_save() {
+    let m = Machine::new(Loader::UBoot, "uboot-saveenv-confirmed");
+    m.uboot_use_saveenv_variant(&[("ATOMUP_ORDER", "B A")]);
+    let console = m.boot(None, 1);
+    assert_eq!(
+        booted_lines(&console),
+        vec![booted("B", false, false)],
+        "{console}"
+    );
+    assert!(!console.contains("Saving Environment"), "{console}");
+}
+
+/// saveenv variant: when the attempt cannot be recorded (saveenv fails, as on
+/// QEMU's read-only pflash), the trial slot is not booted (it could boot-loop
+/// uncounted); the next slot in ORDER boots instead.
+#[test]
+fn uboot_saveenv_variant_unrecordable_attempt_skips_trial() {
+    let m = Machine::new(Loader::UBoot, "uboot-saveenv-save-fails");
+    m.uboot_use_saveenv_variant(&[
+        ("ATOMUP_ORDER", "B A"),
+        ("ATOMUP_TRIAL", "B"),
+        ("ATOMUP_LEFT", "3"),
+    ]);
+    let before = fs::read(m.dir.join("flash1.img")).unwrap();
+    let console = m.boot(None, 1);
+    assert!(console.contains("Saving Environment"), "{console}");
+    assert!(
+        console.contains("could not record the attempt, not booting trial slot B"),
+        "{console}"
+    );
+    assert_eq!(
+        booted_lines(&console),
+        vec![booted("A", false, false)],
+        "{console}"
+    );
+    assert!(fs::read(m.dir.join("flash1.img")).unwrap() == before);
 }
 
 // ---- GRUB ------------------------------------------------------------------------

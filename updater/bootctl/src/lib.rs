@@ -130,6 +130,34 @@ mod tests {
         }
     }
 
+    /// One env write per transition, none for confirmed boots, counted on
+    /// the in-memory backend.
+    #[test]
+    fn each_transition_is_one_write_and_confirmed_boots_write_nothing() {
+        let mut mem = MemBootloader::default();
+        init_state(&mut mem, &st(&[Slot::A], None, 0)).unwrap();
+        let w0 = mem.writes;
+        let s = read(&mut mem).unwrap().state().unwrap();
+        write_state(&mut mem, &s.install_start(Slot::B)).unwrap();
+        let s = read(&mut mem).unwrap().state().unwrap();
+        write_state(&mut mem, &s.install_done(Slot::B, 3).unwrap()).unwrap();
+        assert_eq!(mem.writes - w0, 2);
+        let s = read(&mut mem).unwrap().state().unwrap();
+        let boot = s.boot();
+        write_state(&mut mem, &boot.write.unwrap()).unwrap();
+        let s = read(&mut mem).unwrap().state().unwrap();
+        write_state(&mut mem, &s.health_passed(Slot::B).unwrap()).unwrap();
+        assert_eq!(mem.writes - w0, 4);
+        for _ in 0..5 {
+            let s = read(&mut mem).unwrap().state().unwrap();
+            let boot = s.boot();
+            assert_eq!((boot.slot, boot.write), (Slot::B, None));
+            assert_eq!(s.after_boot(Slot::B), atomup_policy::BootOutcome::Normal);
+            assert_eq!(s.health_passed(Slot::B), None);
+        }
+        assert_eq!(mem.writes - w0, 4);
+    }
+
     #[test]
     fn uboot_image_writes_alternate_copies_and_keep_other_vars() {
         let d = tmpdir("uboot");

@@ -3,6 +3,7 @@
 
 mod delta;
 mod slots;
+mod update;
 
 use std::error::Error;
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ Usage: atomup <command> [options]
 Commands:
   help                 show this text
   version              show the version
+  update               poll the server; install a due release into the other slot
   status [--json]      each slot: booted marker, commit, version, state, attempts
   mark-good            health passed on the booted slot (confirms a trial)
   mark-bad             health failed on the booted slot (then reboot)
@@ -56,6 +58,7 @@ fn run(args: &mut lexopt::Parser) -> Result {
         "help" => print!("{USAGE}"),
         "version" => println!("atomup {}", env!("CARGO_PKG_VERSION")),
         "delta" => delta::run(args)?,
+        "update" => update::run(args)?,
         cmd if slots::handles(cmd) => slots::run(cmd, args)?,
         other => return Err(format!("unknown command `{other}` (see `atomup --help`)").into()),
     }

@@ -65,6 +65,16 @@ pub struct Delta {
     pub parts_size: u64,
 }
 
+impl Delta {
+    /// The commit a device must run to use this delta; `None` for from-scratch.
+    pub fn source_commit(&self) -> Option<[u8; 32]> {
+        match self.from {
+            DeltaSource::From(c) => Some(c),
+            DeltaSource::Scratch => None,
+        }
+    }
+}
+
 /// From `start` (unix seconds) on, devices whose bucket is below `share` may update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Wave {
@@ -84,6 +94,8 @@ pub enum FormatError {
     MissingField { line: usize, expected: &'static str },
     #[error("line {line}: invalid {what}")]
     Invalid { line: usize, what: &'static str },
+    #[error("invalid {what}")]
+    InvalidValue { what: &'static str },
     #[error("line {line}: unexpected content after the last field")]
     Trailing { line: usize },
     #[error("more than {0} entries of one kind")]
@@ -189,7 +201,7 @@ impl Release {
 
     /// Rules a publisher must follow too: checked before signing and after parsing.
     pub fn validate(&self) -> Result<(), FormatError> {
-        let bad = |what| FormatError::Invalid { line: 0, what };
+        let bad = |what| FormatError::InvalidValue { what };
         if parse_label(&self.channel).is_none() {
             return Err(bad("channel"));
         }
@@ -326,6 +338,8 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// A repository-relative path of plain names: no absolute path, no `.`/`..`,
 /// nothing a device could be tricked into resolving outside the repository.
+/// The characters are those of OSTree's delta names (modified base64: `+`,
+/// `_`, alphanumerics) and `.`/`-`.
 fn is_safe_path(p: &str) -> bool {
     !p.is_empty()
         && p.len() <= 255
@@ -334,7 +348,7 @@ fn is_safe_path(p: &str) -> bool {
                 && c != "."
                 && c != ".."
                 && c.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
         })
 }
 
@@ -390,7 +404,7 @@ pub(crate) mod tests {
                 },
                 Delta {
                     from: DeltaSource::From([0x11; 32]),
-                    path: "deltas/ER/xyz-abc".into(),
+                    path: "deltas/E+/xy_z-abc".into(),
                     superblock_size: 800,
                     superblock_sha256: [2; 32],
                     parts_size: 4_000,
@@ -505,7 +519,7 @@ pub(crate) mod tests {
     #[test]
     fn delta_for_prefers_the_running_commit() {
         let r = sample();
-        assert_eq!(r.delta_for(&[0x11; 32]).unwrap().path, "deltas/ER/xyz-abc");
+        assert_eq!(r.delta_for(&[0x11; 32]).unwrap().path, "deltas/E+/xy_z-abc");
         assert_eq!(r.delta_for(&[0x22; 32]).unwrap().from, DeltaSource::Scratch);
     }
 

@@ -918,3 +918,31 @@ fn grub_corrupt_newer_file_uses_older_file() {
 fn grub_blank_env_boots_a_as_fallback() {
     blank_env_boots_a_as_fallback(Loader::Grub);
 }
+
+/// GRUB cannot record the attempt (the non-current grubenv file is missing, so
+/// save_env fails): the trial slot is not booted, the confirmed slot is.
+#[test]
+fn grub_unrecordable_attempt_skips_trial() {
+    let m = Machine::new(Loader::Grub, "grub-save-fails");
+    m.atomup(&["install-done", "--slot", "B"]);
+    m.grub_pull();
+    let cur = grub_current(&m.grub_files()).unwrap();
+    fs::remove_file(m.grub_file(["grubenv2", "grubenv"][cur])).unwrap();
+    m.grub_push();
+    assert_eq!(m.upstream_state(), Some(st("B A", "B", "3")));
+    let before = m.env_bytes();
+    let console = m.boot(None, 1);
+    assert!(
+        console.contains("could not record the attempt, not booting trial slot B"),
+        "{console}"
+    );
+    assert_eq!(
+        booted_lines(&console),
+        vec![booted("A", false, false)],
+        "{console}"
+    );
+    assert!(
+        m.env_bytes() == before,
+        "env changed although the write failed"
+    );
+}

@@ -12,7 +12,8 @@
 # Env:   REPS (default 5), EXTRA_PKGS (default less,nano,curl),
 #        BENCH_CACHE (default target/bench-cache), MIRROR (default: read from
 #        this machine's apt sources), SUITE (default bookworm),
-#        DELTA_OPTS (extra `ostree static-delta generate` options).
+#        DELTA_OPTS (extra `ostree static-delta generate` options),
+#        ATOMUP, PUBLISH (prebuilt binaries; default: build profile bench-host).
 # Needs root (uid/gid 0 ownership), ostree, debootstrap, GNU time (apt `time`).
 set -euo pipefail
 
@@ -25,7 +26,7 @@ DELTA_OPTS=${DELTA_OPTS:-}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 die() { echo "bench: $*" >&2; exit 1; }
-for tool in ostree debootstrap /usr/bin/time cargo; do
+for tool in ostree debootstrap dpkg-deb /usr/bin/time cargo; do
     command -v "$tool" >/dev/null || die "missing tool: $tool (run ./bootstrap)"
 done
 [ "$(id -u)" = 0 ] || die "run as root: trees are committed and written with uid/gid 0"
@@ -67,9 +68,16 @@ build_tree() {
     debootstrap --foreign --arch=arm64 --variant=minbase ${include:+--include=$include} \
         "$SUITE" "$dir.tmp" "$MIRROR" >"$CACHE/$name.log" 2>&1 ||
         die "debootstrap failed, see $CACHE/$name.log"
-    # A root filesystem image holds neither the downloaded .debs nor device
-    # nodes (OSTree refuses device files; /dev is a devtmpfs at run time).
-    rm -rf "$dir.tmp/var/cache/apt/archives/"*.deb "$dir.tmp/dev/"*
+    # The first stage unpacks only the required packages; the rest (incl.
+    # --include) wait as .debs for a second stage that needs arm64 execution.
+    # Unpack them all so the trees really differ by the package set, then
+    # drop what an installed root does not hold: the .debs, debootstrap's
+    # scratch dir and device nodes (OSTree refuses them; /dev is devtmpfs).
+    local deb
+    for deb in "$dir.tmp/var/cache/apt/archives/"*.deb; do
+        dpkg-deb -x "$deb" "$dir.tmp"
+    done
+    rm -rf "$dir.tmp/var/cache/apt/archives/"*.deb "$dir.tmp/debootstrap" "$dir.tmp/dev/"*
     find "$dir.tmp" \( -type b -o -type c -o -type p -o -type s \) -delete
     mv "$dir.tmp" "$dir"
     touch "$dir.done"
@@ -79,10 +87,13 @@ build_tree v1 ""
 build_tree v2 "$EXTRA_PKGS"
 [ "${1:-}" = --prepare-only ] && exit 0
 
-echo "bench: building atomup and atomup-publish (profile bench-host)" >&2
-(cd "$ROOT" && cargo build --quiet --profile bench-host -p atomup -p atomup-publish)
-ATOMUP=$CARGO_TARGET_DIR/bench-host/atomup
-PUBLISH=$CARGO_TARGET_DIR/bench-host/atomup-publish
+# ATOMUP / PUBLISH may name prebuilt binaries; otherwise build them.
+if [ -z "${ATOMUP:-}" ] || [ -z "${PUBLISH:-}" ]; then
+    echo "bench: building atomup and atomup-publish (profile bench-host)" >&2
+    (cd "$ROOT" && cargo build --quiet --profile bench-host -p atomup -p atomup-publish)
+fi
+ATOMUP=${ATOMUP:-$CARGO_TARGET_DIR/bench-host/atomup}
+PUBLISH=${PUBLISH:-$CARGO_TARGET_DIR/bench-host/atomup-publish}
 
 WORK=$CACHE/run
 rm -rf "$WORK"

@@ -169,19 +169,30 @@ fn build_v2(t: &TreeBuilder) {
     }
 }
 
+/// Large but cheap to compress and decompress (xz matches), so the big-file
+/// cases cost little time in a debug build.
+fn repetitive(seed: u64, len: usize) -> Vec<u8> {
+    let block = pseudo_bytes(seed, 8192, false);
+    let mut out = Vec::with_capacity(len);
+    let mut n = 0u32;
+    while out.len() < len {
+        out.extend_from_slice(&n.to_be_bytes());
+        out.extend_from_slice(&block);
+        n += 1;
+    }
+    out.truncate(len);
+    out
+}
+
 /// v3 adds a file above the default fallback size.
 fn build_v3(t: &TreeBuilder) {
-    t.file(
-        "usr/share/big.bin",
-        &pseudo_bytes(8, BIG_FILE_SIZE, true),
-        0o644,
-    )
-    .file("etc/hostname", b"device-v3\n", 0o644);
+    t.file("usr/share/big.bin", &repetitive(8, BIG_FILE_SIZE), 0o644)
+        .file("etc/hostname", b"device-v3\n", 0o644);
     // Enough new data for several 1 MB chunks.
     for i in 0..3 {
         t.file(
             &format!("usr/share/medium/{i}.txt"),
-            &pseudo_bytes(20 + i, 450_000, true),
+            &repetitive(20 + i, 450_000),
             0o644,
         );
     }

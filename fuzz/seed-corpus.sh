@@ -37,7 +37,7 @@ gen() { # name, generate options...
         esac
     done
     if [ -n "${PUBLISH:-}" ]; then
-        "$PUBLISH" keygen --secret-out "$W/k" --public-out "$W/k.pub" >/dev/null
+        [ -e "$W/k" ] || "$PUBLISH" keygen --secret-out "$W/k" --public-out "$W/k.pub" >/dev/null
         "$PUBLISH" sign --key "$W/k" --delta "$W/d/$name" >/dev/null
         cp "$W/d/$name/superblock" "$HERE/corpus/superblock/seed-$name-signed"
     fi

@@ -839,6 +839,14 @@ impl State<'_> {
         let tree = DirTree::parse(&tree_bytes).map_err(fmt("dirtree"))?;
         let meta_bytes = self.load_meta(&meta_id, ObjectType::DirMeta)?;
         let meta = DirMeta::parse(&meta_bytes).map_err(fmt("dirmeta"))?;
+        let clashes = |n: &str| n == STAGING;
+        if root
+            && (tree.files.iter().any(|f| clashes(f.name.as_str()))
+                || tree.dirs.iter().any(|d| clashes(d.name.as_str())))
+        {
+            // The staging directory's name is reserved at the top of the target.
+            return Err(DeployError::ReservedName { name: STAGING });
+        }
         // Stale entries: anything not in the commit goes (the staging dir stays
         // until the tree is complete).
         for name in fsx::dir_names(dir, &path)? {

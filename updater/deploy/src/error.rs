@@ -61,6 +61,8 @@ pub enum DeployError {
     TargetIsSource,
     #[error("tree is deeper than {limit} levels")]
     TooDeep { limit: usize },
+    #[error("the commit uses the reserved name {name} at its root")]
+    ReservedName { name: &'static str },
     #[error("uid/gid 4294967295 is not a valid owner")]
     BadOwner,
 }

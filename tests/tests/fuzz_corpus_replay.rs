@@ -5,7 +5,9 @@ use std::fs;
 use std::path::PathBuf;
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = atomup_tests::workspace_root().join("fuzz/corpus").join(target);
+    let dir = atomup_tests::workspace_root()
+        .join("fuzz/corpus")
+        .join(target);
     let mut files: Vec<_> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
         .map(|e| e.unwrap().path())

@@ -85,6 +85,12 @@ impl TreeBuilder {
         self
     }
 
+    /// Sets the owner of an entry (without following a symlink).
+    pub fn chown(&self, rel: &str, uid: u32, gid: u32) -> &Self {
+        std::os::unix::fs::lchown(self.root.join(rel), Some(uid), Some(gid)).unwrap();
+        self
+    }
+
     pub fn rename(&self, from: &str, to: &str) -> &Self {
         let dest = self.at(to);
         fs::rename(self.root.join(from), dest).unwrap();
@@ -148,6 +154,16 @@ impl Repo {
                     "-s",
                     subject,
                 ])
+                .arg(tree),
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Commits `tree` keeping each file's own uid/gid (no owner override).
+    pub fn commit_keeping_owners(&self, tree: &Path, subject: &str) -> String {
+        let out = run_ok(
+            self.ostree()
+                .args(["commit", "-b", "test/main", TIMESTAMP, "-s", subject])
                 .arg(tree),
         );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()

@@ -4,6 +4,7 @@
 //! per object, from-scratch, fallback objects), signed by `atomup-publish`.
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -24,6 +25,7 @@ struct Fixture {
     v1: String,
     v2: String,
     v3: String,
+    v4: String,
 }
 
 impl Fixture {
@@ -212,6 +214,14 @@ fn fixture() -> &'static Fixture {
         let v2 = repo.commit(&tree.root, "v2");
         build_v3(&tree);
         let v3 = repo.commit(&tree.root, "v3");
+        // v4: committed with the tree's real owners, one user's home not root's.
+        tree.file("home/user/notes", b"mine\n", 0o640)
+            .dir("home/user", 0o700)
+            .chown("home/user", 1234, 5678)
+            .chown("home/user/notes", 1234, 5678)
+            .symlink("home/user/link", "notes")
+            .chown("home/user/link", 1234, 5678);
+        let v4 = repo.commit_keeping_owners(&tree.root, "v4");
         let keys = Keys::generate(&root.join("keys"), "vendor");
         Fixture {
             _dir: dir,
@@ -221,6 +231,7 @@ fn fixture() -> &'static Fixture {
             v1,
             v2,
             v3,
+            v4,
         }
     })
 }
@@ -475,4 +486,20 @@ fn second_delta_chains_from_first_result_via_meta_out() {
         fs::read_dir(meta_b.join("objects")).unwrap().count() > 0,
         "meta-out left empty"
     );
+}
+
+#[test]
+fn non_root_uid_and_gid_are_kept() {
+    let f = fixture();
+    let (delta, _) = f.delta(
+        "owners",
+        Some(&f.v3),
+        &f.v4,
+        &["--min-fallback-size=0"],
+        true,
+    );
+    let target = f.apply_and_compare("owners", &delta, Some(&f.v3), &f.v4, true);
+    // The comparison covers owners; make sure this case really has non-root ones.
+    let meta = fs::symlink_metadata(target.join("home/user/link")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
 }

@@ -307,6 +307,43 @@ mod tests {
         assert_eq!(r.next_write(FlagScheme::Incremental), (1, 5));
     }
 
+    /// A write torn at every byte of the copy (prefix written, rest old), for
+    /// a sequence of writes that also wraps the flags: the pair always reads
+    /// as the state before or after the write.
+    #[test]
+    fn a_torn_copy_write_at_any_byte_reads_as_before_or_after() {
+        const SIZE: usize = 0x400;
+        let scheme = FlagScheme::Incremental;
+        let mut copies = [
+            serialize_copy(&vars(&[("n", "0")]), Layout::Redundant, SIZE, 0xfd).unwrap(),
+            serialize_copy(&vars(&[("n", "old")]), Layout::Redundant, SIZE, 0xfc).unwrap(),
+        ];
+        let mut injected = 0;
+        for step in 1..=5 {
+            let r = Redundant::parse(&copies[0], &copies[1], scheme);
+            let before = r.vars().unwrap().clone();
+            let (target, flags) = r.next_write(scheme);
+            let after = vars(&[("n", &"x".repeat(step * 7))]);
+            let new = serialize_copy(&after, Layout::Redundant, SIZE, flags).unwrap();
+            for k in 0..=SIZE {
+                let mut torn = copies.clone();
+                torn[target][..k].copy_from_slice(&new[..k]);
+                let got = Redundant::parse(&torn[0], &torn[1], scheme);
+                let v = got.vars().expect("one copy is always valid");
+                assert!(v == &before || v == &after, "step {step} cut at {k}");
+                injected += 1;
+            }
+            copies[target] = new;
+        }
+        // The flags went 0xfd -> 0xfe -> 0xff -> 0x00 -> 0x01 -> 0x02.
+        let r = Redundant::parse(&copies[0], &copies[1], scheme);
+        assert_eq!(
+            r.copies[r.current.unwrap()].as_ref().unwrap().flags,
+            Some(0x02)
+        );
+        assert_eq!(injected, 5 * (SIZE + 1));
+    }
+
     #[test]
     fn env_that_does_not_fit_is_refused() {
         let v = vars(&[("k", &"v".repeat(100))]);

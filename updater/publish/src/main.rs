@@ -5,6 +5,7 @@ mod commit;
 mod deltagen;
 mod keys;
 mod progress;
+mod prune;
 mod release;
 mod repo;
 mod sign;
@@ -22,6 +23,7 @@ Commands:
   keygen               --secret-out FILE --public-out FILE: new ed25519 key pair
   sign                 --key SECRET (--delta DIR | --repo REPO --commit CSUM|REF)
   release              signed release metadata for a channel and board (see --help)
+  prune                --repo DIR --keep-releases K [--dry-run]: free what old releases used
   init                 --repo DIR: new OSTree archive repo + atomup/ metadata dir
   commit               --repo DIR (--tree DIR | --tarball FILE) --branch REF [--subject S]
                        [--body B] [--timestamp RFC3339|UNIX] [--owner-uid N] [--owner-gid N]
@@ -58,6 +60,7 @@ fn run(args: &mut lexopt::Parser) -> Result<(), Box<dyn std::error::Error>> {
         Some(Value(cmd)) if cmd == "keygen" => keys::keygen(args)?,
         Some(Value(cmd)) if cmd == "sign" => sign::run(args)?,
         Some(Value(cmd)) if cmd == "release" => release::run(args)?,
+        Some(Value(cmd)) if cmd == "prune" => prune::run(args)?,
         Some(Value(cmd)) if cmd == "init" => repo::run_init(args)?,
         Some(Value(cmd)) if cmd == "commit" => commit::run(args)?,
         Some(Value(cmd)) if cmd == "delta" => deltagen::run(args)?,

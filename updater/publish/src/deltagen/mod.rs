@@ -128,12 +128,12 @@ impl Summary {
 
 /// Every object a commit reaches, with the paths of its content.
 #[derive(Default)]
-struct TreeIndex {
+pub(crate) struct TreeIndex {
     /// Dirtrees and dirmetas in traversal order (deduplicated).
-    meta: Vec<(ObjectType, ObjectId)>,
+    pub(crate) meta: Vec<(ObjectType, ObjectId)>,
     meta_set: HashSet<ObjectId>,
     /// Content id -> first path that names it.
-    content: HashMap<ObjectId, String>,
+    pub(crate) content: HashMap<ObjectId, String>,
     /// Path -> content id.
     by_path: HashMap<String, ObjectId>,
 }
@@ -157,7 +157,7 @@ pub fn parent_of(repo: &Repo, id: &ObjectId) -> Result<Option<ObjectId>, DeltaEr
     Ok(load_commit(repo, id)?.3)
 }
 
-fn index_tree(repo: &Repo, commit: &ObjectId) -> Result<TreeIndex, DeltaError> {
+pub(crate) fn index_tree(repo: &Repo, commit: &ObjectId) -> Result<TreeIndex, DeltaError> {
     let (_, tree, meta, _) = load_commit(repo, commit)?;
     let mut idx = TreeIndex::default();
     // Explicit stack, so a deep tree cannot overflow ours.

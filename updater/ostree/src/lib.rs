@@ -137,6 +137,36 @@ mod known_answer {
             &payload[payload.len() - PayloadLayout::tail_len(payload.len() as u64) as usize..];
         let l = PayloadLayout::from_tail(payload.len() as u64, tail).unwrap();
         let r = |(a, b): (u64, u64)| &payload[a as usize..b as usize];
+        // The op stream, decoded: S(dirtree) r o B c R S(n.txt).
+        use crate::delta::{Op, OpReader};
+        let mut reader = OpReader::new(r(l.ops));
+        let kinds = [true, false, false, false, false, false, false];
+        let ops: Vec<Op> = kinds
+            .iter()
+            .map(|m| reader.next_op(*m).unwrap().unwrap())
+            .collect();
+        assert_eq!(reader.next_op(false).unwrap(), None);
+        assert!(matches!(ops[0], Op::SpliceMeta { offset: 0, .. }));
+        assert!(matches!(ops[1], Op::SetReadSource { .. }));
+        assert!(matches!(
+            ops[2],
+            Op::Open {
+                mode: 0,
+                xattr: 0,
+                size: 3
+            }
+        ));
+        assert!(matches!(ops[3], Op::Bspatch { .. }));
+        assert_eq!(&ops[4..6], &[Op::Close, Op::UnsetReadSource]);
+        assert!(matches!(
+            ops[6],
+            Op::SpliceContent {
+                mode: 0,
+                xattr: 0,
+                size: 4,
+                ..
+            }
+        ));
         let mut sink = MemorySink::new(r(l.blob));
         let mut hs = crate::object::FileHeader {
             uid: 0,

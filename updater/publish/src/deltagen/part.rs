@@ -129,7 +129,7 @@ impl PartBuilder {
     /// superblock entry, plus the uncompressed payload length.
     pub fn finish(self, xz: &XzSettings) -> Result<(Vec<u8>, NewPartInfo, u64), std::io::Error> {
         let payload = part_payload(&self.modes, &self.xattrs, &self.blob, &self.ops);
-        let compressed = xz_compress(&payload, xz)?;
+        let compressed = xz_best(&payload, xz)?;
         let file = part_file(Compression::Xz, &compressed);
         let info = NewPartInfo {
             checksum: ObjectId::of(&file),
@@ -161,11 +161,49 @@ fn dict_for(len: usize, cap: u32) -> u32 {
         .max(4096)
 }
 
+/// Compresses with the preset's literal coder settings and with settings for
+/// 4-byte-aligned machine code (lc=1, lp=2, pb=2: aarch64 instructions), and
+/// keeps the smaller: on the Debian arm64 benchmark pair the aligned settings
+/// saved 0.8 % of the part, on text-heavy parts the preset wins. Both are
+/// plain LZMA2, so every xz decoder (upstream's, the device's) reads either.
+pub fn xz_best(data: &[u8], s: &XzSettings) -> Result<Vec<u8>, std::io::Error> {
+    // Two independent encoder runs: use a second core when there is one.
+    let (plain, aligned) = std::thread::scope(|scope| {
+        let other = scope.spawn(|| xz_with(data, s, Some((1, 2, 2))));
+        let plain = xz_with(data, s, None);
+        (
+            plain,
+            other
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("xz encoder thread panicked"))),
+        )
+    });
+    let (plain, aligned) = (plain?, aligned?);
+    Ok(if aligned.len() < plain.len() {
+        aligned
+    } else {
+        plain
+    })
+}
+
 pub fn xz_compress(data: &[u8], s: &XzSettings) -> Result<Vec<u8>, std::io::Error> {
+    xz_with(data, s, None)
+}
+
+fn xz_with(
+    data: &[u8],
+    s: &XzSettings,
+    lc_lp_pb: Option<(u32, u32, u32)>,
+) -> Result<Vec<u8>, std::io::Error> {
     // liblzma's LZMA_PRESET_EXTREME flag (not re-exported by xz2).
     let preset = s.preset | if s.extreme { 0x8000_0000 } else { 0 };
     let mut opts = xz2::stream::LzmaOptions::new_preset(preset).map_err(std::io::Error::other)?;
     opts.dict_size(dict_for(data.len(), s.dict));
+    if let Some((lc, lp, pb)) = lc_lp_pb {
+        opts.literal_context_bits(lc)
+            .literal_position_bits(lp)
+            .position_bits(pb);
+    }
     let mut filters = xz2::stream::Filters::new();
     filters.lzma2(&opts);
     // CRC64 like upstream, so the stock decoder path is exercised.

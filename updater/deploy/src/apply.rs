@@ -854,8 +854,15 @@ impl State<'_> {
             if root && b == STAGING.as_bytes() {
                 continue;
             }
-            let keep = tree.files.iter().any(|f| f.name.as_str().as_bytes() == b)
-                || tree.dirs.iter().any(|d| d.name.as_str().as_bytes() == b);
+            // Entries are strictly sorted (checked by DirTree::parse): binary search.
+            let keep = tree
+                .files
+                .binary_search_by(|f| f.name.as_str().as_bytes().cmp(b))
+                .is_ok()
+                || tree
+                    .dirs
+                    .binary_search_by(|d| d.name.as_str().as_bytes().cmp(b))
+                    .is_ok();
             if !keep {
                 fsx::remove_entry(dir, &name, &path.join(name.to_string_lossy().as_ref()))?;
             }
@@ -1201,7 +1208,13 @@ fn hash_dir_guided(
         let c = fsx::cname(name);
         let want_file = hint
             .as_ref()
-            .and_then(|h| h.files.iter().find(|f| f.name.as_str() == name.as_str()))
+            .and_then(|h| {
+                let i = h
+                    .files
+                    .binary_search_by(|f| f.name.as_str().cmp(name.as_str()))
+                    .ok()?;
+                h.files.get(i)
+            })
             .map(|f| f.id);
         let s = rustix::fs::statat(dir, c.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| io("stat", &p)(e.into()))?;
@@ -1209,7 +1222,13 @@ fn hash_dir_guided(
             S_IFDIR => {
                 let want_dir = hint
                     .as_ref()
-                    .and_then(|h| h.dirs.iter().find(|d| d.name.as_str() == name.as_str()))
+                    .and_then(|h| {
+                        let i = h
+                            .dirs
+                            .binary_search_by(|d| d.name.as_str().cmp(name.as_str()))
+                            .ok()?;
+                        h.dirs.get(i)
+                    })
                     .map(|d| (d.tree, d.meta));
                 let sub = fsx::open_dir_at(dir, name).map_err(io("open directory", &p))?;
                 let (tree, meta) = hash_dir_guided(&sub, &p, depth + 1, cache, want_dir, load)?;

@@ -605,6 +605,34 @@ impl State<'_> {
         if self.staged.contains(id) {
             return Ok(());
         }
+        match self.copy_from_active(id) {
+            Ok(()) => Ok(()),
+            // An unchanged object missing or modified in the active root (say,
+            // an /etc file edited at run time) can still come whole from the
+            // fallback repo, if one was given and holds it; otherwise the
+            // original error stands.
+            Err(
+                e @ (DeployError::Corrupt { .. }
+                | DeployError::MissingContent { .. }
+                | DeployError::Io { .. }),
+            ) => {
+                let has = self.opts.fallback_repo.is_some_and(|r| {
+                    r.join(format!("{}z", id.object_path(ObjectType::File)))
+                        .is_file()
+                });
+                if !has {
+                    return Err(e);
+                }
+                log::warn!("object {id}: {e}; taking it from the fallback repo");
+                self.import_fallback(ObjectType::File, *id)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Copies content object `id` from the active root into staging,
+    /// re-verifying its checksum while copying.
+    fn copy_from_active(&mut self, id: &ObjectId) -> Result<()> {
         let rel = self
             .old_map()?
             .get(id)

@@ -515,3 +515,22 @@ fn xattrs_on_files_and_directories() {
         assert_eq!(xattrs_of(&b.join(p)).len(), 2, "{p}");
     }
 }
+
+/// An unchanged object that was modified in the active root is taken whole
+/// from the fallback repo when one is given (and is an error without one,
+/// see `corrupt_active_root_and_wrong_from_commit`).
+#[test]
+fn modified_active_file_recovered_from_fallback_repo() {
+    let f = fixture("recover");
+    let d = f.base.join("d");
+    delta(&f.repo, Some(&f.v1), &f.v2, &d, &[]);
+    std::fs::write(f.active.join("usr/lib/keep.so"), b"edited at run time").unwrap();
+    let target = f.base.join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let mut o = opts(&f, &d, &target);
+    o.fallback_repo = Some(&f.repo);
+    apply(&o).unwrap();
+    let reference = f.base.join("ref");
+    checkout(&f.repo, &f.v2, &reference);
+    assert_same_tree(&target, &reference);
+}

@@ -177,6 +177,23 @@ mod signing {
         Ok(gv::enc_asv(&refs))
     }
 
+    /// Signs a commit: returns its new detached metadata (`existing` commitmeta
+    /// `a{sv}`, possibly empty, with the signature merged in).
+    pub fn sign_commit(key: &SigningKey, commit: &[u8], existing: &[u8]) -> Result<Vec<u8>> {
+        add_signature(existing, &sign(key, commit))
+    }
+
+    /// Signs a superblock file (plain or already signed): returns the signed
+    /// envelope around the original unsigned bytes, keeping earlier signatures.
+    pub fn sign_superblock(key: &SigningKey, file: &[u8]) -> Result<Vec<u8>> {
+        let parsed = crate::delta::SuperblockFile::parse(file)?;
+        let dict = add_signature(
+            parsed.signatures.unwrap_or(&[]),
+            &sign(key, parsed.unsigned),
+        )?;
+        Ok(signed_superblock(parsed.unsigned, &dict))
+    }
+
     /// Wraps an unsigned superblock in the signed envelope `(taya{sv})`.
     pub fn signed_superblock(unsigned: &[u8], sig_dict: &[u8]) -> Vec<u8> {
         gv::enc_tuple(&[
@@ -228,5 +245,14 @@ mod tests {
         let parsed = SuperblockFile::parse(&file).unwrap();
         assert_eq!(parsed.unsigned, unsigned);
         assert_eq!(parsed.signatures, Some(&dict[..]));
+        // Signing again with a second key keeps both signatures and the bytes.
+        let key2 = parse_secret_key(&key_lines([2; 32]).0).unwrap();
+        let twice = sign_superblock(&key2, &file).unwrap();
+        let p2 = SuperblockFile::parse(&twice).unwrap();
+        assert_eq!(p2.unsigned, unsigned);
+        assert_eq!(signatures(p2.signatures.unwrap()).unwrap().len(), 2);
+        let cm = sign_commit(&key, b"commit", &[]).unwrap();
+        let t = Trust::from_key_files(&key_lines([1; 32]).1, None).unwrap();
+        t.verify(b"commit", signatures(&cm).unwrap()).unwrap();
     }
 }

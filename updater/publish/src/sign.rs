@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use atomup_ostree::delta::{Superblock, SuperblockFile};
 use atomup_ostree::object::{Commit, ObjectType};
-use atomup_ostree::sign::{add_signature, parse_secret_key, sign, signed_superblock};
+use atomup_ostree::sign::{self, parse_secret_key, sign_superblock};
 use atomup_ostree::ObjectId;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -40,9 +40,7 @@ fn sign_delta(key: &atomup_ostree::sign::SigningKey, dir: &Path) -> Result {
     let file = SuperblockFile::parse(&data)?;
     // Refuse to sign something the device could not parse anyway.
     Superblock::parse(file.unsigned)?;
-    let sig = sign(key, file.unsigned);
-    let dict = add_signature(file.signatures.unwrap_or(&[]), &sig)?;
-    write_atomic(&path, &signed_superblock(file.unsigned, &dict))?;
+    write_atomic(&path, &sign_superblock(key, &data)?)?;
     println!("signed {}", path.display());
     Ok(())
 }
@@ -72,8 +70,7 @@ fn sign_commit(key: &atomup_ostree::sign::SigningKey, repo: &Path, commit: &str)
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(format!("cannot read {}: {e}", mpath.display()).into()),
     };
-    let dict = add_signature(&existing, &sign(key, &bytes))?;
-    write_atomic(&mpath, &dict)?;
+    write_atomic(&mpath, &sign::sign_commit(key, &bytes, &existing)?)?;
     println!("signed commit {id}");
     Ok(())
 }

@@ -365,7 +365,7 @@ impl State<'_> {
             let _ = p;
         }
         for fb in &sb.fallbacks {
-            self.import_fallback(fb.objtype, fb.id)?;
+            self.import_fallback(fb.objtype, fb.id, Some(fb.usize))?;
         }
         let commit = &sb.commit;
         self.checkout_dir(
@@ -624,7 +624,7 @@ impl State<'_> {
                     return Err(e);
                 }
                 log::warn!("object {id}: {e}; taking it from the fallback repo");
-                self.import_fallback(ObjectType::File, *id)
+                self.import_fallback(ObjectType::File, *id, None)
             }
             Err(e) => Err(e),
         }
@@ -787,7 +787,15 @@ impl State<'_> {
     }
 
     /// Imports a fallback object from an archive repo's `.filez`.
-    fn import_fallback(&mut self, ty: ObjectType, id: ObjectId) -> Result<()> {
+    /// `declared` is the superblock's uncompressed size for this object, if it
+    /// came from the fallback list: the `.filez` must agree before anything is
+    /// inflated (a lying file cannot fill the target).
+    fn import_fallback(
+        &mut self,
+        ty: ObjectType,
+        id: ObjectId,
+        declared: Option<u64>,
+    ) -> Result<()> {
         let repo = self
             .opts
             .fallback_repo
@@ -811,6 +819,14 @@ impl State<'_> {
         head.resize(8 + hlen as usize, 0);
         f.read_exact(&mut head[8..]).map_err(io("read", &path))?;
         let fh = FilezHeader::parse(&head).map_err(fmt("filez header"))?;
+        if declared.is_some_and(|d| !fh.header.is_symlink() && d != fh.size) {
+            return Err(DeployError::Corrupt {
+                what: "fallback object (size differs from the superblock)",
+                id,
+                path,
+                actual: ObjectId::default(),
+            });
+        }
         let header = fh.header;
         let hex = id.to_hex();
         if header.is_symlink() {

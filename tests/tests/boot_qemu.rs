@@ -125,25 +125,75 @@ fn base_image(loader: Loader) -> &'static Path {
         Loader::UBoot => &UBOOT,
         Loader::Grub => &GRUB,
     };
+    cell.get_or_init(|| build_image(loader, &format!("base-{}", loader.name()), &[]))
+}
+
+/// The image for `loader` with the static aarch64 `atomup` in both slots'
+/// /usr/bin, built once per test binary.
+fn agent_image(loader: Loader) -> &'static Path {
+    static UBOOT: OnceLock<PathBuf> = OnceLock::new();
+    static GRUB: OnceLock<PathBuf> = OnceLock::new();
+    let cell = match loader {
+        Loader::UBoot => &UBOOT,
+        Loader::Grub => &GRUB,
+    };
     cell.get_or_init(|| {
-        require_tools();
-        let out = target_dir()
-            .join("boot-tests")
-            .join(format!("base-{}", loader.name()));
+        let bin = guest_atomup();
+        let bin = bin.to_string_lossy().into_owned();
+        build_image(
+            loader,
+            &format!("agent-{}", loader.name()),
+            &["--guest-bin", &bin],
+        )
+    })
+}
+
+fn build_image(loader: Loader, name: &str, extra: &[&str]) -> PathBuf {
+    require_tools();
+    let out = target_dir().join("boot-tests").join(name);
+    let started = Instant::now();
+    run(
+        Command::new(workspace_root().join("qemu/build-image.sh"))
+            .args(["--bootloader", loader.name()])
+            .args(extra)
+            .arg("--out")
+            .arg(&out),
+        "qemu/build-image.sh",
+    );
+    eprintln!(
+        "built {name} image in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    out
+}
+
+/// The device binary, static aarch64 musl (cargo is a no-op when it is fresh).
+fn guest_atomup() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let triple = "aarch64-unknown-linux-musl";
         let started = Instant::now();
         run(
-            Command::new(workspace_root().join("qemu/build-image.sh"))
-                .args(["--bootloader", loader.name(), "--out"])
-                .arg(&out),
-            "qemu/build-image.sh",
+            Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "--release",
+                    "--target",
+                    triple,
+                    "-p",
+                    "atomup",
+                ])
+                .current_dir(workspace_root()),
+            "cargo build of the aarch64 atomup",
         );
         eprintln!(
-            "built {} image in {:.1}s",
-            loader.name(),
+            "aarch64 atomup ready in {:.1}s",
             started.elapsed().as_secs_f64()
         );
-        out
+        target_dir().join(triple).join("release").join("atomup")
     })
+    .clone()
 }
 
 /// Counting semaphore: at most N QEMU processes at once.
@@ -186,7 +236,10 @@ const UBOOT_ENV_SIZE: u64 = 0x4000;
 
 impl Machine {
     fn new(loader: Loader, name: &str) -> Machine {
-        let base = base_image(loader);
+        Machine::from_image(loader, base_image(loader), name)
+    }
+
+    fn from_image(loader: Loader, base: &Path, name: &str) -> Machine {
         let dir = target_dir().join("boot-tests").join("runs").join(name);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("esp/grub")).unwrap();
@@ -945,4 +998,65 @@ fn grub_unrecordable_attempt_skips_trial() {
         m.env_bytes() == before,
         "env changed although the write failed"
     );
+}
+
+/// Guest script: on the trial boot, the device binary confirms the slot
+/// (`atomup mark-good`, env found through /etc/fw_env.config or the mounted
+/// ESP, booted slot from /proc/cmdline) and reboots; the next boot is a
+/// confirmed boot.
+fn mark_good_script(loader: Loader) -> String {
+    let (mount, env, umount) = match loader {
+        Loader::UBoot => ("", "", ""),
+        Loader::Grub => (
+            "mkdir -p /tmp/esp; mount -t vfat /dev/vda1 /tmp/esp || echo 'TEST: mount ESP FAILED'",
+            " --grubenv /tmp/esp/grub/grubenv",
+            "umount /tmp/esp",
+        ),
+    };
+    [
+        mount.to_string(),
+        "if [ \"$trial\" = 1 ]; then".into(),
+        format!("  atomup mark-good --state-dir /tmp/state{env} || echo 'TEST: mark-good FAILED'"),
+        format!("  atomup status --state-dir /tmp/state{env}"),
+        format!("  {umount}"),
+        "  echo 'TEST: reboot'; sync; reboot -f; sleep 30".into(),
+        "fi".into(),
+        format!("atomup status --state-dir /tmp/state{env} || echo 'TEST: status FAILED'"),
+        umount.to_string(),
+        String::new(),
+    ]
+    .join("\n")
+}
+
+/// End to end on the device side: install-done on the host, trial boot, the
+/// guest's own `atomup mark-good` clears the trial with one env write, the next
+/// boot is confirmed and writes nothing.
+fn guest_mark_good_confirms_trial(loader: Loader) {
+    let m = Machine::from_image(
+        loader,
+        agent_image(loader),
+        &format!("{}-guest-mark-good", loader.name()),
+    );
+    m.atomup(&["install-done", "--slot", "B"]);
+    let console = m.boot(Some(&mark_good_script(loader)), 2);
+    assert!(!console.contains("TEST: mark-good FAILED"), "{console}");
+    assert!(!console.contains("FAILED"), "{console}");
+    assert!(console.contains("slot B confirmed good"), "{console}");
+    assert_eq!(
+        booted_lines(&console),
+        vec![booted("B", true, false), booted("B", false, false)],
+        "{console}"
+    );
+    assert_eq!(bootloader_writes(loader, &console), 1);
+    assert_eq!(m.upstream_state(), Some(st("B A", "", "0")));
+}
+
+#[test]
+fn uboot_guest_atomup_mark_good_confirms_trial() {
+    guest_mark_good_confirms_trial(Loader::UBoot);
+}
+
+#[test]
+fn grub_guest_atomup_mark_good_confirms_trial() {
+    guest_mark_good_confirms_trial(Loader::Grub);
 }

@@ -12,6 +12,13 @@
 #                      boot.scr from bootloader-hooks/uboot/atomup-qemu-raw.cmd (default) or
 #                      atomup-saveenv.cmd (A/B vars in U-Boot's own env; see --uboot-env)
 #   --uboot-env K=V    add K=V to U-Boot's own env in flash1.img (repeatable; saveenv variant)
+#   --init FILE        /sbin/init of generated slots (default qemu/guest/test-init.sh)
+#   --rootfs-out DIR   only write a generated root tree (busybox, kernel, initramfs, --init,
+#                      --guest-bin files) to DIR and exit: the base of a vendor's product tree
+#   --root-a-dir DIR   slot A's filesystem is exactly DIR (e.g. an OSTree checkout), not generated
+#   --root-b-dir DIR   same for slot B
+#   --empty-b          slot B is an empty filesystem (nothing installed there yet)
+#   --data-dir DIR     the data partition (/var) starts with DIR's content
 #
 # Output in DIR:
 #   disk.img    GPT: 1 boot FAT (U-Boot: /boot.scr; GRUB: /EFI/BOOT/BOOTAA64.EFI + /grub/grubenv{,2}),
@@ -32,6 +39,7 @@ hooks=$root/bootloader-hooks
 
 bootloader= out= cache= image_a=A image_b=B bad_slot= blank_env=0 uboot_variant=raw
 guest_bins=() uboot_env=()
+init_script=$here/guest/test-init.sh rootfs_out= root_a_dir= root_b_dir= empty_b=0 data_dir=
 while [ $# -gt 0 ]; do
     case $1 in
         --bootloader) bootloader=$2; shift 2;;
@@ -44,12 +52,24 @@ while [ $# -gt 0 ]; do
         --blank-env) blank_env=1; shift;;
         --uboot-variant) uboot_variant=$2; shift 2;;
         --uboot-env) uboot_env+=("$2"); shift 2;;
+        --init) init_script=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift 2;;
+        --rootfs-out) rootfs_out=$2; shift 2;;
+        --root-a-dir) root_a_dir=$(cd "$2" && pwd); shift 2;;
+        --root-b-dir) root_b_dir=$(cd "$2" && pwd); shift 2;;
+        --empty-b) empty_b=1; shift;;
+        --data-dir) data_dir=$(cd "$2" && pwd); shift 2;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;;
         *) echo "build-image: unknown option $1" >&2; exit 2;;
     esac
 done
-case $bootloader in uboot|grub) ;; *) echo "build-image: --bootloader uboot|grub is required" >&2; exit 2;; esac
-[ -n "$out" ] || { echo "build-image: --out DIR is required" >&2; exit 2; }
+[ -n "$rootfs_out" ] || case $bootloader in uboot|grub) ;; *) echo "build-image: --bootloader uboot|grub is required" >&2; exit 2;; esac
+[ -n "$out" ] || [ -n "$rootfs_out" ] || { echo "build-image: --out DIR is required" >&2; exit 2; }
+if [ -n "$rootfs_out" ]; then
+    # Only a tree is wanted: work next to it, not inside it.
+    mkdir -p "$rootfs_out"
+    rootfs_out=$(cd "$rootfs_out" && pwd)
+    out=$(dirname "$rootfs_out")
+fi
 case $bad_slot in ""|A|B) ;; *) echo "build-image: --bad-slot A|B" >&2; exit 2;; esac
 case $uboot_variant in
     raw) uboot_cmd=$hooks/uboot/atomup-qemu-raw.cmd;;
@@ -69,7 +89,7 @@ trap 'rm -rf "$work"' EXIT
 esp_start=2048 esp_size=32768        # 16 MiB
 a_start=34816 root_size=131072       # 64 MiB each
 b_start=$((a_start + root_size))
-data_start=$((b_start + root_size)) data_size=16384   # 8 MiB
+data_start=$((b_start + root_size)) data_size=131072  # 64 MiB: /var, download cache
 disk_sectors=$((data_start + data_size + 2048))
 
 # --- initramfs: busybox, modules for virtio/ext4/fw_cfg/vfat, /init ---------
@@ -94,7 +114,7 @@ add_module() { # $1 = module name
     done
     order+=("$path")
 }
-for m in virtio_pci virtio_mmio virtio_blk crc32c_generic ext4 qemu_fw_cfg vfat nls_cp437 nls_ascii nls_iso8859-1 nls_utf8 i6300esb; do
+for m in virtio_pci virtio_mmio virtio_blk virtio_net crc32c_generic ext4 qemu_fw_cfg vfat nls_cp437 nls_ascii nls_iso8859-1 nls_utf8 i6300esb; do
     add_module "$m"
 done
 : >"$ird/lib/modules/load-order"
@@ -107,27 +127,44 @@ done
 
 # --- root slots ---------------------------------------------------------------
 applets=$(qemu-aarch64-static "$cache/busybox" --list)
-make_root() { # $1 = slot letter, $2 = image label, $3 = output image
-    local r=$work/root$1 a
+populate_root() { # $1 = directory, $2 = image label, $3 = slot letter (or -)
+    local r=$1 a
     mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,etc,dev,proc,sys,tmp,data,boot,var}
     cp "$cache/busybox" "$r/bin/busybox"
     for a in $applets; do
         [ "$a" = busybox ] || [ -e "$r/bin/$a" ] || ln -s busybox "$r/bin/$a"
     done
     rm -f "$r/bin/init"
-    cp "$here/guest/test-init.sh" "$r/sbin/init"
+    cp "$init_script" "$r/sbin/init"
     cp "$cache/kernel/Image" "$r/boot/Image"
     cp "$work/initrd.img" "$r/boot/initrd.img"
     echo "$2" >"$r/etc/atomup-image"
-    [ "$bad_slot" != "$1" ] || : >"$r/etc/atomup-bad-image"
+    [ "$bad_slot" != "$3" ] || : >"$r/etc/atomup-bad-image"
     printf '/dev/vda 0x80000 0x4000\n/dev/vda 0x84000 0x4000\n' >"$r/etc/fw_env.config"
     for b in "${guest_bins[@]}"; do cp "$b" "$r/usr/bin/"; done
+}
+if [ -n "$rootfs_out" ]; then
+    find "$rootfs_out" -mindepth 1 -delete
+    populate_root "$rootfs_out" "$image_a" -
+    echo "build-image: root tree in $rootfs_out" >&2
+    exit 0
+fi
+make_root() { # $1 = slot letter, $2 = image label, $3 = output image, $4 = given tree (optional)
+    local r=${4:-$work/root$1}
+    if [ -z "${4:-}" ]; then
+        populate_root "$r" "$2" "$1"
+    fi
     mkfs.ext4 -q -F -L "root$1" -E root_owner=0:0 -d "$r" "$3" $((root_size / 2))k >/dev/null
 }
-make_root A "$image_a" "$work/rootA.ext4"
-make_root B "$image_b" "$work/rootB.ext4"
+make_root A "$image_a" "$work/rootA.ext4" "$root_a_dir"
+if [ "$empty_b" = 1 ]; then
+    mkdir -p "$work/emptyB"
+    make_root B "$image_b" "$work/rootB.ext4" "$work/emptyB"
+else
+    make_root B "$image_b" "$work/rootB.ext4" "$root_b_dir"
+fi
 mkdir -p "$work/data"
-mkfs.ext4 -q -F -L data -d "$work/data" "$work/data.ext4" $((data_size / 2))k >/dev/null
+mkfs.ext4 -q -F -L data -d "${data_dir:-$work/data}" "$work/data.ext4" $((data_size / 2))k >/dev/null
 
 # --- boot partition -------------------------------------------------------------
 esp=$work/esp.vfat

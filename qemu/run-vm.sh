@@ -9,12 +9,13 @@
 #   --script FILE      guest test script, given as fw_cfg opt/atomup/test.sh (see qemu/guest/test-init.sh)
 #   --no-reboot        exit QEMU instead of rebooting (a panic then ends the run)
 #   --watchdog         add an i6300esb watchdog whose expiry resets the VM
+#   --net              user-mode network: the guest is 10.0.2.15, the host's loopback is 10.0.2.2
 # The boot path follows DIR/layout.env: U-Boot (Debian's qemu_arm64 u-boot.bin,
 # its env pflash read-only) or GRUB (AAVMF code read-only + DIR/vars.fd).
 # Exit status: QEMU's (0 after a guest poweroff), or 124 on timeout.
 set -euo pipefail
 
-dir= disk= log= timeout=90 script= noreboot=0 watchdog=0
+dir= disk= log= timeout=90 script= noreboot=0 watchdog=0 net=0
 while [ $# -gt 0 ]; do
     case $1 in
         --dir) dir=$2; shift 2;;
@@ -24,6 +25,7 @@ while [ $# -gt 0 ]; do
         --script) script=$2; shift 2;;
         --no-reboot) noreboot=1; shift;;
         --watchdog) watchdog=1; shift;;
+        --net) net=1; shift;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;;
         *) echo "run-vm: unknown option $1" >&2; exit 2;;
     esac
@@ -34,7 +36,12 @@ bootloader=$(sed -n 's/^BOOTLOADER=//p' "$dir/layout.env")
 
 # cortex-a57: -cpu max is ~4x slower under TCG (pointer-auth emulation);
 # one vCPU: more do not speed up TCG boots.
-args=(-M virt -cpu cortex-a57 -smp 1 -m 512 -accel tcg -nic none -no-user-config)
+args=(-M virt -cpu cortex-a57 -smp 1 -m 512 -accel tcg -no-user-config)
+if [ "$net" = 1 ]; then
+    args+=(-nic user,model=virtio-net-pci)
+else
+    args+=(-nic none)
+fi
 case $bootloader in
     uboot)
         args+=(-bios /usr/lib/u-boot/qemu_arm64/u-boot.bin

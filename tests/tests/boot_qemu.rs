@@ -117,7 +117,9 @@ fn require_tools() {
     }
 }
 
-/// The image for `loader`, built once per test binary.
+/// The image for `loader`, built once per test binary, with the static
+/// aarch64 `atomup` in both slots' /usr/bin (one image for every scenario:
+/// image builds cost more than the extra 2 MB).
 fn base_image(loader: Loader) -> &'static Path {
     static UBOOT: OnceLock<PathBuf> = OnceLock::new();
     static GRUB: OnceLock<PathBuf> = OnceLock::new();
@@ -125,24 +127,11 @@ fn base_image(loader: Loader) -> &'static Path {
         Loader::UBoot => &UBOOT,
         Loader::Grub => &GRUB,
     };
-    cell.get_or_init(|| build_image(loader, &format!("base-{}", loader.name()), &[]))
-}
-
-/// The image for `loader` with the static aarch64 `atomup` in both slots'
-/// /usr/bin, built once per test binary.
-fn agent_image(loader: Loader) -> &'static Path {
-    static UBOOT: OnceLock<PathBuf> = OnceLock::new();
-    static GRUB: OnceLock<PathBuf> = OnceLock::new();
-    let cell = match loader {
-        Loader::UBoot => &UBOOT,
-        Loader::Grub => &GRUB,
-    };
     cell.get_or_init(|| {
-        let bin = guest_atomup();
-        let bin = bin.to_string_lossy().into_owned();
+        let bin = guest_atomup().to_string_lossy().into_owned();
         build_image(
             loader,
-            &format!("agent-{}", loader.name()),
+            &format!("base-{}", loader.name()),
             &["--guest-bin", &bin],
         )
     })
@@ -236,10 +225,7 @@ const UBOOT_ENV_SIZE: u64 = 0x4000;
 
 impl Machine {
     fn new(loader: Loader, name: &str) -> Machine {
-        Machine::from_image(loader, base_image(loader), name)
-    }
-
-    fn from_image(loader: Loader, base: &Path, name: &str) -> Machine {
+        let base = base_image(loader);
         let dir = target_dir().join("boot-tests").join("runs").join(name);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("esp/grub")).unwrap();
@@ -1032,11 +1018,7 @@ fn mark_good_script(loader: Loader) -> String {
 /// guest's own `atomup mark-good` clears the trial with one env write, the next
 /// boot is confirmed and writes nothing.
 fn guest_mark_good_confirms_trial(loader: Loader) {
-    let m = Machine::from_image(
-        loader,
-        agent_image(loader),
-        &format!("{}-guest-mark-good", loader.name()),
-    );
+    let m = Machine::new(loader, &format!("{}-guest-mark-good", loader.name()));
     m.atomup(&["install-done", "--slot", "B"]);
     let console = m.boot(Some(&mark_good_script(loader)), 2);
     assert!(!console.contains("TEST: mark-good FAILED"), "{console}");

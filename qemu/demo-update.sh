@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The main job, end to end with real parts:
+#   vendor:  build product trees v1, v2, v3 → atomup-publish commit / delta / sign / release
+#   server:  nginx serves the repository on the host's loopback
+#   device:  QEMU aarch64, real U-Boot + Linux; factory image with v1 in slot A
+#   phase 1: the device polls, installs v2 into slot B, reboots into B on trial,
+#            passes its health check and confirms B
+#   phase 2: the vendor releases v3, whose health check fails; the device installs
+#            it into A, boots it on trial, rejects it, falls back to B and never
+#            retries v3
+# Every step is checked; exits non-zero with the console log tail on failure.
+#
+# Usage: qemu/demo-update.sh [--work DIR] [--bin-dir DIR] [--timeout SECS]
+#   --work DIR     scratch directory (default target/demo), emptied first
+#   --bin-dir DIR  host binaries atomup + atomup-publish (default: built with --release)
+#   --timeout S    per VM run (default 300)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+work=$root/target/demo bin_dir= timeout=300
+while [ $# -gt 0 ]; do
+    case $1 in
+        --work) work=$2; shift 2;;
+        --bin-dir) bin_dir=$2; shift 2;;
+        --timeout) timeout=$2; shift 2;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;;
+        *) echo "demo: unknown option $1" >&2; exit 2;;
+    esac
+done
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+t0=$(date +%s)
+
+say "build: host publisher, static aarch64 device agent"
+if [ -z "$bin_dir" ]; then
+    (cd "$root" && cargo build --release --locked -p atomup -p atomup-publish)
+    bin_dir=${CARGO_TARGET_DIR:-$root/target}/release
+fi
+bin_dir=$(cd "$bin_dir" && pwd)
+publish=$bin_dir/atomup-publish host_atomup=$bin_dir/atomup
+"$root/scripts/build-device.sh"
+device_bin=${CARGO_TARGET_DIR:-$root/target}/aarch64-unknown-linux-musl/release/atomup
+[[ $device_bin = /* ]] || device_bin=$root/$device_bin
+
+rm -rf "$work"; mkdir -p "$work"; work=$(cd "$work" && pwd)
+port=
+for p in $(seq 18080 18180); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { port=$p; break; }
+done
+[ -n "$port" ] || { echo "demo: no free port" >&2; exit 1; }
+
+say "vendor: product trees v1 (good), v2 (good), v3 (fails its health check)"
+"$here/build-image.sh" --rootfs-out "$work/base" --init "$here/guest/device-init.sh" --guest-bin "$device_bin"
+"$publish" keygen --secret-out "$work/vendor.secret" --public-out "$work/vendor.pub" >/dev/null
+make_tree() { # $1 = version, $2 = health exit status
+    local t=$work/tree-v$1
+    cp -a "$work/base" "$t"
+    mkdir -p "$t/etc/atomup" "$t/usr/share/demo"
+    cp "$work/vendor.pub" "$t/etc/atomup/trusted.pub"
+    printf 'SERVER=http://10.0.2.2:%s\nCHANNEL=stable\nBOARD=qemu-virt\n' "$port" >"$t/etc/atomup/device.conf"
+    echo "$1" >"$t/etc/atomup/version"
+    echo "atomup-demo $1" >"$t/etc/atomup-image"
+    printf '#!/bin/sh\n# health check of release %s\nexit %s\n' "$1" "$2" >"$t/etc/atomup/health"
+    chmod 755 "$t/etc/atomup/health"
+    echo "release $1 of the demo product" >"$t/usr/share/demo/release-$1.txt"
+}
+make_tree 1 0; make_tree 2 0; make_tree 3 1
+
+repo=$work/repo
+"$publish" init --repo "$repo" >/dev/null
+commit() { "$publish" commit --repo "$repo" --tree "$work/tree-v$1" --branch os/qemu-virt --subject "v$1" \
+    --owner-uid 0 --owner-gid 0 --quiet; }
+v1=$(commit 1); v2=$(commit 2); v3=$(commit 3)
+echo "commits: v1=$v1 v2=$v2 v3=$v3"
+sign() { "$publish" sign --key "$work/vendor.secret" --delta "$repo/$1" >/dev/null; }
+d_factory=$("$publish" delta --repo "$repo" --to "$v1" --scratch --xz-preset 1 --quiet); sign "$d_factory"
+d12=$("$publish" delta --repo "$repo" --to "$v2" --from "$v1" --quiet); sign "$d12"
+d23=$("$publish" delta --repo "$repo" --to "$v3" --from "$v2" --quiet); sign "$d23"
+ts=$(date +%s)
+"$publish" release --repo "$repo" --key "$work/vendor.secret" --channel stable --board qemu-virt \
+    --version 2 --to "$v2" --timestamp "$ts"
+
+say "factory: slot A = v1 (applied by atomup itself), /var seeded, slot B empty"
+state=$work/data/lib/atomup
+mkdir -p "$work/slotA" "$state/slots"
+"$host_atomup" delta apply --delta "$repo/$d_factory" --to "$work/slotA" --meta-out "$state/meta" \
+    --trusted-keys "$work/vendor.pub"
+printf 'format=1\ncommit=%s\nversion=1\n' "$v1" >"$state/slots/A"
+echo "demo-device-0001" >"$state/machine-id"
+echo "$ts" >"$state/trusted-time"
+"$here/build-image.sh" --bootloader uboot --out "$work/img" --root-a-dir "$work/slotA" --empty-b \
+    --data-dir "$work/data"
+"$host_atomup" env init --order A --env-image "$work/img/disk.img"
+
+say "server: nginx on 127.0.0.1:$port serving $repo"
+mkdir -p "$work/nginx/tmp"
+cat >"$work/nginx/nginx.conf" <<CONF
+daemon off; master_process off; worker_processes 1; pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 64; }
+http {
+  log_format demo '\$status \$body_bytes_sent \$request_uri';
+  access_log $work/nginx/access.log demo;
+  default_type application/octet-stream;
+  client_body_temp_path $work/nginx/tmp/b; proxy_temp_path $work/nginx/tmp/p;
+  fastcgi_temp_path $work/nginx/tmp/f; uwsgi_temp_path $work/nginx/tmp/u; scgi_temp_path $work/nginx/tmp/s;
+  server { listen 127.0.0.1:$port; root $repo; }
+}
+CONF
+nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" </dev/null &
+nginx_pid=$!
+trap 'kill $nginx_pid 2>/dev/null || true' EXIT
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+
+run_vm() { # $1 = log name
+    local start rc=0
+    start=$(date +%s)
+    "$here/run-vm.sh" --dir "$work/img" --net --log "$work/$1.log" --timeout "$timeout" || rc=$?
+    echo "VM run '$1': exit $rc after $(($(date +%s) - start)) s"
+    grep -a "ATOMUP-DEMO\|^installed\|^error\| -> \|ABBOOT: booting\|rollback\|confirmed" "$work/$1.log" || true
+    [ "$rc" = 0 ] || { tail -n 40 "$work/$1.log"; exit 1; }
+}
+expect() { # $1 = log, $2 = regex, $3 = what it proves
+    if grep -aqE "$2" "$work/$1.log"; then echo "ok: $3"; else
+        echo "FAILED: $3 (no /$2/ in $1.log)"; tail -n 60 "$work/$1.log"; exit 1; fi
+}
+env_is() { # $1 = expected `env show` output (one line, ; separated)
+    local got
+    got=$("$host_atomup" env show --env-image "$work/img/disk.img" | paste -sd';')
+    [ "$got" = "$1" ] && echo "ok: env is $got" || { echo "FAILED: env is $got, want $1"; exit 1; }
+}
+
+say "phase 1: the device updates v1 -> v2, reboots on trial, confirms"
+run_vm phase1
+expect phase1 'booted slot=A trial=0 version=1' "factory slot A booted"
+expect phase1 "installed version 2 .* into slot B" "v2 downloaded, verified and written into slot B"
+expect phase1 'booted slot=B trial=1 version=2' "U-Boot booted slot B on trial"
+expect phase1 'slot B confirmed good' "health passed: slot B confirmed"
+expect phase1 'up to date: version 2' "the next poll finds nothing to do"
+env_is 'ATOMUP_ORDER=B A;ATOMUP_TRIAL=;ATOMUP_LEFT=0'
+bytes=$(awk '{s+=$2} END {print s}' "$work/nginx/access.log")
+echo "bytes served for v1 -> v2: $bytes (release metadata + superblock + parts)"
+
+say "phase 2: the vendor releases v3, which fails its health check on the device"
+"$publish" release --repo "$repo" --key "$work/vendor.secret" --channel stable --board qemu-virt \
+    --version 3 --to "$v3" --timestamp "$((ts + 1))"
+run_vm phase2
+expect phase2 "installed version 3 .* into slot A" "v3 written into slot A"
+expect phase2 'booted slot=A trial=1 version=3' "slot A booted on trial"
+expect phase2 'health check FAILED on slot A' "v3's health check failed"
+expect phase2 'booted slot=B trial=0 version=2' "the device fell back to slot B (v2) by itself"
+expect phase2 'rolled back on this device before: not retrying' "v3 is never retried"
+env_is 'ATOMUP_ORDER=B;ATOMUP_TRIAL=;ATOMUP_LEFT=0'
+
+say "done in $(($(date +%s) - t0)) s: v1 -> v2 confirmed, bad v3 rolled back, all on real U-Boot + Linux"

@@ -1,0 +1,55 @@
+#!/bin/sh
+# /sbin/init of the demo product image (the root tree the vendor commits and
+# atomup updates). One boot = confirm or reject the running slot, then poll
+# the update server once; install → reboot into the new slot on trial.
+# Markers (`ATOMUP-DEMO: ...`) are what the host-side demo and tests match.
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t tmpfs tmpfs /tmp
+# /var is the data partition: persistent, never written by an update.
+mount -t ext4 /dev/vda4 /var || { echo "ATOMUP-DEMO: cannot mount /var"; poweroff -f; }
+
+slot=- trial=0
+for x in $(cat /proc/cmdline); do
+  case $x in
+    atomup.slot=*) slot=${x#atomup.slot=};;
+    atomup.trial=1) trial=1;;
+  esac
+done
+. /etc/atomup/device.conf
+state=/var/lib/atomup
+echo "ATOMUP-DEMO: booted slot=$slot trial=$trial version=$(cat /etc/atomup/version)"
+
+# Health: this release's own check decides whether the slot is kept.
+if /etc/atomup/health; then
+  atomup mark-good --state-dir "$state"
+else
+  echo "ATOMUP-DEMO: health check FAILED on slot $slot"
+  atomup mark-bad --state-dir "$state"
+  sync; umount /var; reboot -f
+fi
+atomup status --state-dir "$state"
+
+# Network: QEMU user networking; the host's loopback is 10.0.2.2.
+ip link set lo up
+ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 ||
+  echo "ATOMUP-DEMO: no network"
+
+case $slot in A) other=/dev/vda3;; B) other=/dev/vda2;; *) other=;; esac
+if atomup update --server "$SERVER" --channel "$CHANNEL" --board "$BOARD" \
+    --trusted-keys /etc/atomup/trusted.pub --state-dir "$state" \
+    --machine-id "$state/machine-id" --target-device "$other" --from-root / \
+    >/tmp/update.log 2>&1; then
+  cat /tmp/update.log
+  if grep -q "^installed version" /tmp/update.log; then
+    echo "ATOMUP-DEMO: installed, rebooting into the new slot"
+    sync; umount /var; reboot -f
+  fi
+else
+  cat /tmp/update.log
+  echo "ATOMUP-DEMO: update failed"
+fi
+echo "ATOMUP-DEMO: done on slot $slot version $(cat /etc/atomup/version)"
+sync; umount /var
+poweroff -f

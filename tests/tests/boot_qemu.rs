@@ -272,12 +272,20 @@ impl Machine {
     /// Boots until the guest powers off; `script` is sourced by the guest's
     /// init (see qemu/guest/test-init.sh). Returns the console text.
     fn boot(&self, script: Option<&str>, boots: u64) -> String {
+        self.boot_with(script, boots, false)
+    }
+
+    /// As `boot`, optionally with an i6300esb watchdog that resets the VM.
+    fn boot_with(&self, script: Option<&str>, boots: u64, watchdog: bool) -> String {
         let log = self.dir.join("console.log");
         let _ = fs::remove_file(&log);
         let mut cmd = Command::new(workspace_root().join("qemu/run-vm.sh"));
         cmd.arg("--dir").arg(&self.dir).arg("--log").arg(&log);
         // Generous per-boot allowance: the CI machine is shared with builds.
         cmd.args(["--timeout", &(30 + 90 * boots).to_string()]);
+        if watchdog {
+            cmd.arg("--watchdog");
+        }
         if let Some(s) = script {
             let path = self.dir.join("test.sh");
             fs::write(&path, s).unwrap();
@@ -883,6 +891,25 @@ fn uboot_flags_wrap_newer_copy_is_zero() {
     );
     assert_eq!(m.uboot_flags(), (0x00, 0x01));
     assert_eq!(m.upstream_state(), Some(st("B A", "B", "2")));
+}
+
+/// A trial slot that hangs (no panic) is reset by the hardware watchdog; the
+/// attempt was counted before boot, so with LEFT=1 the next boot falls back.
+#[test]
+fn uboot_hanging_trial_is_reset_by_watchdog_then_falls_back() {
+    let m = Machine::new(Loader::UBoot, "uboot-watchdog-hang");
+    m.atomup(&["install-done", "--slot", "B", "--attempts", "1"]);
+    // busybox watchdog: 3 s timeout, feeds once, then the slot "hangs".
+    let hang = "if [ \"$slot\" = B ]; then watchdog -T 3 -t 600 /dev/watchdog; echo 'TEST: B hangs'; sleep 600; fi\n";
+    let console = m.boot_with(Some(hang), 2, true);
+    assert!(console.contains("TEST: B hangs"), "{console}");
+    assert_eq!(
+        booted_lines(&console),
+        vec![booted("B", true, false), booted("A", false, false)],
+        "{console}"
+    );
+    assert_eq!(bootloader_writes(Loader::UBoot, &console), 1);
+    assert_eq!(m.upstream_state(), Some(st("B A", "B", "0")));
 }
 
 /// saveenv variant (A/B vars in U-Boot's own env): a confirmed slot boots with

@@ -32,6 +32,11 @@ log() { echo "fetch-parts: $*" >&2; }
 complete() { [ -s "$cache/parts.stamp" ] && [ -f "$cache/kernel/Image" ] && [ -s "$cache/kernel/KVER" ] &&
     [ -x "$cache/busybox" ] && [ -d "$cache/grub/arm64-efi" ]; }
 
+# Two image builds may start at once (the boot tests build both bootloaders in
+# parallel): one fetches, the other waits and then finds the cache complete.
+exec 9>"$cache/.lock"
+flock 9
+
 if [ "$refresh" = 0 ] && complete; then
     echo "$cache"
     exit 0

@@ -110,9 +110,9 @@ DELTA=$WORK/delta
 mkdir -p "$DELTA"
 # shellcheck disable=SC2086 # DELTA_OPTS is a list of options
 ostree --repo="$REPO" static-delta generate --from="$V1" --to="$V2" \
-    --min-fallback-size=0 $DELTA_OPTS --filename="$DELTA/superblock"
-"$PUBLISH" keygen --secret-out "$WORK/secret.key" --public-out "$WORK/trusted.pub"
-"$PUBLISH" sign --key "$WORK/secret.key" --delta "$DELTA"
+    --min-fallback-size=0 $DELTA_OPTS --filename="$DELTA/superblock" >/dev/null 2>&1
+"$PUBLISH" keygen --secret-out "$WORK/secret.key" --public-out "$WORK/trusted.pub" >/dev/null
+"$PUBLISH" sign --key "$WORK/secret.key" --delta "$DELTA" >/dev/null
 ostree --repo="$REPO" checkout "$V1" "$WORK/active-v1"
 
 # Prints "wall_ms peak_rss_kib" of one command, from GNU time -v.
@@ -127,46 +127,70 @@ measure() {
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 
-: >"$WORK/ours.txt"
-: >"$WORK/upstream.txt"
-for rep in $(seq 1 "$REPS"); do
-    # (a) ours: empty target, old content from the active v1 checkout.
-    rm -rf "$WORK/target"
-    mkdir "$WORK/target"
-    sync
-    measure "$ATOMUP" delta apply --delta "$DELTA" --from-root "$WORK/active-v1" \
-        --from-meta "$REPO" --to "$WORK/target" --trusted-keys "$WORK/trusted.pub" \
-        >>"$WORK/ours.txt"
+# Runs REPS pairs on one delta dir and prints the summary for it.
+bench_delta() {
+    local label=$1 delta=$2 rep w1 r1 w2 r2
+    : >"$WORK/$label-ours.txt"
+    : >"$WORK/$label-upstream.txt"
+    for rep in $(seq 1 "$REPS"); do
+        # (a) ours: empty target, old content from the active v1 checkout.
+        rm -rf "$WORK/target"
+        mkdir "$WORK/target"
+        sync
+        measure "$ATOMUP" delta apply --delta "$delta" --from-root "$WORK/active-v1" \
+            --from-meta "$REPO" --to "$WORK/target" --trusted-keys "$WORK/trusted.pub" \
+            >>"$WORK/$label-ours.txt"
 
-    # (b) upstream: fresh bare-user repo holding v1 (not timed), then
-    # apply-offline + checkout of v2 (timed; walls add, RSS is the max).
-    rm -rf "$WORK/bare" "$WORK/upstream-co"
-    ostree --repo="$WORK/bare" init --mode=bare-user
-    ostree --repo="$WORK/bare" pull-local "$REPO" "$V1" >/dev/null
-    sync
-    read -r w1 r1 < <(measure ostree --repo="$WORK/bare" static-delta apply-offline "$DELTA")
-    read -r w2 r2 < <(measure ostree --repo="$WORK/bare" checkout "$V2" "$WORK/upstream-co")
-    echo "$((w1 + w2)) $((r1 > r2 ? r1 : r2))" >>"$WORK/upstream.txt"
-    echo "bench: rep $rep ours=[$(tail -n1 "$WORK/ours.txt")] upstream=[$(tail -n1 "$WORK/upstream.txt")] (wall_ms rss_kib)" >&2
-done
+        # (b) upstream: fresh bare-user repo holding v1 (not timed), then
+        # apply-offline + checkout of v2 (timed; walls add, RSS is the max).
+        rm -rf "$WORK/bare" "$WORK/upstream-co"
+        ostree --repo="$WORK/bare" init --mode=bare-user
+        ostree --repo="$WORK/bare" pull-local "$REPO" "$V1" >/dev/null
+        sync
+        read -r w1 r1 < <(measure ostree --repo="$WORK/bare" static-delta apply-offline "$delta")
+        read -r w2 r2 < <(measure ostree --repo="$WORK/bare" checkout "$V2" "$WORK/upstream-co")
+        echo "$((w1 + w2)) $((r1 > r2 ? r1 : r2))" >>"$WORK/$label-upstream.txt"
+        echo "bench: $label rep $rep ours=[$(tail -n1 "$WORK/$label-ours.txt")] upstream=[$(tail -n1 "$WORK/$label-upstream.txt")] (wall_ms rss_kib)" >&2
+    done
 
-# The two writers must agree on the result before their timings mean anything.
-diff -r --no-dereference "$WORK/target" "$WORK/upstream-co" >/dev/null ||
-    die "atomup's tree differs from ostree checkout of v2"
+    # The two writers must agree on the result (contents, type, mode, owner,
+    # link target) before their timings mean anything.
+    diff -r --no-dereference "$WORK/target" "$WORK/upstream-co" >/dev/null ||
+        die "$label: atomup's tree differs from ostree checkout of v2"
+    [ "$(listing "$WORK/target")" = "$(listing "$WORK/upstream-co")" ] ||
+        die "$label: modes/owners/links differ from ostree checkout of v2"
 
-ours_wall=$(cut -d' ' -f1 "$WORK/ours.txt" | median)
-ours_rss=$(cut -d' ' -f2 "$WORK/ours.txt" | median)
-up_wall=$(cut -d' ' -f1 "$WORK/upstream.txt" | median)
-up_rss=$(cut -d' ' -f2 "$WORK/upstream.txt" | median)
-files_v2=$(find "$CACHE/v2" | wc -l)
-delta_bytes=$(du -sb "$DELTA" | cut -f1)
-parts=$(find "$DELTA" -type f ! -name superblock | wc -l)
-cat <<EOF
-delta: v1 -> v2 (+${EXTRA_PKGS}), ${files_v2} entries in v2, ${parts} part files, ${delta_bytes} bytes, options: --min-fallback-size=0 ${DELTA_OPTS}
-reps=${REPS} (medians)
+    local ours_wall ours_rss up_wall up_rss delta_bytes parts
+    ours_wall=$(cut -d' ' -f1 "$WORK/$label-ours.txt" | median)
+    ours_rss=$(cut -d' ' -f2 "$WORK/$label-ours.txt" | median)
+    up_wall=$(cut -d' ' -f1 "$WORK/$label-upstream.txt" | median)
+    up_rss=$(cut -d' ' -f2 "$WORK/$label-upstream.txt" | median)
+    delta_bytes=$(du -sb "$delta" | cut -f1)
+    parts=$(find "$delta" -type f ! -name superblock | wc -l)
+    cat <<EOF
+== $label: ${parts} part files, ${delta_bytes} bytes; reps=${REPS} (medians)
 ours:     wall_ms=${ours_wall} peak_rss_kib=${ours_rss}
 upstream: wall_ms=${up_wall} peak_rss_kib=${up_rss}   (apply-offline + checkout)
 ratio wall (ours/upstream) = $(awk -v a="$ours_wall" -v b="$up_wall" 'BEGIN { printf "%.2f", a / b }')   target <= 0.5
 ratio rss  (ours/upstream) = $(awk -v a="$ours_rss" -v b="$up_rss" 'BEGIN { printf "%.2f", a / b }')
 our peak RSS = $(awk -v a="$ours_rss" 'BEGIN { printf "%.1f", a / 1024 }') MiB   target <= 8 MiB with small-dictionary parts
 EOF
+}
+listing() { (cd "$1" && find . -printf '%p %y %m %U %G %l\n' | sort); }
+
+echo "trees: v1 $(find "$CACHE/v1" | wc -l) entries $(du -sb "$CACHE/v1" | cut -f1) bytes; v2 (+${EXTRA_PKGS}) $(find "$CACHE/v2" | wc -l) entries $(du -sb "$CACHE/v2" | cut -f1) bytes"
+bench_delta upstream-parts "$DELTA"
+
+# The same update with small-dictionary parts made by our publisher (what
+# the 8 MiB RSS target is about); SMALL_DICT=0 skips it.
+SMALL_DICT=${SMALL_DICT:-1048576}
+if [ "$SMALL_DICT" != 0 ]; then
+    "$PUBLISH" delta --repo "$REPO" --from "$V1" --to "$V2" --xz-dict "$SMALL_DICT" \
+        --min-fallback-size 0 --quiet >/dev/null
+    small=$(find "$REPO/deltas" -name superblock -newer "$DELTA/superblock" | head -n1)
+    [ -n "$small" ] || die "atomup-publish delta wrote no superblock under $REPO/deltas"
+    rm -rf "$WORK/delta-small"
+    cp -r "$(dirname "$small")" "$WORK/delta-small"
+    "$PUBLISH" sign --key "$WORK/secret.key" --delta "$WORK/delta-small" >/dev/null
+    bench_delta "small-dict-$SMALL_DICT" "$WORK/delta-small"
+fi

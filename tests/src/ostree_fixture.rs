@@ -433,10 +433,23 @@ impl ScratchDir {
     pub fn new(name: &str) -> Self {
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = crate::target_dir()
-            .join("test-scratch")
-            .join(format!("{name}-{}-{n}", std::process::id()));
+        let base = crate::target_dir().join("test-scratch");
+        let dir = base.join(format!("{name}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
+        // Shared fixtures live in statics, which are never dropped: remove
+        // what earlier test processes (now gone) left behind.
+        for entry in fs::read_dir(&base).into_iter().flatten().flatten() {
+            let file_name = entry.file_name();
+            let rest = file_name.to_string_lossy();
+            let pid = rest
+                .strip_prefix(&format!("{name}-"))
+                .and_then(|r| r.split('-').next());
+            if let Some(pid) = pid.filter(|p| p.parse::<u32>().is_ok()) {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
         fs::create_dir_all(&dir).unwrap();
         ScratchDir(dir)
     }

@@ -26,6 +26,15 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// Removes a scratch directory when the test ends (pass or fail).
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn ostree(args: &[&str]) -> String {
     let out = Command::new("ostree")
         .args(args)
@@ -191,6 +200,7 @@ fn make_trees(base: &Path) -> (PathBuf, PathBuf) {
 }
 
 struct Fixture {
+    _cleanup: Cleanup,
     base: PathBuf,
     repo: PathBuf,
     v1: String,
@@ -212,6 +222,7 @@ fn fixture(name: &str) -> Fixture {
     let active = base.join("active");
     checkout(&repo, &v1, &active);
     Fixture {
+        _cleanup: Cleanup(base.clone()),
         base,
         repo,
         v1,
@@ -460,6 +471,7 @@ fn xattrs_of(p: &Path) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn xattrs_on_files_and_directories() {
     let base = scratch("xattrs");
+    let _cleanup = Cleanup(base.clone());
     let t1 = base.join("t1");
     write(&t1.join("d/x"), b"x\n");
     write(&t1.join("d/keep"), b"keep\n");

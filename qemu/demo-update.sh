@@ -10,18 +10,20 @@
 #            retries v3
 # Every step is checked; exits non-zero with the console log tail on failure.
 #
-# Usage: qemu/demo-update.sh [--work DIR] [--bin-dir DIR] [--timeout SECS]
-#   --work DIR     scratch directory (default target/demo), emptied first
-#   --bin-dir DIR  host binaries atomup + atomup-publish (default: built with --release)
-#   --timeout S    per VM run (default 300)
+# Usage: qemu/demo-update.sh [--work DIR] [--bin-dir DIR] [--device-bin FILE] [--timeout SECS]
+#   --work DIR         scratch directory (default target/demo), emptied first
+#   --bin-dir DIR      host binaries atomup + atomup-publish (default: built with --release)
+#   --device-bin FILE  static aarch64 atomup (default: built by scripts/build-device.sh)
+#   --timeout S        per VM run (default 300)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-work=$root/target/demo bin_dir= timeout=300
+work=$root/target/demo bin_dir= device_bin= timeout=300
 while [ $# -gt 0 ]; do
     case $1 in
         --work) work=$2; shift 2;;
         --bin-dir) bin_dir=$2; shift 2;;
+        --device-bin) device_bin=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift 2;;
         --timeout) timeout=$2; shift 2;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;;
         *) echo "demo: unknown option $1" >&2; exit 2;;
@@ -37,9 +39,11 @@ if [ -z "$bin_dir" ]; then
 fi
 bin_dir=$(cd "$bin_dir" && pwd)
 publish=$bin_dir/atomup-publish host_atomup=$bin_dir/atomup
-"$root/scripts/build-device.sh"
-device_bin=${CARGO_TARGET_DIR:-$root/target}/aarch64-unknown-linux-musl/release/atomup
-[[ $device_bin = /* ]] || device_bin=$root/$device_bin
+if [ -z "$device_bin" ]; then
+    "$root/scripts/build-device.sh"
+    device_bin=${CARGO_TARGET_DIR:-$root/target}/aarch64-unknown-linux-musl/release/atomup
+    [[ $device_bin = /* ]] || device_bin=$root/$device_bin
+fi
 
 rm -rf "$work"; mkdir -p "$work"; work=$(cd "$work" && pwd)
 port=

@@ -176,6 +176,22 @@ pub fn run(command: &str, args: &mut lexopt::Parser) -> Result {
             let slot = require_booted(&o)?;
             let state = atomup_bootctl::read(bl)?.state()?;
             let next = state.health_failed(slot)?;
+            // Rule (DESIGN "Data flow"): a release that failed its health check
+            // is recorded before the env changes, so `update` never retries it
+            // whatever the order of a power cut.
+            if state.trial == Some(slot) && state_dir_path(&o).exists() {
+                let info = state_dir(&o)
+                    .slot_info(slot)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                state_dir(&o).record_rollback(&RollbackRecord {
+                    at: now(),
+                    slot,
+                    commit: info.commit,
+                    version: info.version,
+                })?;
+            }
             atomup_bootctl::write_state(bl, &next)?;
             println!("slot {slot} marked bad ({next}); reboot now");
             Ok(())

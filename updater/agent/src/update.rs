@@ -285,6 +285,10 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         || o.target_dir.clone().expect("checked above"),
         |m| m.dir.clone(),
     );
+    // The slot is out of the boot order and about to be replaced whole: empty
+    // it first, so a slot sized for one root never has to hold two (unchanged
+    // files come from the active root, re-hashed, not from here).
+    empty_slot(&target_root)?;
     let stats = atomup_deploy::apply(&atomup_deploy::Options {
         delta: &delta_dir,
         target: &target_root,
@@ -384,6 +388,25 @@ fn download_delta(
         .into());
     }
     Ok(dir)
+}
+
+/// Removes everything in the target slot but ext4's `lost+found`, never
+/// following a symlink out of it.
+fn empty_slot(root: &Path) -> Result {
+    for entry in fs::read_dir(root).map_err(|e| format!("reading {}: {e}", root.display()))? {
+        let entry = entry?;
+        if entry.file_name() == "lost+found" {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.map_err(|e| format!("emptying {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {

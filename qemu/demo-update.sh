@@ -60,7 +60,9 @@ make_tree() { # $1 = version, $2 = health exit status
     cp -a "$work/base" "$t"
     mkdir -p "$t/etc/atomup" "$t/usr/share/demo"
     cp "$work/vendor.pub" "$t/etc/atomup/trusted.pub"
-    printf 'SERVER=http://10.0.2.2:%s\nCHANNEL=stable\nBOARD=qemu-virt\n' "$port" >"$t/etc/atomup/device.conf"
+    printf 'SERVER=http://10.0.2.2:%s\nCHANNEL=stable\n' "$port" >"$t/etc/atomup/device.conf"
+    printf 'board = qemu-virt\nbootloader = uboot\nslot.A = /dev/vda2\nslot.B = /dev/vda3\ndata = /dev/vda4\nwatchdog = /dev/watchdog\n' \
+        >"$t/etc/atomup/board.conf"
     echo "$1" >"$t/etc/atomup/version"
     echo "atomup-demo $1" >"$t/etc/atomup-image"
     printf '#!/bin/sh\n# health check of release %s\nexit %s\n' "$1" "$2" >"$t/etc/atomup/health"

@@ -36,10 +36,11 @@ ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 ||
   echo "ATOMUP-DEMO: no network"
 
-case $slot in A) other=/dev/vda3;; B) other=/dev/vda2;; *) other=;; esac
-if atomup update --server "$SERVER" --channel "$CHANNEL" --board "$BOARD" \
+# Board name, env location and the other slot's device come from
+# /etc/atomup/board.conf.
+if atomup update --server "$SERVER" --channel "$CHANNEL" \
     --trusted-keys /etc/atomup/trusted.pub --state-dir "$state" \
-    --machine-id "$state/machine-id" --target-device "$other" --from-root / \
+    --machine-id "$state/machine-id" --from-root / \
     >/tmp/update.log 2>&1; then
   cat /tmp/update.log
   if grep -q "^installed version" /tmp/update.log; then

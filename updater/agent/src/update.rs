@@ -16,6 +16,7 @@
 //! the apply rewrites the (out-of-order) slot from scratch.
 
 use crate::Result;
+use atomup_board::{Board, Bootloader as BoardBootloader};
 use atomup_bootctl::statedir::{SlotInfo, StateDir};
 use atomup_bootctl::{cmdline, Bootloader, GrubEnv, UbootEnv};
 use atomup_fetch::{Expect, Fetcher, Options as FetchOptions};
@@ -32,11 +33,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 pub const HELP: &str = "\
-Usage: atomup update --server URL --channel NAME --board NAME [options]
+Usage: atomup update --server URL --channel NAME [--board NAME] [options]
 Polls the server once; installs a due release into the inactive slot, on trial.
   --trusted-keys FILE   vendor public keys (default /etc/atomup/trusted.pub)
   --revoked-keys FILE   revoked keys
-  --target-device DEV   block device of the inactive slot (mounted while writing)
+  --board-conf FILE     board profile (default /etc/atomup/board.conf when present): gives
+                        the board name, the env location and the slots' block devices
+  --target-device DEV   block device of the inactive slot (default: from the board profile)
   --target-dir DIR      the inactive slot as a directory (host tests, pre-mounted)
   --from-root DIR       the running root, source of unchanged files (default /)
   --attempts N          boot attempts for the new slot (default 3)
@@ -57,6 +60,7 @@ struct Opts {
     server: Option<String>,
     channel: Option<String>,
     board: Option<String>,
+    board_conf: Option<PathBuf>,
     trusted: PathBuf,
     revoked: Option<PathBuf>,
     target_device: Option<PathBuf>,
@@ -81,6 +85,7 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
         server: None,
         channel: None,
         board: None,
+        board_conf: None,
         trusted: "/etc/atomup/trusted.pub".into(),
         revoked: None,
         target_device: None,
@@ -103,6 +108,7 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
             Long("server") => o.server = Some(args.value()?.string()?),
             Long("channel") => o.channel = Some(args.value()?.string()?),
             Long("board") => o.board = Some(args.value()?.string()?),
+            Long("board-conf") => o.board_conf = Some(args.value()?.into()),
             Long("trusted-keys") => o.trusted = args.value()?.into(),
             Long("revoked-keys") => o.revoked = Some(args.value()?.into()),
             Long("target-device") => o.target_device = Some(args.value()?.into()),
@@ -133,16 +139,40 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
     Ok(o)
 }
 
-fn bootloader(o: &Opts) -> Result<Box<dyn Bootloader>> {
-    Ok(match (&o.env_config, &o.env_image, &o.grubenv) {
-        (None, None, Some(p)) => Box::new(GrubEnv::new(p)),
-        (None, Some(p), None) => Box::new(UbootEnv::qemu_image(p)),
-        (c, None, None) => {
-            let cfg = c.clone().unwrap_or_else(|| "/etc/fw_env.config".into());
-            Box::new(UbootEnv::from_config_file(&cfg, &std::env::current_dir()?)?)
-        }
-        _ => return Err("give only one of --env-config, --env-image, --grubenv".into()),
-    })
+/// The board profile: given, or the device's own when it ships one.
+fn board(o: &Opts) -> Result<Option<Board>> {
+    let path = match &o.board_conf {
+        Some(p) => p.clone(),
+        None if Path::new(atomup_board::DEFAULT_PATH).exists() => atomup_board::DEFAULT_PATH.into(),
+        None => return Ok(None),
+    };
+    let text =
+        fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(Some(Board::parse(&text).map_err(|e| {
+        format!("board profile {}: {e}", path.display())
+    })?))
+}
+
+fn bootloader(o: &Opts, board: Option<&Board>) -> Result<Box<dyn Bootloader>> {
+    let from_board = board.map(|b| &b.bootloader);
+    Ok(
+        match (&o.env_config, &o.env_image, &o.grubenv, from_board) {
+            (None, None, Some(p), _) => Box::new(GrubEnv::new(p)),
+            (None, Some(p), None, _) => Box::new(UbootEnv::qemu_image(p)),
+            (None, None, None, Some(BoardBootloader::Grub { grubenv })) => {
+                Box::new(GrubEnv::new(grubenv))
+            }
+            (c, None, None, b) => {
+                let cfg = match (c, b) {
+                    (Some(c), _) => c.clone(),
+                    (None, Some(BoardBootloader::UBoot { env_config })) => env_config.clone(),
+                    _ => "/etc/fw_env.config".into(),
+                };
+                Box::new(UbootEnv::from_config_file(&cfg, &std::env::current_dir()?)?)
+            }
+            _ => return Err("give only one of --env-config, --env-image, --grubenv".into()),
+        },
+    )
 }
 
 fn booted_slot(o: &Opts) -> Result<Slot> {
@@ -159,15 +189,28 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     let o = parse(args)?;
     let server = o.server.as_deref().ok_or("--server URL is required")?;
     let channel = o.channel.as_deref().ok_or("--channel NAME is required")?;
-    let board = o.board.as_deref().ok_or("--board NAME is required")?;
-    if o.target_device.is_some() == o.target_dir.is_some() {
-        return Err("give exactly one of --target-device DEV, --target-dir DIR".into());
+    let profile = board(&o)?;
+    let board = match (&o.board, &profile) {
+        (Some(b), _) => b.as_str(),
+        (None, Some(p)) => p.name.as_str(),
+        (None, None) => return Err("--board NAME is required (or a board profile)".into()),
+    };
+    if o.target_device.is_some() && o.target_dir.is_some() {
+        return Err("give only one of --target-device DEV, --target-dir DIR".into());
     }
     let trust = load_trust(&o.trusted, o.revoked.as_deref())?;
-    let mut bl = bootloader(&o)?;
+    let mut bl = bootloader(&o, profile.as_ref())?;
     let bl = bl.as_mut();
     let booted = booted_slot(&o)?;
     let target = !booted;
+    let target_device = match (&o.target_device, &o.target_dir, &profile) {
+        (Some(dev), _, _) => Some(dev.clone()),
+        (None, Some(_), _) => None,
+        (None, None, Some(p)) => Some(p.slot_device(target).to_owned()),
+        (None, None, None) => {
+            return Err("give --target-device DEV, --target-dir DIR or a board profile".into())
+        }
+    };
     let state = atomup_bootctl::read(bl)?.state()?;
     let sd = StateDir::new(&o.state_dir);
 
@@ -277,7 +320,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     )?;
 
     let meta = o.state_dir.join("meta");
-    let mounted = match &o.target_device {
+    let mounted = match &target_device {
         Some(dev) => Some(Mounted::new(dev, &o.state_dir.join("target"))?),
         None => None,
     };

@@ -1,0 +1,55 @@
+//! The Linux hardware watchdog (`/dev/watchdog`): armed by opening it, fed by
+//! writing, disarmed only by the magic close ('V' then close). A trial boot's
+//! health check runs under it, so a hang resets the board and the bootloader
+//! counts the attempt — nobody has to be there.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+/// Dropped without `disarm` (an error path), the device is closed without the
+/// magic byte: the timer keeps running and the board resets.
+pub struct Watchdog {
+    file: Option<File>,
+}
+
+impl Watchdog {
+    /// Arms the watchdog: from now on the board resets unless fed.
+    pub fn arm(device: &Path) -> std::io::Result<Watchdog> {
+        let file = OpenOptions::new().write(true).open(device)?;
+        Ok(Watchdog { file: Some(file) })
+    }
+
+    pub fn feed(&mut self) -> std::io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.write_all(b"\0"),
+            None => Ok(()),
+        }
+    }
+
+    /// Magic close: the driver stops the timer (unless built with nowayout).
+    pub fn disarm(mut self) -> std::io::Result<()> {
+        match self.file.take() {
+            Some(mut f) => f.write_all(b"V"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeding writes keepalives and disarming ends with the magic 'V'.
+    #[test]
+    fn feed_then_magic_close() {
+        let path = std::env::temp_dir().join(format!("atomup-wdt-{}", std::process::id()));
+        std::fs::write(&path, b"").unwrap();
+        let mut w = Watchdog::arm(&path).unwrap();
+        w.feed().unwrap();
+        w.feed().unwrap();
+        w.disarm().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"\0\0V");
+        std::fs::remove_file(&path).unwrap();
+    }
+}

@@ -348,6 +348,7 @@ pub fn generate(
     let mut literals = Vec::new();
     let mut symlinks = Vec::new();
     let mut fallbacks = Vec::new();
+    let mut diff_jobs: Vec<(Planned, ObjectId)> = Vec::new();
     for (id, path) in new_content {
         let (header, size) = planner.header(id)?;
         let planned = Planned {
@@ -375,14 +376,22 @@ pub fn generate(
         } else {
             None
         };
-        match base
-            .map(|b| try_bsdiff(repo, &b, id, &opts.xz))
-            .transpose()?
-        {
-            Some(Some(patch)) => patches.push(Item::Patch(planned, base.unwrap_or(*id), patch)),
-            _ => literals.push(planned),
+        match base {
+            Some(b) => diff_jobs.push((planned, b)),
+            None => literals.push(planned),
         }
         progress.tick(size);
+    }
+    // bsdiff and its trial compressions dominate generation time and are
+    // independent per file: spread them over the cores.
+    let diffed = parallel_map(&diff_jobs, |(p, base)| {
+        try_bsdiff(repo, base, &p.id, &opts.xz)
+    });
+    for ((planned, base), patch) in diff_jobs.into_iter().zip(diffed) {
+        match patch? {
+            Some(patch) => patches.push(Item::Patch(planned, base, patch)),
+            None => literals.push(planned),
+        }
     }
     literals.sort_by_cached_key(|p| order_key(&p.path));
 
@@ -493,6 +502,47 @@ pub fn generate(
     summary.superblock_bytes = sb.len() as u64;
     summary.secs = progress.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// One bsdiff outcome: a patch worth keeping, or `None`.
+type PatchResult = Result<Option<Vec<u8>>, DeltaError>;
+
+/// Runs `f` over `items` on up to four threads, results in input order.
+fn parallel_map<T: Sync>(items: &[T], f: impl Fn(&T) -> PatchResult + Sync) -> Vec<PatchResult> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    let next = AtomicUsize::new(0);
+    let slots: Mutex<Vec<Option<PatchResult>>> =
+        Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                if let Some(slot) = slots.lock().unwrap_or_else(|e| e.into_inner()).get_mut(i) {
+                    *slot = Some(r);
+                }
+            });
+        }
+    });
+    slots
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(DeltaError::Compress {
+                    index: 0,
+                    source: std::io::Error::other("a bsdiff worker stopped early"),
+                })
+            })
+        })
+        .collect()
 }
 
 /// bsdiff `new` against `old`; the patch is kept only when it compresses

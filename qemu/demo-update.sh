@@ -65,8 +65,9 @@ make_tree() { # $1 = version, $2 = health exit status
         >"$t/etc/atomup/board.conf"
     echo "$1" >"$t/etc/atomup/version"
     echo "atomup-demo $1" >"$t/etc/atomup-image"
-    printf '#!/bin/sh\n# health check of release %s\nexit %s\n' "$1" "$2" >"$t/etc/atomup/health"
-    chmod 755 "$t/etc/atomup/health"
+    mkdir -p "$t/etc/atomup/health.d"
+    printf '#!/bin/sh\n# health check of release %s\nexit %s\n' "$1" "$2" >"$t/etc/atomup/health.d/10-demo"
+    chmod 755 "$t/etc/atomup/health.d/10-demo"
     echo "release $1 of the demo product" >"$t/usr/share/demo/release-$1.txt"
 }
 make_tree 1 0; make_tree 2 0; make_tree 3 1
@@ -120,9 +121,9 @@ for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
 run_vm() { # $1 = log name
     local start rc=0
     start=$(date +%s)
-    "$here/run-vm.sh" --dir "$work/img" --net --log "$work/$1.log" --timeout "$timeout" || rc=$?
+    "$here/run-vm.sh" --dir "$work/img" --net --watchdog --log "$work/$1.log" --timeout "$timeout" || rc=$?
     echo "VM run '$1': exit $rc after $(($(date +%s) - start)) s"
-    grep -a "ATOMUP-DEMO\|^installed\|^error\| -> \|ABBOOT: booting\|rollback\|confirmed" "$work/$1.log" || true
+    grep -a "ATOMUP-DEMO\|^installed\|^error\| -> \|ATOMUP-UBOOT: boot \|rollback\|confirmed\|^health" "$work/$1.log" || true
     [ "$rc" = 0 ] || { tail -n 40 "$work/$1.log"; exit 1; }
 }
 expect() { # $1 = log, $2 = regex, $3 = what it proves
@@ -140,6 +141,7 @@ run_vm phase1
 expect phase1 'booted slot=A trial=0 version=1' "factory slot A booted"
 expect phase1 "installed version 2 .* into slot B" "v2 downloaded, verified and written into slot B"
 expect phase1 'booted slot=B trial=1 version=2' "U-Boot booted slot B on trial"
+expect phase1 'health: 1 check\(s\) passed on slot B' "slot B's health check passed under the watchdog"
 expect phase1 'slot B confirmed good' "health passed: slot B confirmed"
 expect phase1 'up to date: version 2' "the next poll finds nothing to do"
 env_is 'ATOMUP_ORDER=B A;ATOMUP_TRIAL=;ATOMUP_LEFT=0'
@@ -152,7 +154,7 @@ say "phase 2: the vendor releases v3, which fails its health check on the device
 run_vm phase2
 expect phase2 "installed version 3 .* into slot A" "v3 written into slot A"
 expect phase2 'booted slot=A trial=1 version=3' "slot A booted on trial"
-expect phase2 'health check FAILED on slot A' "v3's health check failed"
+expect phase2 'health: slot A FAILED' "v3's health check failed"
 expect phase2 'booted slot=B trial=0 version=2' "the device fell back to slot B (v2) by itself"
 expect phase2 'rolled back on this device before: not retrying' "v3 is never retried"
 env_is 'ATOMUP_ORDER=B;ATOMUP_TRIAL=;ATOMUP_LEFT=0'

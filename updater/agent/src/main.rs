@@ -22,6 +22,7 @@ Commands:
   status [--json]      each slot: booted marker, commit, version, state, attempts
   mark-good            health passed on the booted slot (confirms a trial)
   mark-bad             health failed on the booted slot (then reboot)
+  health               trial boot: run the health checks, confirm or reject the slot
   rollback             make the other slot primary (if it is confirmed good)
   install-start        take a slot out of the boot order before writing it
   install-done         put a written slot first in order, on trial

@@ -16,6 +16,9 @@ const USAGE: &str = "\
   status [--json]      each slot: booted marker, commit, version, state, attempts
   mark-good            health passed on the booted slot (confirms a trial)
   mark-bad             health failed on the booted slot (then reboot)
+  health [--checks DIR] [--timeout S] [--watchdog DEV] [--no-reboot]
+                       trial boot: run DIR's checks (default /etc/atomup/health.d)
+                       under the watchdog; pass: mark-good; fail: mark-bad + reboot
   rollback             make the other slot primary (if it is confirmed good)
   install-start --slot X               take slot X out of the boot order
   install-done --slot X [--attempts N] [--commit C] [--version V] [--timestamp T]
@@ -41,7 +44,14 @@ env subcommands:
 pub fn handles(command: &str) -> bool {
     matches!(
         command,
-        "status" | "mark-good" | "mark-bad" | "rollback" | "install-start" | "install-done" | "env"
+        "status"
+            | "mark-good"
+            | "mark-bad"
+            | "health"
+            | "rollback"
+            | "install-start"
+            | "install-done"
+            | "env"
     )
 }
 
@@ -62,6 +72,10 @@ struct Opts {
     version: Option<String>,
     timestamp: Option<String>,
     sub: Option<String>,
+    checks: Option<PathBuf>,
+    check_timeout: Option<u64>,
+    no_reboot: bool,
+    watchdog: Option<PathBuf>,
 }
 
 fn slot_arg(v: String) -> Result<Slot> {
@@ -79,6 +93,12 @@ fn parse(command: &str, args: &mut lexopt::Parser) -> Result<Opts> {
             Long("booted-slot") => o.booted = Some(slot_arg(args.value()?.string()?)?),
             Long("state-dir") => o.state_dir = Some(args.value()?.into()),
             Long("json") if command == "status" => o.json = true,
+            Long("checks") if command == "health" => o.checks = Some(args.value()?.into()),
+            Long("timeout") if command == "health" => {
+                o.check_timeout = Some(args.value()?.parse()?)
+            }
+            Long("no-reboot") if command == "health" => o.no_reboot = true,
+            Long("watchdog") if command == "health" => o.watchdog = Some(args.value()?.into()),
             Long("slot") if command.starts_with("install-") => {
                 o.slot = Some(slot_arg(args.value()?.string()?)?)
             }
@@ -173,29 +193,11 @@ pub fn run(command: &str, args: &mut lexopt::Parser) -> Result {
         "status" => status(&o, bl),
         "mark-good" => mark_good(&o, bl),
         "mark-bad" => {
-            let slot = require_booted(&o)?;
-            let state = atomup_bootctl::read(bl)?.state()?;
-            let next = state.health_failed(slot)?;
-            // Rule (DESIGN "Data flow"): a release that failed its health check
-            // is recorded before the env changes, so `update` never retries it
-            // whatever the order of a power cut.
-            if state.trial == Some(slot) && state_dir_path(&o).exists() {
-                let info = state_dir(&o)
-                    .slot_info(slot)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                state_dir(&o).record_rollback(&RollbackRecord {
-                    at: now(),
-                    slot,
-                    commit: info.commit,
-                    version: info.version,
-                })?;
-            }
-            atomup_bootctl::write_state(bl, &next)?;
-            println!("slot {slot} marked bad ({next}); reboot now");
+            mark_bad(&o, bl)?;
+            println!("reboot now");
             Ok(())
         }
+        "health" => health(&o, bl),
         "rollback" => {
             let slot = require_booted(&o)?;
             let state = atomup_bootctl::read(bl)?.state()?;
@@ -245,6 +247,131 @@ pub fn run(command: &str, args: &mut lexopt::Parser) -> Result {
         "env" => env_cmd(&o, bl),
         other => Err(format!("unknown command `{other}`").into()),
     }
+}
+
+/// Health failed on the booted slot: record its release as rolled back (so
+/// `update` never retries it), then take the slot out of the boot order.
+fn mark_bad(o: &Opts, bl: &mut dyn Bootloader) -> Result {
+    let slot = require_booted(o)?;
+    let state = atomup_bootctl::read(bl)?.state()?;
+    let next = state.health_failed(slot)?;
+    // Rule (DESIGN "Data flow"): a release that failed its health check is
+    // recorded before the env changes, so `update` never retries it whatever
+    // the order of a power cut.
+    if state.trial == Some(slot) && state_dir_path(o).exists() {
+        let info = state_dir(o)
+            .slot_info(slot)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        state_dir(o).record_rollback(&RollbackRecord {
+            at: now(),
+            slot,
+            commit: info.commit,
+            version: info.version,
+        })?;
+    }
+    atomup_bootctl::write_state(bl, &next)?;
+    println!("slot {slot} marked bad ({next})");
+    Ok(())
+}
+
+/// `atomup health`: on a trial boot, run the release's checks (every executable
+/// in the checks directory, in name order, each with a deadline) while the
+/// hardware watchdog is armed; all pass → confirm the slot, any fails → mark it
+/// bad and reboot into the confirmed one. A hang stops the watchdog feeding, so
+/// the board resets and the bootloader counts the attempt. On a confirmed boot
+/// only the fallback bookkeeping of `mark-good` runs.
+fn health(o: &Opts, bl: &mut dyn Bootloader) -> Result {
+    let slot = require_booted(o)?;
+    let state = atomup_bootctl::read(bl)?.state()?;
+    if state.trial != Some(slot) {
+        return mark_good(o, bl);
+    }
+    let dir = o
+        .checks
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/etc/atomup/health.d"));
+    let timeout = std::time::Duration::from_secs(o.check_timeout.unwrap_or(120));
+    let watchdog = match &o.watchdog {
+        Some(dev) => Some(
+            atomup_board::watchdog::Watchdog::arm(dev)
+                .map_err(|e| format!("arming watchdog {}: {e}", dev.display()))?,
+        ),
+        None => None,
+    };
+    let verdict = run_checks(&dir, timeout, watchdog);
+    match verdict {
+        Ok(n) => {
+            println!("health: {n} check(s) passed on slot {slot}");
+            mark_good(o, bl)
+        }
+        Err(why) => {
+            println!("health: slot {slot} FAILED: {why}");
+            mark_bad(o, bl)?;
+            if !o.no_reboot {
+                rustix::fs::sync();
+                rustix::system::reboot(rustix::system::RebootCommand::Restart)
+                    .map_err(|e| format!("reboot: {e}"))?;
+            }
+            Err(format!("slot {slot} failed its health check: {why}").into())
+        }
+    }
+}
+
+/// Runs every executable in `dir`; Ok(count) if all exit 0 within `timeout`.
+/// The watchdog is fed only while a check is within its deadline.
+fn run_checks(
+    dir: &std::path::Path,
+    timeout: std::time::Duration,
+    mut watchdog: Option<atomup_board::watchdog::Watchdog>,
+) -> std::result::Result<usize, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut checks: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.metadata()
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+            .collect(),
+        // No checks shipped: booting to here is the health check.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("reading {}: {e}", dir.display())),
+    };
+    checks.sort();
+    for check in &checks {
+        let mut child = std::process::Command::new(check)
+            .spawn()
+            .map_err(|e| format!("{}: cannot run: {e}", check.display()))?;
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(w) = watchdog.as_mut() {
+                let _ = w.feed();
+            }
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if start.elapsed() > timeout => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "{} did not finish within {}s",
+                        check.display(),
+                        timeout.as_secs()
+                    ));
+                }
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(100)),
+                Err(e) => return Err(format!("{}: {e}", check.display())),
+            }
+        };
+        if !status.success() {
+            return Err(format!("{} failed ({status})", check.display()));
+        }
+    }
+    if let Some(w) = watchdog {
+        w.disarm().map_err(|e| format!("disarming watchdog: {e}"))?;
+    }
+    Ok(checks.len())
 }
 
 fn mark_good(o: &Opts, bl: &mut dyn Bootloader) -> Result {

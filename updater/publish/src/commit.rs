@@ -755,10 +755,10 @@ pub fn parse_timestamp(s: &str) -> Option<u64> {
         "Z" | "z" => 0,
         _ if rest.len() == 6
             && (rest.starts_with('+') || rest.starts_with('-'))
-            && &rest[3..4] == ":" =>
+            && rest.as_bytes().get(3) == Some(&b':') =>
         {
-            let oh: i64 = rest[1..3].parse().ok()?;
-            let om: i64 = rest[4..6].parse().ok()?;
+            let oh: i64 = rest.get(1..3)?.parse().ok()?;
+            let om: i64 = rest.get(4..6)?.parse().ok()?;
             let v = oh * 3600 + om * 60;
             if rest.starts_with('-') {
                 -v
@@ -866,6 +866,30 @@ mod tests {
             "x024-01-01T00:00:00Z",
         ] {
             assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+    }
+
+    /// Arbitrary input (multi-byte UTF-8 at every offset included) never
+    /// panics the small parsers: fuzz-style sweep over generated strings.
+    #[test]
+    fn parsers_never_panic() {
+        let base = "2024-01-01T00:00:00.5+01:30";
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut v: Vec<char> = base.chars().collect();
+            let at = (x as usize) % (v.len() + 1);
+            let c = ['é', '+', ':', '.', '9', 'Z', '\u{10FFFF}', '/', '\0'][(x >> 8) as usize % 9];
+            match i % 3 {
+                0 => v.insert(at, c),
+                1 if at < v.len() => v[at] = c,
+                _ => v.truncate(at),
+            }
+            let s: String = v.into_iter().collect();
+            let _ = parse_timestamp(&s);
+            let _ = tar_components(s.as_bytes());
         }
     }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use atomup_tests::ostree_fixture::{
-    assert_same_tree, pseudo_bytes, run_ok, Apply, Repo, ScratchDir, TreeBuilder,
+    assert_same_tree, pseudo_bytes, run_ok, Apply, Keys, Repo, ScratchDir, TreeBuilder,
 };
 use atomup_tests::{require_tool, workspace_bin};
 
@@ -386,7 +386,24 @@ fn deltas_apply_offline_upstream_and_on_device_engine() {
     );
     apply_check(&repo.join(&dirs[0]), Some(&v1), "bare-parts");
 
-    // The device engine: old content read from a checkout of v1.
+    // Regenerating with fewer parts removes the stale part files.
+    publish_ok(&[
+        "delta",
+        "--repo",
+        s(&repo),
+        "--to",
+        &v2,
+        "--from",
+        &v1,
+        "-q",
+    ]);
+    let files = fs::read_dir(repo.join(&dirs[0])).unwrap().count();
+    assert_eq!(files, 2, "superblock + one part after regenerating");
+
+    // The device engine, with the superblock signed by `atomup-publish sign`:
+    // old content read from a checkout of v1, signature checked.
+    let keys = Keys::generate(&dir.join("keys"), "vendor");
+    keys.sign_delta(&repo.join(&dirs[0]));
     let active = dir.join("active");
     run_ok(ostree(&repo).args(["checkout", &v1]).arg(&active));
     let target = dir.join("target");
@@ -396,10 +413,13 @@ fn deltas_apply_offline_upstream_and_on_device_engine() {
         to: target.clone(),
         from_root: Some(active),
         from_meta: Some(repo.clone()),
+        trusted: Some(keys.public.clone()),
         ..Default::default()
     }
     .run_ok();
     assert_same_tree(&target, &t2.root);
+    // Upstream still applies the signed (OSTSGNDT) superblock.
+    apply_check(&repo.join(&dirs[0]), Some(&v1), "bare-signed");
 }
 
 /// Bad input is refused with a clear error, not a panic: unknown revs, a

@@ -341,6 +341,8 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         meta_out: Some(&meta),
         trust: Some(&trust),
     })?;
+    // Everything written must be on disk before the env names the slot.
+    rustix::fs::sync();
     if let Some(m) = mounted {
         m.unmount()?;
     }

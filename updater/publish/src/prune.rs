@@ -6,6 +6,7 @@
 //! commit stay, whatever their source: devices still on an old version need them.
 
 use crate::deltagen::index_tree;
+use crate::release::{files_under, published, superblocks};
 use crate::repo::Repo;
 use atomup_ostree::delta::{Superblock, SuperblockFile};
 use atomup_ostree::object::{ObjectId, ObjectType};
@@ -155,10 +156,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
 }
 
 fn read_release(path: &Path) -> Result<Release> {
-    let text = fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let marker = format!("\n{}", atomup_release::check::SIGNATURE_PREFIX);
-    let body = text.find(&marker).map_or(&text[..], |at| &text[..=at]);
-    Ok(Release::parse(body.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?)
+    published(path)?.ok_or_else(|| format!("{} vanished", path.display()).into())
 }
 
 /// `atomup/<channel>/<board>/history` directories.
@@ -176,36 +174,13 @@ fn history_dirs(root: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn ref_heads(dir: &Path) -> Result<Vec<ObjectId>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for p in read_dir_sorted(&d)? {
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let text = fs::read_to_string(&p)?;
-                out.push(
-                    ObjectId::from_hex(text.trim()).map_err(|e| format!("{}: {e}", p.display()))?,
-                );
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn superblocks(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for p in read_dir_sorted(&d)? {
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|n| n == "superblock") {
-                out.push(p);
-            }
-        }
-    }
-    Ok(out)
+    files_under(dir)?
+        .iter()
+        .map(|p| {
+            let text = fs::read_to_string(p)?;
+            Ok(ObjectId::from_hex(text.trim()).map_err(|e| format!("{}: {e}", p.display()))?)
+        })
+        .collect()
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {

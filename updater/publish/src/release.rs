@@ -177,20 +177,15 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
 
 /// The currently published release (our own file: its body is parsed without
 /// a signature check, the version is all that matters here).
-fn published(path: &Path) -> Result<Option<Release>> {
+pub(crate) fn published(path: &Path) -> Result<Option<Release>> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("reading {}: {e}", path.display()).into()),
     };
-    let marker = format!("\n{}", atomup_release::check::SIGNATURE_PREFIX);
-    let text = String::from_utf8(bytes).map_err(|_| format!("{} is not text", path.display()))?;
-    let body = match text.find(&marker) {
-        Some(at) => &text[..=at],
-        None => &text[..],
-    };
+    let body = atomup_release::check::unsigned_body(&bytes);
     Ok(Some(
-        Release::parse(body.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?,
+        Release::parse(body).map_err(|e| format!("{}: {e}", path.display()))?,
     ))
 }
 
@@ -215,25 +210,43 @@ fn parse_wave(start: &str, share: &str, timestamp: u64) -> Result<Wave> {
 /// the sizes and digests a device needs to cap and check its downloads.
 fn index_deltas(root: &Path, to: &ObjectId) -> Result<Vec<Delta>> {
     let mut out = Vec::new();
-    let mut stack = vec![root.join("deltas")];
-    while let Some(dir) = stack.pop() {
-        let entries = match fs::read_dir(&dir) {
+    for superblock in superblocks(&root.join("deltas"))? {
+        if let Some(d) = index_one(root, &superblock, to)? {
+            out.push(d);
+        }
+    }
+    out.sort_by_key(|d| d.from);
+    Ok(out)
+}
+
+/// Every `superblock` file below `dir` (the repository's `deltas/`).
+pub(crate) fn superblocks(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(files_under(dir)?
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "superblock"))
+        .collect())
+}
+
+/// Every file below `dir`, sorted; a missing `dir` has none.
+pub(crate) fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let entries = match fs::read_dir(&d) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(format!("reading {}: {e}", dir.display()).into()),
+            Err(e) => return Err(format!("reading {}: {e}", d.display()).into()),
         };
         for entry in entries {
             let path = entry?.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.file_name().is_some_and(|n| n == "superblock") {
-                if let Some(d) = index_one(root, &path, to)? {
-                    out.push(d);
-                }
+            } else {
+                out.push(path);
             }
         }
     }
-    out.sort_by_key(|d| d.from);
+    out.sort();
     Ok(out)
 }
 

@@ -87,10 +87,23 @@ pub fn verify_signed(bytes: &[u8], trust: &Trust) -> Result<Verified, ReleaseErr
     Ok(Verified { release })
 }
 
-fn split_signatures(bytes: &[u8]) -> Result<(&[u8], Vec<[u8; 64]>), ReleaseError> {
+/// The canonical body of a signed release file: the bytes before the first
+/// signature line (all of it when unsigned). For the publisher's own files;
+/// devices go through `verify_signed`.
+pub fn unsigned_body(bytes: &[u8]) -> &[u8] {
     let marker = format!("\n{SIGNATURE_PREFIX}");
-    let at = find(bytes, marker.as_bytes()).ok_or(ReleaseError::Unsigned)? + 1;
-    let (body, tail) = bytes.split_at(at);
+    match find(bytes, marker.as_bytes()) {
+        Some(at) => &bytes[..=at],
+        None => bytes,
+    }
+}
+
+fn split_signatures(bytes: &[u8]) -> Result<(&[u8], Vec<[u8; 64]>), ReleaseError> {
+    let body = unsigned_body(bytes);
+    if body.len() == bytes.len() {
+        return Err(ReleaseError::Unsigned);
+    }
+    let tail = &bytes[body.len()..];
     let tail = std::str::from_utf8(tail).map_err(|_| ReleaseError::MalformedSignature)?;
     let tail = tail
         .strip_suffix('\n')

@@ -300,6 +300,12 @@ fn health(o: &Opts, bl: &mut dyn Bootloader) -> Result {
         ),
         None => None,
     };
+    if let Some(dev) = &o.watchdog {
+        println!(
+            "health: watchdog {} armed for slot {slot}'s checks",
+            dev.display()
+        );
+    }
     let verdict = run_checks(&dir, timeout, watchdog);
     match verdict {
         Ok(n) => {

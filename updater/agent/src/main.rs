@@ -1,6 +1,7 @@
 //! `atomup`, the device agent. Parses the command line, dispatches to one
 //! command module, and prints an error chain exactly once.
 
+mod bootopts;
 mod delta;
 mod slots;
 mod update;

@@ -5,9 +5,9 @@
 //! device (`/etc/fw_env.config`, `/proc/cmdline`) and on the host against
 //! disk images and plain files (tests, image builders).
 
-use crate::Result;
+use crate::{bootopts, Result};
 use atomup_bootctl::statedir::{RollbackRecord, SlotInfo, StateDir};
-use atomup_bootctl::{cmdline, Bootloader, GrubEnv, UbootEnv};
+use atomup_bootctl::{cmdline, Bootloader};
 use atomup_policy::slot::DEFAULT_ATTEMPTS;
 use atomup_policy::{BootOutcome, BootState, Slot};
 use std::path::PathBuf;
@@ -127,45 +127,20 @@ fn parse(command: &str, args: &mut lexopt::Parser) -> Result<Opts> {
 }
 
 fn bootloader(o: &Opts) -> Result<Box<dyn Bootloader>> {
-    let chosen = [
-        o.env_config.is_some(),
-        o.env_image.is_some(),
-        o.grubenv.is_some(),
-    ];
-    if chosen.iter().filter(|&&c| c).count() > 1 {
-        return Err("give only one of --env-config, --env-image, --grubenv".into());
-    }
-    if let Some(p) = &o.grubenv {
-        return Ok(Box::new(GrubEnv::new(p)));
-    }
-    if let Some(p) = &o.env_image {
-        return Ok(Box::new(UbootEnv::qemu_image(p)));
-    }
-    let cfg = o
-        .env_config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/etc/fw_env.config"));
-    let base = std::env::current_dir()?;
-    Ok(Box::new(UbootEnv::from_config_file(&cfg, &base)?))
+    bootopts::open_env(
+        o.env_config.as_deref(),
+        o.env_image.as_deref(),
+        o.grubenv.as_deref(),
+        None,
+    )
 }
 
 fn booted(o: &Opts) -> Result<cmdline::Booted> {
-    if let Some(s) = o.booted {
-        return Ok(cmdline::Booted {
-            slot: Some(s),
-            ..Default::default()
-        });
-    }
-    match std::fs::read_to_string("/proc/cmdline") {
-        Ok(text) => Ok(cmdline::parse(&text)),
-        Err(_) => Ok(cmdline::Booted::default()),
-    }
+    Ok(bootopts::booted(o.booted))
 }
 
 fn require_booted(o: &Opts) -> Result<Slot> {
-    booted(o)?.slot.ok_or_else(|| {
-        "booted slot unknown: no atomup.slot= on the kernel command line (use --booted-slot)".into()
-    })
+    bootopts::require_booted(o.booted)
 }
 
 fn state_dir_path(o: &Opts) -> PathBuf {

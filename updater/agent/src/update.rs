@@ -15,10 +15,9 @@
 //! Re-running after a power cut is safe: downloads resume from the cache and
 //! the apply rewrites the (out-of-order) slot from scratch.
 
-use crate::Result;
-use atomup_board::{Board, Bootloader as BoardBootloader};
+use crate::{bootopts, Result};
+use atomup_board::Board;
 use atomup_bootctl::statedir::{SlotInfo, StateDir};
-use atomup_bootctl::{cmdline, Bootloader, GrubEnv, UbootEnv};
 use atomup_fetch::{Expect, Fetcher, Options as FetchOptions};
 use atomup_ostree::delta::{Superblock, SuperblockFile};
 use atomup_ostree::sign::Trust;
@@ -153,38 +152,6 @@ fn board(o: &Opts) -> Result<Option<Board>> {
     })?))
 }
 
-fn bootloader(o: &Opts, board: Option<&Board>) -> Result<Box<dyn Bootloader>> {
-    let from_board = board.map(|b| &b.bootloader);
-    Ok(
-        match (&o.env_config, &o.env_image, &o.grubenv, from_board) {
-            (None, None, Some(p), _) => Box::new(GrubEnv::new(p)),
-            (None, Some(p), None, _) => Box::new(UbootEnv::qemu_image(p)),
-            (None, None, None, Some(BoardBootloader::Grub { grubenv })) => {
-                Box::new(GrubEnv::new(grubenv))
-            }
-            (c, None, None, b) => {
-                let cfg = match (c, b) {
-                    (Some(c), _) => c.clone(),
-                    (None, Some(BoardBootloader::UBoot { env_config })) => env_config.clone(),
-                    _ => "/etc/fw_env.config".into(),
-                };
-                Box::new(UbootEnv::from_config_file(&cfg, &std::env::current_dir()?)?)
-            }
-            _ => return Err("give only one of --env-config, --env-image, --grubenv".into()),
-        },
-    )
-}
-
-fn booted_slot(o: &Opts) -> Result<Slot> {
-    if let Some(s) = o.booted {
-        return Ok(s);
-    }
-    let text = fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    cmdline::parse(&text).slot.ok_or_else(|| {
-        "booted slot unknown: no atomup.slot= on the kernel command line (use --booted-slot)".into()
-    })
-}
-
 pub fn run(args: &mut lexopt::Parser) -> Result {
     let o = parse(args)?;
     let server = o.server.as_deref().ok_or("--server URL is required")?;
@@ -199,9 +166,14 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         return Err("give only one of --target-device DEV, --target-dir DIR".into());
     }
     let trust = load_trust(&o.trusted, o.revoked.as_deref())?;
-    let mut bl = bootloader(&o, profile.as_ref())?;
+    let mut bl = bootopts::open_env(
+        o.env_config.as_deref(),
+        o.env_image.as_deref(),
+        o.grubenv.as_deref(),
+        profile.as_ref().map(|p| &p.bootloader),
+    )?;
     let bl = bl.as_mut();
-    let booted = booted_slot(&o)?;
+    let booted = bootopts::require_booted(o.booted)?;
     let target = !booted;
     let target_device = match (&o.target_device, &o.target_dir, &profile) {
         (Some(dev), _, _) => Some(dev.clone()),

@@ -7,23 +7,11 @@
 
 use crate::delta::{Compression, PayloadLayout};
 use crate::gvariant::{self as gv, Endian, Member};
-use crate::object::{FileHeader, ObjectId, ObjectType};
+use crate::object::{Commit, FileHeader, ObjectId, ObjectType};
 
-/// The fields of a commit `(a{sv}aya(say)sstayay)`; `metadata` is a
-/// serialized `a{sv}` (see [`commit_metadata`]).
-#[derive(Clone, Debug)]
-pub struct NewCommit<'a> {
-    pub metadata: &'a [u8],
-    pub parent: Option<ObjectId>,
-    pub subject: &'a str,
-    pub body: &'a str,
-    /// Seconds since the epoch (stored big-endian).
-    pub timestamp: u64,
-    pub root_tree: ObjectId,
-    pub root_meta: ObjectId,
-}
-
-impl NewCommit<'_> {
+/// Serializes a commit `(a{sv}aya(say)sstayay)` from the same fields the
+/// parser yields; `metadata` is a serialized `a{sv}` (see [`commit_metadata`]).
+impl Commit<'_> {
     pub fn encode(&self) -> Vec<u8> {
         let parent: &[u8] = match &self.parent {
             Some(p) => &p.0,
@@ -270,7 +258,7 @@ mod tests {
     #[test]
     fn commit_matches_upstream_vector() {
         let meta = commit_metadata(&["os/main"]);
-        let c = NewCommit {
+        let c = Commit {
             metadata: &meta,
             parent: None,
             subject: "v1",
@@ -322,7 +310,7 @@ mod tests {
     #[test]
     fn superblock_round_trip() {
         let meta = commit_metadata(&["x"]);
-        let commit = NewCommit {
+        let commit = Commit {
             metadata: &meta,
             parent: None,
             subject: "s",

@@ -13,10 +13,10 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use atomup_ostree::object::{
-    encode_xattrs, finish_id, DirEntry, DirMeta, DirTree, FileEntry, FileHeader, ObjectId,
+    encode_xattrs, finish_id, Commit, DirEntry, DirMeta, DirTree, FileEntry, FileHeader, ObjectId,
     ObjectType, SafeName, Xattrs, S_IFDIR, S_IFLNK, S_IFREG,
 };
-use atomup_ostree::vendor::{commit_metadata, filez_header, NewCommit};
+use atomup_ostree::vendor::{commit_metadata, filez_header};
 use sha2::Digest;
 
 use crate::progress::{human, Progress};
@@ -670,7 +670,7 @@ pub fn commit(repo: &Repo, source: Source<'_>, opts: &Options) -> Result<Summary
     };
     let (tree, meta) = w.write_tree(&root)?;
     let metadata = commit_metadata(&[opts.branch.as_str()]);
-    let bytes = NewCommit {
+    let bytes = Commit {
         metadata: &metadata,
         parent,
         subject: &opts.subject,

@@ -4,6 +4,7 @@
 pub mod delta_craft;
 pub mod nginx;
 pub mod ostree_fixture;
+pub mod uboot;
 
 use std::path::PathBuf;
 

@@ -7,7 +7,6 @@
 use atomup_bootctl::{failpoint, read, write_state, BootctlError, Bootloader, GrubEnv, UbootEnv};
 use atomup_policy::{BootState, Slot};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 
 /// The failpoint is process-wide: tests that arm it take turns.
@@ -102,21 +101,9 @@ fn torture(
 }
 
 fn printenv_state(cfg: &Path) -> BootState {
-    let out = Command::new("fw_printenv")
-        .arg("-c")
-        .arg(cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fw_printenv: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let mut vars = atomup_bootenv::Vars::default();
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
-        if let Some((k, v)) = line.split_once('=') {
-            vars.set(k, v).unwrap();
-        }
+    for (k, v) in atomup_tests::uboot::fw_printenv(cfg) {
+        vars.set(&k, &v).unwrap();
     }
     BootState::from_vars(&vars).unwrap()
 }
@@ -128,14 +115,7 @@ fn uboot_redundant_env_survives_a_cut_at_every_write_point() {
     }
     let _g = FAILPOINT.lock().unwrap_or_else(|e| e.into_inner());
     let d = scratch("uboot");
-    let img = d.join("disk.img");
-    std::fs::write(&img, vec![0u8; 0x88000]).unwrap();
-    let cfg = d.join("fw_env.config");
-    std::fs::write(
-        &cfg,
-        format!("{0} 0x80000 0x4000\n{0} 0x84000 0x4000\n", img.display()),
-    )
-    .unwrap();
+    let (img, cfg) = atomup_tests::uboot::redundant_image(&d);
     let mut env = UbootEnv::from_config_file(&cfg, Path::new("/")).unwrap();
 
     // Cut between the two copies of a provisioning write, and inside each.

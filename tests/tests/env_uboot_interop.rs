@@ -5,6 +5,7 @@
 use atomup_bootctl::{Bootloader, UbootEnv};
 use atomup_bootenv::uboot::{self, Layout};
 use atomup_bootenv::{FwEnvConfig, Vars};
+use atomup_tests::uboot::{fw_printenv, redundant_image};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -15,37 +16,12 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
-/// An image with a redundant env at 0x80000/0x84000 (the QEMU layout) and
-/// an fw_env.config with absolute paths, as libubootenv needs on a host.
-fn redundant_image(dir: &Path) -> (PathBuf, PathBuf) {
-    let img = dir.join("disk.img");
-    std::fs::write(&img, vec![0u8; 0x90000]).unwrap();
-    let cfg = dir.join("fw_env.config");
-    let text = format!("{0} 0x80000 0x4000\n{0} 0x84000 0x4000\n", img.display());
-    std::fs::write(&cfg, text).unwrap();
-    (img, cfg)
-}
-
 fn env(cfg: &Path) -> UbootEnv {
     UbootEnv::from_config_file(cfg, Path::new("/")).unwrap()
 }
 
 fn printenv(cfg: &Path) -> Vec<(String, String)> {
-    let out = Command::new("fw_printenv")
-        .arg("-c")
-        .arg(cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fw_printenv failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut v: Vec<(String, String)> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-        .collect();
+    let mut v = fw_printenv(cfg);
     v.sort();
     v
 }

@@ -40,22 +40,11 @@ fn fails(args: &[&str], env: &[&str]) -> String {
 }
 
 fn printenv(cfg: &Path, name: &str) -> String {
-    let out = Command::new("fw_printenv")
-        .arg("-c")
-        .arg(cfg)
-        .arg("-n")
-        .arg(name)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim_end_matches('\n')
-        .to_owned()
+    atomup_tests::uboot::fw_printenv(cfg)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("fw_printenv has no {name}"))
+        .1
 }
 
 #[test]
@@ -64,14 +53,7 @@ fn update_life_on_a_uboot_disk_image() {
         return;
     }
     let d = scratch("uboot");
-    let img = d.join("disk.img");
-    std::fs::write(&img, vec![0u8; 0x90000]).unwrap();
-    let cfg = d.join("fw_env.config");
-    std::fs::write(
-        &cfg,
-        format!("{0} 0x80000 0x4000\n{0} 0x84000 0x4000\n", img.display()),
-    )
-    .unwrap();
+    let (img, cfg) = atomup_tests::uboot::redundant_image(&d);
     let state = d.join("state");
     let (img_s, cfg_s, state_s) = (
         img.to_str().unwrap(),

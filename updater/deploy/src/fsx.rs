@@ -255,6 +255,16 @@ pub(crate) fn hash_regular(
     path: &Path,
     expected: Option<&ObjectId>,
 ) -> Result<(ObjectId, u64, Vec<u8>)> {
+    let (id, total, x, _) = hash_regular_stat(file, path, expected)?;
+    Ok((id, total, x))
+}
+
+/// As [`hash_regular`], also returning the file's stat taken before reading.
+pub(crate) fn hash_regular_stat(
+    file: &File,
+    path: &Path,
+    expected: Option<&ObjectId>,
+) -> Result<(ObjectId, u64, Vec<u8>, rustix::fs::Stat)> {
     let st = rustix::fs::fstat(file).map_err(|e| io("stat", path)(e.into()))?;
     if st.st_mode & S_IFMT != S_IFREG {
         return Err(DeployError::BadFileType {
@@ -290,7 +300,7 @@ pub(crate) fn hash_regular(
     let (id, x) = pick(ids, expected).ok_or(DeployError::BadFileType {
         path: path.to_owned(),
     })?;
-    Ok((id, total, x))
+    Ok((id, total, x, st))
 }
 
 /// Content checksum of a symlink `name` in `dir` (full `path` for xattrs).

@@ -4,9 +4,10 @@
 mod apply;
 mod error;
 mod fsx;
+mod seed;
 
 pub use apply::{
-    apply, hash_dir, show, DeltaInfo, Options, Stats, MAX_DEPTH, MAX_SUPERBLOCK, STAGING,
+    apply, show, DeltaInfo, Options, Stats, Timings, MAX_DEPTH, MAX_SUPERBLOCK, STAGING,
 };
 pub use error::{DeployError, Result};
 
@@ -16,5 +17,5 @@ pub fn tree_checksum(
     root: &std::path::Path,
 ) -> Result<(atomup_ostree::ObjectId, atomup_ostree::ObjectId)> {
     let fd = fsx::open_root(root)?;
-    hash_dir(&fd, root, 0, &mut std::collections::HashMap::new())
+    apply::hash_dir(&fd, root, 0, &mut seed::HashCache::new())
 }

@@ -19,7 +19,8 @@ Usage:
 
 apply: verifies the delta (signature, part digests, from-commit), writes the
 to-commit's tree into --to, verifies the written tree against the commit and
-prints one summary line. --stats adds `peak_rss_kib=` and `wall_ms=` lines.
+prints one summary line. --stats adds `peak_rss_kib=`, `wall_ms=` and
+`phases_ms:` (time per phase) lines.
 ";
 
 pub fn run(args: &mut lexopt::Parser) -> Result {
@@ -103,6 +104,16 @@ fn apply(args: &mut lexopt::Parser) -> Result {
     if stats {
         println!("peak_rss_kib={}", peak_rss_kib().unwrap_or(0));
         println!("wall_ms={}", start.elapsed().as_millis());
+        let t = &s.timings;
+        println!(
+            "phases_ms: checks={} parts={} seed={} (parallel to parts) reconcile={} sync={} verify={}",
+            t.checks.as_millis(),
+            t.parts.as_millis(),
+            t.seed.as_millis(),
+            t.reconcile.as_millis(),
+            t.sync.as_millis(),
+            t.verify.as_millis()
+        );
     }
     Ok(())
 }

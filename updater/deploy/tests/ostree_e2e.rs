@@ -546,3 +546,81 @@ fn modified_active_file_recovered_from_fallback_repo() {
     checkout(&f.repo, &f.v2, &reference);
     assert_same_tree(&target, &reference);
 }
+
+/// The seed copies the whole old tree before the new one is known: a file
+/// edited in the active root that the new commit deletes is simply not
+/// carried over, and does not block the update.
+#[test]
+fn edited_active_file_that_the_new_commit_deletes_does_not_block_the_update() {
+    let f = fixture("edited-gone");
+    let d = f.base.join("d");
+    delta(&f.repo, Some(&f.v1), &f.v2, &d, &[]);
+    // gone.txt is in v1 only.
+    std::fs::write(f.active.join("gone.txt"), b"edited at run time").unwrap();
+    let target = f.base.join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    apply(&opts(&f, &d, &target)).unwrap();
+    let reference = f.base.join("ref");
+    checkout(&f.repo, &f.v2, &reference);
+    assert_same_tree(&target, &reference);
+}
+
+/// Entries that change type between commits (file to directory, directory to
+/// file, symlink to file, directory to symlink) come out right whether the
+/// target starts empty, holds the old tree, or already holds the new one.
+#[test]
+fn type_changes_into_empty_old_and_new_targets() {
+    let base = scratch("types");
+    let _cleanup = Cleanup(base.clone());
+    let repo = base.join("repo");
+    ostree(&[
+        &format!("--repo={}", repo.display()),
+        "init",
+        "--mode=archive",
+    ]);
+    let (t1, t2) = (base.join("t1"), base.join("t2"));
+    // At the top (a directory the seed did not create) and one level down
+    // (one it did).
+    for top in [t1.clone(), t1.join("sub")] {
+        write(&top.join("becomes-dir"), b"was a file\n");
+        write(&top.join("becomes-file/inner"), b"was in a directory\n");
+        write(&top.join("becomes-link/inner"), b"was in a directory too\n");
+        write(&top.join("usr/share/same"), &pseudo_random(5_000, 7));
+        symlink("usr", top.join("link-becomes-file")).unwrap();
+    }
+    for top in [t2.clone(), t2.join("sub")] {
+        write(&top.join("becomes-dir/now-inside"), b"was a file\n");
+        write(&top.join("becomes-file"), b"was a directory\n");
+        symlink("usr/share", top.join("becomes-link")).unwrap();
+        write(&top.join("usr/share/same"), &pseudo_random(5_000, 7));
+        write(&top.join("link-becomes-file"), b"was a symlink\n");
+    }
+    let v1 = commit(&repo, &t1, "v1");
+    let v2 = commit(&repo, &t2, "v2");
+    let active = base.join("active");
+    checkout(&repo, &v1, &active);
+    let reference = base.join("ref");
+    checkout(&repo, &v2, &reference);
+    let d = base.join("d");
+    delta(&repo, Some(&v1), &v2, &d, &[]);
+
+    let empty = base.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let old = base.join("old");
+    checkout(&repo, &v1, &old);
+    let new = base.join("new");
+    checkout(&repo, &v2, &new);
+    for target in [&empty, &old, &new] {
+        let o = Options {
+            delta: &d,
+            target,
+            from_root: Some(&active),
+            from_meta: Some(&repo),
+            fallback_repo: None,
+            meta_out: None,
+            trust: None,
+        };
+        apply(&o).unwrap_or_else(|e| panic!("{}: {e:?}", target.display()));
+        assert_same_tree(target, &reference);
+    }
+}

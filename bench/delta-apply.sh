@@ -7,9 +7,12 @@
 #                 already holds v1, then ostree checkout of v2
 # Wall time and peak RSS (GNU time -v) of both, REPS repetitions, medians and
 # ratios ours/upstream. Not a test: nothing here asserts; it prints figures.
+# Both write their tree into the same kind of file system (TARGET_FS): a
+# fresh tmpfs by default; `disk` writes next to the cache instead.
 #
 # Usage: bench/delta-apply.sh [--prepare-only]
 # Env:   REPS (default 5), EXTRA_PKGS (default less,nano,curl),
+#        TARGET_FS (tmpfs | disk; default tmpfs),
 #        BENCH_CACHE (default target/bench-cache), MIRROR (default: read from
 #        this machine's apt sources), SUITE (default bookworm),
 #        DELTA_OPTS (extra `ostree static-delta generate` options),
@@ -96,8 +99,25 @@ ATOMUP=${ATOMUP:-$CARGO_TARGET_DIR/bench-host/atomup}
 PUBLISH=${PUBLISH:-$CARGO_TARGET_DIR/bench-host/atomup-publish}
 
 WORK=$CACHE/run
+[ -d "$WORK/out" ] && mountpoint -q "$WORK/out" && umount "$WORK/out"
 rm -rf "$WORK"
-mkdir -p "$WORK"
+mkdir -p "$WORK/out"
+# Where both engines write their tree. tmpfs by default: this machine's ext4
+# may run without a journal, and then the kernel avoids reusing inodes freed in
+# the last 60 s (300 s if not yet written back), so creating thousands of
+# files right after deleting thousands costs whatever the previous deletions
+# left behind (`perf` showed 68 % of one run in ext4's recently_deleted()).
+# A fresh tmpfs gives both engines the same, history-free file system.
+TARGET_FS=${TARGET_FS:-tmpfs}
+case $TARGET_FS in
+tmpfs)
+    mount -t tmpfs -o size=4g,mode=0755 atomup-bench "$WORK/out"
+    trap 'umount "$WORK/out" 2>/dev/null || true' EXIT
+    ;;
+disk) ;;
+*) die "TARGET_FS must be tmpfs or disk" ;;
+esac
+OUT=$WORK/out
 REPO=$WORK/repo
 ostree --repo="$REPO" init --mode=archive
 commit() {
@@ -115,10 +135,11 @@ ostree --repo="$REPO" static-delta generate --from="$V1" --to="$V2" \
 "$PUBLISH" sign --key "$WORK/secret.key" --delta "$DELTA" >/dev/null
 ostree --repo="$REPO" checkout "$V1" "$WORK/active-v1"
 
-# Prints "wall_ms peak_rss_kib" of one command, from GNU time -v.
+# Prints "wall_ms peak_rss_kib" of one command, from GNU time -v (the
+# command's own output goes to $WORK/cmd.out).
 measure() {
     local log=$WORK/time.log
-    /usr/bin/time -v -o "$log" "$@" >/dev/null 2>"$WORK/cmd.err" ||
+    /usr/bin/time -v -o "$log" "$@" >"$WORK/cmd.out" 2>"$WORK/cmd.err" ||
         { cat "$WORK/cmd.err" >&2; die "command failed: $*"; }
     awk -F': ' '
         /Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; wall = s * 1000 }
@@ -134,30 +155,31 @@ bench_delta() {
     : >"$WORK/$label-upstream.txt"
     for rep in $(seq 1 "$REPS"); do
         # (a) ours: empty target, old content from the active v1 checkout.
-        rm -rf "$WORK/target"
-        mkdir "$WORK/target"
+        rm -rf "$OUT/target"
+        mkdir "$OUT/target"
         sync
         measure "$ATOMUP" delta apply --delta "$delta" --from-root "$WORK/active-v1" \
-            --from-meta "$REPO" --to "$WORK/target" --trusted-keys "$WORK/trusted.pub" \
-            >>"$WORK/$label-ours.txt"
+            --from-meta "$REPO" --to "$OUT/target" --trusted-keys "$WORK/trusted.pub" \
+            --stats >>"$WORK/$label-ours.txt"
+        grep '^phases_ms:' "$WORK/cmd.out" >>"$WORK/$label-phases.txt" || true
 
         # (b) upstream: fresh bare-user repo holding v1 (not timed), then
         # apply-offline + checkout of v2 (timed; walls add, RSS is the max).
-        rm -rf "$WORK/bare" "$WORK/upstream-co"
+        rm -rf "$WORK/bare" "$OUT/upstream-co"
         ostree --repo="$WORK/bare" init --mode=bare-user
         ostree --repo="$WORK/bare" pull-local "$REPO" "$V1" >/dev/null
         sync
         read -r w1 r1 < <(measure ostree --repo="$WORK/bare" static-delta apply-offline "$delta")
-        read -r w2 r2 < <(measure ostree --repo="$WORK/bare" checkout "$V2" "$WORK/upstream-co")
+        read -r w2 r2 < <(measure ostree --repo="$WORK/bare" checkout "$V2" "$OUT/upstream-co")
         echo "$((w1 + w2)) $((r1 > r2 ? r1 : r2))" >>"$WORK/$label-upstream.txt"
         echo "bench: $label rep $rep ours=[$(tail -n1 "$WORK/$label-ours.txt")] upstream=[$(tail -n1 "$WORK/$label-upstream.txt")] (wall_ms rss_kib)" >&2
     done
 
     # The two writers must agree on the result (contents, type, mode, owner,
     # link target) before their timings mean anything.
-    diff -r --no-dereference "$WORK/target" "$WORK/upstream-co" >/dev/null ||
+    diff -r --no-dereference "$OUT/target" "$OUT/upstream-co" >/dev/null ||
         die "$label: atomup's tree differs from ostree checkout of v2"
-    [ "$(listing "$WORK/target")" = "$(listing "$WORK/upstream-co")" ] ||
+    [ "$(listing "$OUT/target")" = "$(listing "$OUT/upstream-co")" ] ||
         die "$label: modes/owners/links differ from ostree checkout of v2"
 
     local ours_wall ours_rss up_wall up_rss delta_bytes parts
@@ -168,12 +190,13 @@ bench_delta() {
     delta_bytes=$(du -sb "$delta" | cut -f1)
     parts=$(find "$delta" -type f ! -name superblock | wc -l)
     cat <<EOF
-== $label: ${parts} part files, ${delta_bytes} bytes; reps=${REPS} (medians)
+== $label: ${parts} part files, ${delta_bytes} bytes; reps=${REPS} (medians); trees written to ${TARGET_FS}
 ours:     wall_ms=${ours_wall} peak_rss_kib=${ours_rss}
 upstream: wall_ms=${up_wall} peak_rss_kib=${up_rss}   (apply-offline + checkout)
 ratio wall (ours/upstream) = $(awk -v a="$ours_wall" -v b="$up_wall" 'BEGIN { printf "%.2f", a / b }')   target <= 0.5
 ratio rss  (ours/upstream) = $(awk -v a="$ours_rss" -v b="$up_rss" 'BEGIN { printf "%.2f", a / b }')
 our peak RSS = $(awk -v a="$ours_rss" 'BEGIN { printf "%.1f", a / 1024 }') MiB   target <= 8 MiB with small-dictionary parts
+ours, last rep: $(tail -n1 "$WORK/$label-phases.txt")
 EOF
 }
 listing() { (cd "$1" && find . -printf '%p %y %m %U %G %l\n' | sort); }

@@ -156,11 +156,11 @@ impl<'a> Seeder<'a> {
         let mut local = Seeded::default();
         let mut buf = vec![0u8; atomup_ostree::execute::CHUNK];
         while let Some(job) = self.next_job() {
-            let children = self.dir(&mut local, &mut buf, &job);
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            q.jobs.extend(children);
-            q.busy -= 1;
-            self.more.notify_all();
+            let mut done = Done {
+                seeder: self,
+                children: Vec::new(),
+            };
+            done.children = self.dir(&mut local, &mut buf, &job);
         }
         // Merge into whichever is larger, so the maps are not copied whole.
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
@@ -409,6 +409,22 @@ impl<'a> Seeder<'a> {
             Some(Some((actual, _, _))) if actual == *id => Outcome::Done(0),
             _ => discard(dst, name),
         }
+    }
+}
+
+/// Hands a finished job's subdirectories to the queue; on drop, so that even
+/// a worker unwinding from a panic cannot leave the others waiting forever.
+struct Done<'s, 'a> {
+    seeder: &'s Seeder<'a>,
+    children: Vec<Job>,
+}
+
+impl Drop for Done<'_, '_> {
+    fn drop(&mut self) {
+        let mut q = self.seeder.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.jobs.append(&mut self.children);
+        q.busy -= 1;
+        self.seeder.more.notify_all();
     }
 }
 

@@ -7,8 +7,8 @@
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use atomup_ostree::object::{
@@ -259,7 +259,8 @@ pub(crate) fn hash_regular(
     Ok((id, total, x))
 }
 
-/// As [`hash_regular`], also returning the file's stat taken before reading.
+/// As [`hash_regular`], also returning the file's stat taken before reading;
+/// reads the size that stat reported.
 pub(crate) fn hash_regular_stat(
     file: &File,
     path: &Path,
@@ -283,11 +284,16 @@ pub(crate) fn hash_regular_stat(
         };
         hashers.push(header.content_hasher());
     }
-    let mut buf = vec![0u8; 64 * 1024];
+    // Exactly the size fstat reported, by offset (the file position does not
+    // matter, and no extra read is spent to see the end).
+    let size = st.st_size as u64;
+    let mut buf = vec![0u8; (size as usize).clamp(1, 64 * 1024)];
     let mut total = 0u64;
-    let mut f = file;
-    loop {
-        let n = f.read(&mut buf).map_err(io("read", path))?;
+    while total < size {
+        let want = ((size - total) as usize).min(buf.len());
+        let n = file
+            .read_at(&mut buf[..want], total)
+            .map_err(io("read", path))?;
         if n == 0 {
             break;
         }

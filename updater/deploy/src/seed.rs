@@ -16,10 +16,10 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use atomup_ostree::object::{DirTree, ObjectType, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
@@ -112,8 +112,10 @@ pub(crate) struct Seeder<'a> {
     queue: Mutex<Queue>,
     more: Condvar,
     out: Mutex<Seeded>,
-    /// `copy_file_range` works between source and target (until it does not).
-    in_kernel: AtomicBool,
+    /// How file data moves from source to target (see [`copy_data`]).
+    copy_how: AtomicU8,
+    /// The process umask (read once, before any worker starts).
+    umask: u32,
 }
 
 impl<'a> Seeder<'a> {
@@ -146,7 +148,8 @@ impl<'a> Seeder<'a> {
             }),
             more: Condvar::new(),
             out: Mutex::new(Seeded::default()),
-            in_kernel: AtomicBool::new(true),
+            copy_how: AtomicU8::new(COPY_FILE_RANGE),
+            umask: current_umask(),
         }
     }
 
@@ -218,6 +221,14 @@ impl<'a> Seeder<'a> {
         let Ok(tree) = DirTree::parse(&bytes) else {
             return Vec::new();
         };
+        // Who owns a file created in a directory the seed made: its owner
+        // (our fsuid, and our fsgid or the setgid parent's group, as the
+        // directory got them).
+        let new_owner = job
+            .exact
+            .then(|| rustix::fs::fstat(&dst).ok())
+            .flatten()
+            .map(|st| (st.st_uid, st.st_gid));
         let rel = job.rel.as_str();
         let src_dir = self.src_path.join(rel);
         let dst_dir = self.dst_path.join(rel);
@@ -240,7 +251,15 @@ impl<'a> Seeder<'a> {
                 OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
                 Mode::empty(),
             ) {
-                Ok(fd) => self.regular(out, buf, File::from(fd), &dst, &c, &dst_dir, &f.id),
+                Ok(fd) => self.regular(
+                    out,
+                    buf,
+                    File::from(fd),
+                    (&dst, new_owner),
+                    &c,
+                    &dst_dir,
+                    &f.id,
+                ),
                 // O_NOFOLLOW on a symlink.
                 Err(Errno::LOOP) => self.symlink(&src, &dst, &c, &src_dir, &dst_dir, name, &f.id),
                 Err(_) => Outcome::Skipped,
@@ -315,7 +334,7 @@ impl<'a> Seeder<'a> {
         out: &mut Seeded,
         buf: &mut [u8],
         src: File,
-        dst: &OwnedFd,
+        (dst, new_owner): (&OwnedFd, Option<(u32, u32)>),
         name: &std::ffi::CStr,
         dst_dir: &Path,
         id: &ObjectId,
@@ -330,11 +349,19 @@ impl<'a> Seeder<'a> {
             return Outcome::Skipped;
         };
         let path = dst_dir.join(name.to_string_lossy().as_ref());
-        let Some(file) = create(dst, name, &path) else {
+        let mode = s.st_mode & 0o7777;
+        let Some(file) = create(dst, name, &path, mode) else {
             return Outcome::Left;
         };
-        let written = copy_data(&src, &file, s.st_size as u64, buf, &self.in_kernel).is_ok()
-            && fsx::set_owner_mode(&file, s.st_uid, s.st_gid, s.st_mode, &path).is_ok()
+        // chown and chmod only where creation did not already get them right:
+        // a file made in a directory the seed created gets that directory's
+        // owner, and the mode given at creation minus the umask. (The
+        // read-back below would catch any misjudgement.)
+        let owned = new_owner == Some((s.st_uid, s.st_gid));
+        let moded = owned && mode & self.umask == 0;
+        let written = copy_data(&src, &file, s.st_size as u64, buf, &self.copy_how).is_ok()
+            && (owned || fsx::set_owner_mode(&file, s.st_uid, s.st_gid, s.st_mode, &path).is_ok())
+            && (moded || !owned || rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).is_ok())
             && xattrs.iter().all(|(n, v)| {
                 std::ffi::CString::new(n.as_slice()).is_ok_and(|c| {
                     rustix::fs::fsetxattr(&file, c.as_c_str(), v, XattrFlags::empty()).is_ok()
@@ -342,10 +369,7 @@ impl<'a> Seeder<'a> {
             });
         // Read back: the copy, not the source, is what must match the from-commit.
         let back = written
-            .then(|| {
-                (&file).seek(SeekFrom::Start(0)).ok()?;
-                fsx::hash_regular_stat(&file, &path, Some(id)).ok()
-            })
+            .then(|| fsx::hash_regular_stat(&file, &path, Some(id)).ok())
             .flatten();
         match back {
             Some((actual, size, _, st)) if actual == *id => {
@@ -412,6 +436,14 @@ impl<'a> Seeder<'a> {
     }
 }
 
+/// The process umask. umask(2) can only be read by setting it, so it is set
+/// back at once; call this before any other thread creates files.
+fn current_umask() -> u32 {
+    let old = rustix::process::umask(Mode::from_raw_mode(0o022));
+    rustix::process::umask(old);
+    old.bits()
+}
+
 /// Hands a finished job's subdirectories to the queue; on drop, so that even
 /// a worker unwinding from a panic cannot leave the others waiting forever.
 struct Done<'s, 'a> {
@@ -446,14 +478,15 @@ fn discard(dst: &OwnedFd, name: &std::ffi::CStr) -> Outcome {
     }
 }
 
-/// Creates `name` (read-write, for the read-back), replacing whatever is there.
-fn create(dst: &OwnedFd, name: &std::ffi::CStr, path: &Path) -> Option<File> {
+/// Creates `name` with `mode` (read-write, for the read-back), replacing
+/// whatever is there.
+fn create(dst: &OwnedFd, name: &std::ffi::CStr, path: &Path, mode: u32) -> Option<File> {
     let open = || {
         rustix::fs::openat(
             dst,
             name,
             OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
+            Mode::from_raw_mode(mode),
         )
     };
     match open() {
@@ -466,39 +499,58 @@ fn create(dst: &OwnedFd, name: &std::ffi::CStr, path: &Path) -> Option<File> {
     }
 }
 
-/// Copies `len` bytes (then to EOF) from `src` to `dst`: in the kernel with
-/// `copy_file_range` where it works, through `buf` otherwise.
+/// How [`copy_data`] moves bytes, from best to plainest (any higher value:
+/// read/write through a buffer).
+const COPY_FILE_RANGE: u8 = 0;
+const SENDFILE: u8 = 1;
+
+/// Copies `len` bytes (fewer if the source is shorter) from `src` to `dst` without a detour
+/// through user space where the kernel can: `copy_file_range` (same file
+/// system), else `sendfile` (any two files), else read/write through `buf`.
+/// `how` remembers what failed, so a file system pair is probed only once.
 pub(crate) fn copy_data(
     src: &File,
     dst: &File,
     len: u64,
     buf: &mut [u8],
-    in_kernel: &AtomicBool,
+    how: &AtomicU8,
 ) -> std::io::Result<u64> {
     let mut total = 0u64;
-    while in_kernel.load(Ordering::Relaxed) {
+    loop {
+        let method = how.load(Ordering::Relaxed);
         let want = (len.saturating_sub(total)).clamp(1 << 16, 1 << 30) as usize;
-        match rustix::fs::copy_file_range(src.as_fd(), None, dst.as_fd(), None, want) {
+        if total >= len {
+            return Ok(total);
+        }
+        let moved = match method {
+            COPY_FILE_RANGE => {
+                rustix::fs::copy_file_range(src.as_fd(), None, dst.as_fd(), None, want)
+            }
+            SENDFILE => rustix::fs::sendfile(dst.as_fd(), src.as_fd(), None, want),
+            _ => break,
+        };
+        match moved {
             Ok(0) => return Ok(total),
             Ok(n) => total += n as u64,
-            // No in-kernel copy between these files: fall back, if nothing moved yet.
+            // Not possible between these files: use the next method, and do
+            // not ask again (only if nothing moved yet: offsets stay right).
             Err(Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP | Errno::INVAL | Errno::BADF)
                 if total == 0 =>
             {
-                // Not between these file systems: do not ask again.
-                in_kernel.store(false, Ordering::Relaxed);
-                break;
+                how.store(method + 1, Ordering::Relaxed);
             }
             Err(e) => return Err(e.into()),
         }
     }
     let (mut s, mut d) = (src, dst);
-    loop {
-        let n = s.read(buf)?;
+    while total < len {
+        let want = ((len - total) as usize).min(buf.len());
+        let n = s.read(&mut buf[..want])?;
         if n == 0 {
-            return Ok(total);
+            break;
         }
         d.write_all(&buf[..n])?;
         total += n as u64;
     }
+    Ok(total)
 }

@@ -99,25 +99,46 @@ ATOMUP=${ATOMUP:-$CARGO_TARGET_DIR/bench-host/atomup}
 PUBLISH=${PUBLISH:-$CARGO_TARGET_DIR/bench-host/atomup-publish}
 
 WORK=$CACHE/run
-[ -d "$WORK/out" ] && mountpoint -q "$WORK/out" && umount "$WORK/out"
+for m in "$WORK/out-ours" "$WORK/out-upstream"; do
+    mountpoint -q "$m" 2>/dev/null && umount "$m"
+done
 rm -rf "$WORK"
-mkdir -p "$WORK/out"
-# Where both engines write their tree. tmpfs by default: this machine's ext4
-# may run without a journal, and then the kernel avoids reusing inodes freed in
-# the last 60 s (300 s if not yet written back), so creating thousands of
-# files right after deleting thousands costs whatever the previous deletions
-# left behind (`perf` showed 68 % of one run in ext4's recently_deleted()).
-# A fresh tmpfs gives both engines the same, history-free file system.
+mkdir -p "$WORK/out-ours" "$WORK/out-upstream"
+# Where each engine writes its tree: a file system of kind TARGET_FS, made
+# afresh before every measured run, one for ours and one for upstream's.
+#   tmpfs (default): this machine's ext4 may run without a journal, and then
+#     the kernel avoids reusing inodes freed in the last 60 s (300 s if not yet
+#     written back), so creating thousands of files right after deleting
+#     thousands costs whatever earlier deletions left behind (`perf` showed
+#     68 % of one run in ext4's recently_deleted()). A fresh tmpfs has no
+#     history: both engines get the same file system every time.
+#   ext4: a fresh journaled ext4 on a loop device, as an inactive slot would
+#     be; includes writeback where an engine syncs (ours does, before it
+#     verifies; upstream's checkout does not, so its `sync -f` is reported
+#     separately).
+#   disk: a directory next to the cache (history-dependent, see above).
 TARGET_FS=${TARGET_FS:-tmpfs}
 case $TARGET_FS in
-tmpfs)
-    mount -t tmpfs -o size=4g,mode=0755 atomup-bench "$WORK/out"
-    trap 'umount "$WORK/out" 2>/dev/null || true' EXIT
-    ;;
-disk) ;;
-*) die "TARGET_FS must be tmpfs or disk" ;;
+tmpfs | disk) ;;
+ext4) command -v mkfs.ext4 >/dev/null || die "missing tool: mkfs.ext4" ;;
+*) die "TARGET_FS must be tmpfs, ext4 or disk" ;;
 esac
-OUT=$WORK/out
+trap 'for m in "$WORK/out-ours" "$WORK/out-upstream"; do mountpoint -q "$m" && umount "$m"; done; rm -f "$WORK"/*.img' EXIT
+# Makes mount point $1 an empty file system of kind TARGET_FS.
+fresh_fs() {
+    local m=$1
+    mountpoint -q "$m" && umount "$m"
+    case $TARGET_FS in
+    tmpfs) mount -t tmpfs -o size=4g,mode=0755 atomup-bench "$m" ;;
+    ext4)
+        rm -f "$m.img"
+        truncate -s 2G "$m.img"
+        mkfs.ext4 -q -F "$m.img"
+        mount -o loop "$m.img" "$m"
+        ;;
+    disk) rm -rf "${m:?}"/* ;;
+    esac
+}
 REPO=$WORK/repo
 ostree --repo="$REPO" init --mode=archive
 commit() {
@@ -153,9 +174,11 @@ bench_delta() {
     local label=$1 delta=$2 rep w1 r1 w2 r2
     : >"$WORK/$label-ours.txt"
     : >"$WORK/$label-upstream.txt"
+    : >"$WORK/$label-upstream-sync.txt"
+    local OUT=$WORK/out-ours UP=$WORK/out-upstream w3 r3
     for rep in $(seq 1 "$REPS"); do
         # (a) ours: empty target, old content from the active v1 checkout.
-        rm -rf "$OUT/target"
+        fresh_fs "$OUT"
         mkdir "$OUT/target"
         sync
         measure "$ATOMUP" delta apply --delta "$delta" --from-root "$WORK/active-v1" \
@@ -165,28 +188,33 @@ bench_delta() {
 
         # (b) upstream: fresh bare-user repo holding v1 (not timed), then
         # apply-offline + checkout of v2 (timed; walls add, RSS is the max).
-        rm -rf "$WORK/bare" "$OUT/upstream-co"
+        rm -rf "$WORK/bare"
+        fresh_fs "$UP"
         ostree --repo="$WORK/bare" init --mode=bare-user
         ostree --repo="$WORK/bare" pull-local "$REPO" "$V1" >/dev/null
         sync
         read -r w1 r1 < <(measure ostree --repo="$WORK/bare" static-delta apply-offline "$delta")
-        read -r w2 r2 < <(measure ostree --repo="$WORK/bare" checkout "$V2" "$OUT/upstream-co")
+        read -r w2 r2 < <(measure ostree --repo="$WORK/bare" checkout "$V2" "$UP/upstream-co")
         echo "$((w1 + w2)) $((r1 > r2 ? r1 : r2))" >>"$WORK/$label-upstream.txt"
+        # What it would cost upstream to make its tree durable, as ours does.
+        read -r w3 r3 < <(measure sync -f "$UP/upstream-co")
+        echo "$((w1 + w2 + w3))" >>"$WORK/$label-upstream-sync.txt"
         echo "bench: $label rep $rep ours=[$(tail -n1 "$WORK/$label-ours.txt")] upstream=[$(tail -n1 "$WORK/$label-upstream.txt")] (wall_ms rss_kib)" >&2
     done
 
     # The two writers must agree on the result (contents, type, mode, owner,
     # link target) before their timings mean anything.
-    diff -r --no-dereference "$OUT/target" "$OUT/upstream-co" >/dev/null ||
+    diff -r --no-dereference "$OUT/target" "$UP/upstream-co" >/dev/null ||
         die "$label: atomup's tree differs from ostree checkout of v2"
-    [ "$(listing "$OUT/target")" = "$(listing "$OUT/upstream-co")" ] ||
+    [ "$(listing "$OUT/target")" = "$(listing "$UP/upstream-co")" ] ||
         die "$label: modes/owners/links differ from ostree checkout of v2"
 
-    local ours_wall ours_rss up_wall up_rss delta_bytes parts
+    local ours_wall ours_rss up_wall up_rss up_sync delta_bytes parts
     ours_wall=$(cut -d' ' -f1 "$WORK/$label-ours.txt" | median)
     ours_rss=$(cut -d' ' -f2 "$WORK/$label-ours.txt" | median)
     up_wall=$(cut -d' ' -f1 "$WORK/$label-upstream.txt" | median)
     up_rss=$(cut -d' ' -f2 "$WORK/$label-upstream.txt" | median)
+    up_sync=$(median <"$WORK/$label-upstream-sync.txt")
     delta_bytes=$(du -sb "$delta" | cut -f1)
     parts=$(find "$delta" -type f ! -name superblock | wc -l)
     cat <<EOF
@@ -194,6 +222,7 @@ bench_delta() {
 ours:     wall_ms=${ours_wall} peak_rss_kib=${ours_rss}
 upstream: wall_ms=${up_wall} peak_rss_kib=${up_rss}   (apply-offline + checkout)
 ratio wall (ours/upstream) = $(awk -v a="$ours_wall" -v b="$up_wall" 'BEGIN { printf "%.2f", a / b }')   target <= 0.5
+upstream + sync -f of its tree: wall_ms=${up_sync}   ratio ours/that = $(awk -v a="$ours_wall" -v b="$up_sync" 'BEGIN { printf "%.2f", a / b }')
 ratio rss  (ours/upstream) = $(awk -v a="$ours_rss" -v b="$up_rss" 'BEGIN { printf "%.2f", a / b }')
 our peak RSS = $(awk -v a="$ours_rss" 'BEGIN { printf "%.1f", a / 1024 }') MiB   target <= 8 MiB with small-dictionary parts
 ours, last rep: $(tail -n1 "$WORK/$label-phases.txt")

@@ -94,7 +94,8 @@ pub struct Timings {
     pub seed: Duration,
     /// Making the target exactly the commit's tree.
     pub reconcile: Duration,
-    /// `syncfs` of the target.
+    /// Waiting for the target's `syncfs` (started before reconcile, finished
+    /// after verify: only the part not hidden behind them).
     pub sync: Duration,
     /// Hashing the written tree back and comparing it with the commit.
     pub verify: Duration,
@@ -179,6 +180,9 @@ struct State<'a> {
     old_map: Option<HashMap<ObjectId, String>>,
     /// Files read back by the seed, for the verification.
     hashed: HashCache,
+    /// Write-back of the bulk of the tree, started once parts and seed are
+    /// done, so that it overlaps reconciliation and verification.
+    early_sync: Option<std::thread::JoinHandle<rustix::io::Result<()>>>,
     stats: Stats,
 }
 
@@ -305,6 +309,7 @@ pub fn apply(opts: &Options<'_>) -> Result<Stats> {
         from,
         old_map: None,
         hashed: HashCache::new(),
+        early_sync: None,
         stats: Stats {
             from: sb.from,
             to: sb.to,
@@ -317,14 +322,11 @@ pub fn apply(opts: &Options<'_>) -> Result<Stats> {
     let cleanup = fsx::remove_entry(&target_fd, &staging_c, &staging_path);
     built?;
     cleanup?;
-    // Everything written must be on disk before anyone switches slots to it.
-    let t = Instant::now();
-    rustix::fs::syncfs(&target_fd).map_err(|e| io("sync", opts.target)(e.into()))?;
-    st.stats.timings.sync = t.elapsed();
 
     // Rule: the written tree read back from disk must hash to the signed
     // commit. Files the seed already read back and that have not changed
-    // since (same inode, ctime and size) are not read a second time.
+    // since (same inode, ctime and size) are not read a second time. (The
+    // bulk of the data is meanwhile being written back, see `build`.)
     let t = Instant::now();
     let mut cache = std::mem::take(&mut st.hashed);
     let load = |id: &ObjectId| st.load_meta(id, ObjectType::DirTree).ok();
@@ -351,6 +353,15 @@ pub fn apply(opts: &Options<'_>) -> Result<Stats> {
         });
     }
     st.stats.timings.verify = t.elapsed();
+
+    // Everything written must be on disk before anyone switches slots to it.
+    let t = Instant::now();
+    let sync_err = |e: Errno| io("sync", opts.target)(e.into());
+    if let Some(early) = st.early_sync.take() {
+        early.join().unwrap_or(Ok(())).map_err(sync_err)?;
+    }
+    rustix::fs::syncfs(&target_fd).map_err(sync_err)?;
+    st.stats.timings.sync = t.elapsed();
     if let Some(out) = opts.meta_out {
         st.persist_meta(out, &sb, commitmeta)?;
     }
@@ -477,6 +488,14 @@ impl State<'_> {
         let seeded = seeder.map(Seeder::finish).unwrap_or_default();
         self.stats.timings.parts = parts?;
         self.stats.timings.seed = seed_time;
+        // Start writing the data back now; `apply` waits for it (and syncs
+        // again) after verifying. Best effort: without a thread, the final
+        // syncfs does it all.
+        if let Ok(fd) = rustix::io::dup(target) {
+            self.early_sync = std::thread::Builder::new()
+                .spawn(move || rustix::fs::syncfs(&fd))
+                .ok();
+        }
         let t = Instant::now();
         let commit = &sb.commit;
         self.reconcile(

@@ -4,15 +4,16 @@
 #   (a) ours:     atomup delta apply  (release build, into an empty target,
 #                 old content read from a checkout of v1)
 #   (b) upstream: ostree static-delta apply-offline into a bare-user repo that
-#                 already holds v1, then ostree checkout of v2
+#                 already holds v1, then ostree checkout of v2 (repo and
+#                 checkout on the same file system)
 # Wall time and peak RSS (GNU time -v) of both, REPS repetitions, medians and
 # ratios ours/upstream. Not a test: nothing here asserts; it prints figures.
-# Both write their tree into the same kind of file system (TARGET_FS): a
-# fresh tmpfs by default; `disk` writes next to the cache instead.
+# Each engine writes into a fresh file system of kind TARGET_FS before every
+# run (tmpfs by default; see below); upstream's bare repo lives there too.
 #
 # Usage: bench/delta-apply.sh [--prepare-only]
 # Env:   REPS (default 5), EXTRA_PKGS (default less,nano,curl),
-#        TARGET_FS (tmpfs | disk; default tmpfs),
+#        TARGET_FS (tmpfs | ext4 | disk; default tmpfs),
 #        BENCH_CACHE (default target/bench-cache), MIRROR (default: read from
 #        this machine's apt sources), SUITE (default bookworm),
 #        DELTA_OPTS (extra `ostree static-delta generate` options),
@@ -186,15 +187,16 @@ bench_delta() {
             --stats >>"$WORK/$label-ours.txt"
         grep '^phases_ms:' "$WORK/cmd.out" >>"$WORK/$label-phases.txt" || true
 
-        # (b) upstream: fresh bare-user repo holding v1 (not timed), then
-        # apply-offline + checkout of v2 (timed; walls add, RSS is the max).
-        rm -rf "$WORK/bare"
+        # (b) upstream: a bare-user repo holding v1 (not timed) on the same
+        # fresh file system as its checkout, as on an OSTree device where the
+        # repo and the deployments share one; then apply-offline + checkout
+        # of v2 (timed; walls add, RSS is the max).
         fresh_fs "$UP"
-        ostree --repo="$WORK/bare" init --mode=bare-user
-        ostree --repo="$WORK/bare" pull-local "$REPO" "$V1" >/dev/null
+        ostree --repo="$UP/bare" init --mode=bare-user
+        ostree --repo="$UP/bare" pull-local "$REPO" "$V1" >/dev/null
         sync
-        read -r w1 r1 < <(measure ostree --repo="$WORK/bare" static-delta apply-offline "$delta")
-        read -r w2 r2 < <(measure ostree --repo="$WORK/bare" checkout "$V2" "$UP/upstream-co")
+        read -r w1 r1 < <(measure ostree --repo="$UP/bare" static-delta apply-offline "$delta")
+        read -r w2 r2 < <(measure ostree --repo="$UP/bare" checkout "$V2" "$UP/upstream-co")
         echo "$((w1 + w2)) $((r1 > r2 ? r1 : r2))" >>"$WORK/$label-upstream.txt"
         # What it would cost upstream to make its tree durable, as ours does.
         read -r w3 r3 < <(measure sync -f "$UP/upstream-co")

@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{fmt, io, DeployError, Result};
 use crate::fsx;
-use crate::seed::{ctime, HashCache, Hashed, SeededDir, Seeder};
+use crate::seed::{HashCache, SeededDir, Seeder};
 
 /// Largest superblock file accepted (inline parts live inside it).
 pub const MAX_SUPERBLOCK: u64 = 64 << 20;
@@ -328,13 +328,19 @@ pub fn apply(opts: &Options<'_>) -> Result<Stats> {
     // since (same inode, ctime and size) are not read a second time. (The
     // bulk of the data is meanwhile being written back, see `build`.)
     let t = Instant::now();
-    let mut cache = std::mem::take(&mut st.hashed);
-    let load = |id: &ObjectId| st.load_meta(id, ObjectType::DirTree).ok();
-    let (tree, meta) = hash_dir_guided(
+    let dirs: Vec<&Path> = [opts.from_meta, opts.fallback_repo]
+        .into_iter()
+        .flatten()
+        .collect();
+    let new_meta = &st.new_meta;
+    let load = |id: &ObjectId| match new_meta.get(id) {
+        Some(b) => Some(b.clone()),
+        None => read_meta(&dirs, id, ObjectType::DirTree).ok(),
+    };
+    let (tree, meta) = crate::verify::hash_tree(
         &target_fd,
         opts.target,
-        0,
-        &mut cache,
+        &st.hashed,
         Some((sb.commit.root_tree, sb.commit.root_meta)),
         &load,
     )?;
@@ -1352,138 +1358,10 @@ impl ObjectSink for FileSink<'_, '_> {
     }
 }
 
-/// Hashes a directory on disk into OSTree's (dirtree, dirmeta) checksums.
-/// Hard-linked files are hashed once (cache by device and inode).
-pub(crate) fn hash_dir(
-    dir: &OwnedFd,
-    path: &Path,
-    depth: usize,
-    cache: &mut HashCache,
-) -> Result<(ObjectId, ObjectId)> {
-    hash_dir_guided(dir, path, depth, cache, None, &|_| None)
-}
-
-/// Loads an expected dirtree's bytes by id (verification hints).
-type TreeLoader<'l> = &'l dyn Fn(&ObjectId) -> Option<Vec<u8>>;
-
-/// As [`hash_dir`]; with `expected` (tree, meta) ids and a loader for the
-/// expected dirtrees, xattr encodings of older OSTree versions are tried where
-/// the sorted one does not match. The result is still computed from disk
-/// only: hints choose between encodings, they never supply entries.
-fn hash_dir_guided(
-    dir: &OwnedFd,
-    path: &Path,
-    depth: usize,
-    cache: &mut HashCache,
-    expected: Option<(ObjectId, ObjectId)>,
-    load: TreeLoader<'_>,
-) -> Result<(ObjectId, ObjectId)> {
-    use atomup_ostree::object::{DirEntry, FileEntry};
-    use atomup_ostree::SafeName;
-    if depth > MAX_DEPTH {
-        return Err(DeployError::TooDeep { limit: MAX_DEPTH });
-    }
-    let st = rustix::fs::fstat(dir).map_err(|e| io("stat", path)(e.into()))?;
-    let mut metas = Vec::new();
-    for x in fsx::xattr_candidates(fsx::fd_xattr_list(dir).map_err(io("read xattrs of", path))?) {
-        let meta = DirMeta {
-            uid: st.st_uid,
-            gid: st.st_gid,
-            mode: st.st_mode,
-            xattrs: Xattrs::parse(&x).map_err(fmt("xattrs"))?,
-        };
-        metas.push((ObjectId::of(&meta.encode()), ()));
-    }
-    let (meta_id, ()) = fsx::pick(metas, expected.as_ref().map(|e| &e.1)).unwrap_or_default();
-    let hint_bytes = expected.and_then(|(t, _)| load(&t));
-    let hint = hint_bytes.as_deref().and_then(|b| DirTree::parse(b).ok());
-    let mut names: Vec<String> = Vec::new();
-    for n in fsx::dir_names(dir, path)? {
-        names.push(n.into_string().map_err(|_| DeployError::BadFileType {
-            path: path.to_owned(),
-        })?);
-    }
-    names.sort();
-    let mut files = Vec::new();
-    let mut dirs = Vec::new();
-    for name in &names {
-        let p = path.join(name);
-        let safe = SafeName::new(name).map_err(fmt("file name"))?;
-        let c = fsx::cname(name);
-        let want_file = hint
-            .as_ref()
-            .and_then(|h| {
-                let i = h
-                    .files
-                    .binary_search_by(|f| f.name.as_str().cmp(name.as_str()))
-                    .ok()?;
-                h.files.get(i)
-            })
-            .map(|f| f.id);
-        let s = rustix::fs::statat(dir, c.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| io("stat", &p)(e.into()))?;
-        match s.st_mode & S_IFMT {
-            S_IFDIR => {
-                let want_dir = hint
-                    .as_ref()
-                    .and_then(|h| {
-                        let i = h
-                            .dirs
-                            .binary_search_by(|d| d.name.as_str().cmp(name.as_str()))
-                            .ok()?;
-                        h.dirs.get(i)
-                    })
-                    .map(|d| (d.tree, d.meta));
-                let sub = fsx::open_dir_at(dir, name).map_err(io("open directory", &p))?;
-                let (tree, meta) = hash_dir_guided(&sub, &p, depth + 1, cache, want_dir, load)?;
-                dirs.push(DirEntry {
-                    name: safe,
-                    tree,
-                    meta,
-                });
-            }
-            S_IFREG => {
-                let key = (s.st_dev, s.st_ino);
-                let known = cache
-                    .get(&key)
-                    .filter(|h| h.ctime == ctime(&s) && h.size == s.st_size as u64);
-                let id = match known {
-                    Some(h) => h.id,
-                    None => {
-                        let fd = rustix::fs::openat(
-                            dir,
-                            c.as_c_str(),
-                            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                            Mode::empty(),
-                        )
-                        .map_err(|e| io("open", &p)(e.into()))?;
-                        let (id, size, _, st) =
-                            fsx::hash_regular_stat(&File::from(fd), &p, want_file.as_ref())?;
-                        let hashed = Hashed {
-                            id,
-                            ctime: ctime(&st),
-                            size,
-                        };
-                        cache.insert((st.st_dev, st.st_ino), hashed);
-                        id
-                    }
-                };
-                files.push(FileEntry { name: safe, id });
-            }
-            S_IFLNK => {
-                let (id, _, _) = fsx::hash_symlink(dir, &c, &p, want_file.as_ref())?;
-                files.push(FileEntry { name: safe, id });
-            }
-            _ => return Err(DeployError::BadFileType { path: p }),
-        }
-    }
-    let tree = DirTree { files, dirs };
-    Ok((ObjectId::of(&tree.encode()), meta_id))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seed::Hashed;
     use std::os::unix::fs::MetadataExt;
 
     /// The verification trusts a checksum read back earlier only while the
@@ -1497,7 +1375,8 @@ mod tests {
         let file = dir.join("f");
         std::fs::write(&file, b"abc").unwrap();
         let fd = fsx::open_root(&dir).unwrap();
-        let honest = hash_dir(&fd, &dir, 0, &mut HashCache::new()).unwrap();
+        let hash = |cache: &HashCache| crate::verify::hash_tree(&fd, &dir, cache, None, &|_| None);
+        let honest = hash(&HashCache::new()).unwrap();
 
         let m = std::fs::metadata(&file).unwrap();
         let lie = Hashed {
@@ -1505,8 +1384,8 @@ mod tests {
             ctime: (m.ctime(), m.ctime_nsec() as u64),
             size: 3,
         };
-        let mut cache = HashCache::from([((m.dev(), m.ino()), lie)]);
-        let cached = hash_dir(&fd, &dir, 0, &mut cache).unwrap();
+        let cache = HashCache::from([((m.dev(), m.ino()), lie)]);
+        let cached = hash(&cache).unwrap();
         assert_ne!(
             cached, honest,
             "an unchanged file's read-back checksum is reused"
@@ -1514,9 +1393,8 @@ mod tests {
 
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&file, b"xyz").unwrap();
-        let changed = hash_dir(&fd, &dir, 0, &mut HashCache::new()).unwrap();
-        let mut cache = HashCache::from([((m.dev(), m.ino()), lie)]);
-        assert_eq!(hash_dir(&fd, &dir, 0, &mut cache).unwrap(), changed);
+        let changed = hash(&HashCache::new()).unwrap();
+        assert_eq!(hash(&cache).unwrap(), changed);
         assert_ne!(changed, honest);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -39,6 +39,16 @@ pub(crate) fn open_root(path: &Path) -> Result<OwnedFd> {
     .map_err(|e| io("open directory", path)(e.into()))
 }
 
+/// Opens directory `rel` (components separated by `/`) under `root` without
+/// following any symlink.
+pub(crate) fn walk_dir(root: &OwnedFd, rel: &str) -> std::io::Result<OwnedFd> {
+    let mut dir = rustix::io::dup(root)?;
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        dir = open_dir_at(&dir, part)?;
+    }
+    Ok(dir)
+}
+
 /// Opens `rel` (components separated by `/`, each a safe name) under `root`
 /// without following any symlink. Returns the parent directory and final name.
 pub(crate) fn walk_parent<'a>(root: &OwnedFd, rel: &'a str) -> std::io::Result<(OwnedFd, &'a str)> {

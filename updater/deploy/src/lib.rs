@@ -5,6 +5,7 @@ mod apply;
 mod error;
 mod fsx;
 mod seed;
+mod verify;
 
 pub use apply::{
     apply, show, DeltaInfo, Options, Stats, Timings, MAX_DEPTH, MAX_SUPERBLOCK, STAGING,
@@ -17,5 +18,5 @@ pub fn tree_checksum(
     root: &std::path::Path,
 ) -> Result<(atomup_ostree::ObjectId, atomup_ostree::ObjectId)> {
     let fd = fsx::open_root(root)?;
-    apply::hash_dir(&fd, root, 0, &mut seed::HashCache::new())
+    verify::hash_tree(&fd, root, &seed::HashCache::new(), None, &|_| None)
 }

@@ -56,13 +56,22 @@ impl Nginx {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Access log lines: `<status> "<range>" <bytes> <uri>`.
+    /// Access log lines: `<status> "<range>" <bytes> <uri>`. nginx logs a
+    /// request only after its response has gone out, so a client can read
+    /// the log before its own request is in it: this waits until the log
+    /// has stopped changing (200 ms unchanged; 5 s at most).
     pub fn requests(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("access.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        let read = || std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut log = read();
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let again = read();
+            if again == log || Instant::now() > deadline {
+                return again.lines().map(str::to_owned).collect();
+            }
+            log = again;
+        }
     }
 }
 

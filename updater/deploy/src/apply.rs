@@ -14,7 +14,6 @@
 //! commit's metadata objects are persisted for the next update.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::os::fd::OwnedFd;
@@ -26,8 +25,8 @@ use std::time::{Duration, Instant};
 use atomup_ostree::delta::{compression, PayloadLayout, Superblock, SuperblockFile};
 use atomup_ostree::execute::{execute_part, ObjectSink, CHUNK};
 use atomup_ostree::object::{
-    finish_id, Commit, DirMeta, DirTree, FileHeader, FilezHeader, ObjectType, Xattrs, S_IFDIR,
-    S_IFLNK, S_IFMT, S_IFREG,
+    finish_id, Commit, DirMeta, DirTree, FileHeader, FilezHeader, ObjectType, Xattrs, S_IFLNK,
+    S_IFMT, S_IFREG,
 };
 use atomup_ostree::sign::{signatures, Trust};
 use atomup_ostree::{ObjectId, MAX_METADATA_SIZE};
@@ -328,15 +327,9 @@ pub fn apply(opts: &Options<'_>) -> Result<Stats> {
     // since (same inode, ctime and size) are not read a second time. (The
     // bulk of the data is meanwhile being written back, see `build`.)
     let t = Instant::now();
-    let dirs: Vec<&Path> = [opts.from_meta, opts.fallback_repo]
-        .into_iter()
-        .flatten()
-        .collect();
+    // Not `st.load_meta`: the loader is shared with the verifying threads.
     let new_meta = &st.new_meta;
-    let load = |id: &ObjectId| match new_meta.get(id) {
-        Some(b) => Some(b.clone()),
-        None => read_meta(&dirs, id, ObjectType::DirTree).ok(),
-    };
+    let load = |id: &ObjectId| lookup_meta(new_meta, opts, id, ObjectType::DirTree).ok();
     let (tree, meta) = crate::verify::hash_tree(
         &target_fd,
         opts.target,
@@ -372,6 +365,24 @@ pub fn apply(opts: &Options<'_>) -> Result<Stats> {
         st.persist_meta(out, &sb, commitmeta)?;
     }
     Ok(st.stats)
+}
+
+/// Metadata object `id`: from the delta's parts if they carried it, else from
+/// `--from-meta` or the fallback repo.
+fn lookup_meta(
+    new_meta: &HashMap<ObjectId, Vec<u8>>,
+    opts: &Options<'_>,
+    id: &ObjectId,
+    ty: ObjectType,
+) -> Result<Vec<u8>> {
+    if let Some(b) = new_meta.get(id) {
+        return Ok(b.clone());
+    }
+    let dirs: Vec<&Path> = [opts.from_meta, opts.fallback_repo]
+        .into_iter()
+        .flatten()
+        .collect();
+    read_meta(&dirs, id, ty)
 }
 
 /// Reads metadata object `id` from the first object store in `dirs` that
@@ -648,14 +659,7 @@ impl State<'_> {
     }
 
     fn load_meta(&self, id: &ObjectId, ty: ObjectType) -> Result<Vec<u8>> {
-        if let Some(b) = self.new_meta.get(id) {
-            return Ok(b.clone());
-        }
-        let dirs: Vec<&Path> = [self.opts.from_meta, self.opts.fallback_repo]
-            .into_iter()
-            .flatten()
-            .collect();
-        read_meta(&dirs, id, ty)
+        lookup_meta(&self.new_meta, self.opts, id, ty)
     }
 
     /// csum → path of every content object in the from-commit, built from its
@@ -686,8 +690,9 @@ impl State<'_> {
         Ok(self.old_map.as_ref().unwrap_or_else(|| unreachable!()))
     }
 
-    /// Opens an old object by checksum in the active root, verifying it.
-    fn open_old_regular(&mut self, id: &ObjectId) -> Result<(File, u64, PathBuf)> {
+    /// Where old object `id` is in the active root: its directory, name and
+    /// full path (found through the from-commit's dirtrees).
+    fn old_entry(&mut self, id: &ObjectId) -> Result<(OwnedFd, String, PathBuf)> {
         let rel = self
             .old_map()?
             .get(id)
@@ -699,6 +704,13 @@ impl State<'_> {
             .ok_or(DeployError::MissingContent { id: *id })?;
         let path = from.root.join(&rel);
         let (dir, name) = fsx::walk_parent(&from.root_fd, &rel).map_err(io("open", &path))?;
+        Ok((dir, name.to_owned(), path))
+    }
+
+    /// Opens an old object by checksum in the active root, verifying it.
+    fn open_old_regular(&mut self, id: &ObjectId) -> Result<(File, u64, PathBuf)> {
+        let (dir, name, path) = self.old_entry(id)?;
+        let name = name.as_str();
         let fd = rustix::fs::openat(
             &dir,
             name,
@@ -754,17 +766,8 @@ impl State<'_> {
     /// Copies content object `id` from the active root into staging,
     /// re-verifying its checksum while copying.
     fn copy_from_active(&mut self, id: &ObjectId) -> Result<()> {
-        let rel = self
-            .old_map()?
-            .get(id)
-            .cloned()
-            .ok_or(DeployError::MissingContent { id: *id })?;
-        let from = self
-            .from
-            .as_ref()
-            .ok_or(DeployError::MissingContent { id: *id })?;
-        let path = from.root.join(&rel);
-        let (dir, name) = fsx::walk_parent(&from.root_fd, &rel).map_err(io("open", &path))?;
+        let (dir, name, path) = self.old_entry(id)?;
+        let name = name.as_str();
         let cname = fsx::cname(name);
         let stt = rustix::fs::statat(&dir, cname.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| io("stat", &path)(e.into()))?;
@@ -1078,33 +1081,11 @@ impl State<'_> {
             let n = d.name.as_str();
             let name = fsx::cname(n);
             let p = path.join(n);
-            let is_dir = match exact {
-                Some(sd) if sd.has_dir(n) => true,
-                Some(sd) => {
-                    if sd.file(n).is_some() {
-                        fsx::remove_entry(dir, &name, &p)?;
-                    }
-                    false
-                }
-                None => match rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                    Ok(s) if s.st_mode & S_IFMT == S_IFDIR => true,
-                    Ok(_) => {
-                        fsx::remove_entry(dir, &name, &p)?;
-                        false
-                    }
-                    Err(Errno::NOENT) => false,
-                    Err(e) => return Err(io("stat", &p)(e.into())),
-                },
-            };
-            if !is_dir {
-                mkdir(dir, &name, &p)?;
+            if !exact.is_some_and(|sd| sd.has_dir(n)) {
+                fsx::make_dir(dir, &name, &p)?;
             }
             let sub = fsx::open_dir_at(dir, n).map_err(io("open directory", &p))?;
-            let child = if rel.is_empty() {
-                n.to_owned()
-            } else {
-                format!("{rel}/{n}")
-            };
+            let child = fsx::child_rel(rel, n);
             self.reconcile(&sub, p, &child, (d.tree, d.meta), depth + 1, seeded)?;
         }
         // Directory metadata last, so read-only directories can still be filled.
@@ -1155,11 +1136,6 @@ impl State<'_> {
         }
         Ok(())
     }
-}
-
-fn mkdir(dir: &OwnedFd, name: &CString, path: &Path) -> Result<()> {
-    rustix::fs::mkdirat(dir, name.as_c_str(), Mode::from_raw_mode(0o700))
-        .map_err(|e| io("create directory", path)(e.into()))
 }
 
 fn decompress_err(

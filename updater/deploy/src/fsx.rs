@@ -12,7 +12,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use atomup_ostree::object::{
-    encode_xattrs, encode_xattrs_in_order, finish_id, FileHeader, Xattrs, S_IFLNK, S_IFMT, S_IFREG,
+    encode_xattrs, encode_xattrs_in_order, finish_id, FileHeader, Xattrs, S_IFDIR, S_IFLNK, S_IFMT,
+    S_IFREG,
 };
 use atomup_ostree::ObjectId;
 use rustix::fs::{AtFlags, Mode, OFlags, XattrFlags};
@@ -52,15 +53,40 @@ pub(crate) fn walk_dir(root: &OwnedFd, rel: &str) -> std::io::Result<OwnedFd> {
 /// Opens `rel` (components separated by `/`, each a safe name) under `root`
 /// without following any symlink. Returns the parent directory and final name.
 pub(crate) fn walk_parent<'a>(root: &OwnedFd, rel: &'a str) -> std::io::Result<(OwnedFd, &'a str)> {
-    let mut parts = rel.split('/').peekable();
-    let mut dir = rustix::io::dup(root)?;
-    while let Some(part) = parts.next() {
-        if parts.peek().is_none() {
-            return Ok((dir, part));
-        }
-        dir = open_dir_at(&dir, part)?;
+    match rel.rsplit_once('/') {
+        Some((parent, name)) => Ok((walk_dir(root, parent)?, name)),
+        None => Ok((rustix::io::dup(root)?, rel)),
     }
-    Err(std::io::ErrorKind::NotFound.into())
+}
+
+/// `rel/name`, or `name` at the top (`rel` empty).
+pub(crate) fn child_rel(rel: &str, name: &str) -> String {
+    if rel.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{rel}/{name}")
+    }
+}
+
+/// Makes `name` under `dir` a directory (mode 0700; its metadata is set
+/// later), replacing whatever else is there, never following a symlink.
+/// Returns whether it was created (an existing directory is kept as is).
+pub(crate) fn make_dir(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<bool> {
+    let mkdir = || {
+        rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700))
+            .map_err(|e| io("create directory", path)(e.into()))
+    };
+    match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(s) if s.st_mode & S_IFMT == S_IFDIR => Ok(false),
+            _ => {
+                remove_entry(dir, name, path)?;
+                mkdir().map(|()| true)
+            }
+        },
+        Err(e) => Err(io("create directory", path)(e.into())),
+    }
 }
 
 /// Xattrs of an open file or directory as (name, value), in `listxattr` order.
@@ -221,7 +247,7 @@ pub(crate) fn remove_entry(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<()
         Err(Errno::NOENT) => return Ok(()),
         Err(e) => return Err(io("stat", path)(e.into())),
     };
-    if st.st_mode & S_IFMT == 0o040000 {
+    if st.st_mode & S_IFMT == S_IFDIR {
         let sub = rustix::fs::openat(
             dir,
             name,

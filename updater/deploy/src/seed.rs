@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use atomup_ostree::object::{DirTree, ObjectType, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use atomup_ostree::object::{DirTree, ObjectType, S_IFLNK, S_IFMT, S_IFREG};
 use atomup_ostree::ObjectId;
 use rustix::fs::{AtFlags, Mode, OFlags, XattrFlags};
 use rustix::io::Errno;
@@ -277,45 +277,16 @@ impl<'a> Seeder<'a> {
             if job.depth == 0 && name == STAGING {
                 continue;
             }
-            let c = fsx::cname(name);
-            let fresh =
-                match rustix::fs::mkdirat(dst.as_ref(), c.as_c_str(), Mode::from_raw_mode(0o700)) {
-                    Ok(()) => true,
-                    Err(Errno::EXIST) => {
-                        match rustix::fs::statat(
-                            dst.as_ref(),
-                            c.as_c_str(),
-                            AtFlags::SYMLINK_NOFOLLOW,
-                        ) {
-                            Ok(s) if s.st_mode & S_IFMT == S_IFDIR => false,
-                            _ => {
-                                let p = dst_dir.join(name);
-                                if fsx::remove_entry(&dst, &c, &p).is_err()
-                                    || rustix::fs::mkdirat(
-                                        dst.as_ref(),
-                                        c.as_c_str(),
-                                        Mode::from_raw_mode(0o700),
-                                    )
-                                    .is_err()
-                                {
-                                    seeded.exact = false;
-                                    continue;
-                                }
-                                true
-                            }
-                        }
-                    }
-                    Err(_) => continue,
-                };
+            let Ok(fresh) = fsx::make_dir(&dst, &fsx::cname(name), &dst_dir.join(name)) else {
+                // Whatever stood there may still be there.
+                seeded.exact = false;
+                continue;
+            };
             seeded.dirs.push(name.to_owned());
             children.push(Job {
                 parents: Some((src.clone(), dst.clone())),
                 name: name.to_owned(),
-                rel: if rel.is_empty() {
-                    name.to_owned()
-                } else {
-                    format!("{rel}/{name}")
-                },
+                rel: fsx::child_rel(rel, name),
                 tree: d.tree,
                 depth: job.depth + 1,
                 exact: fresh,

@@ -78,12 +78,7 @@ fn pieces(root: (ObjectId, ObjectId), load: TreeLoader<'_>) -> Vec<(String, (Obj
                 continue;
             };
             for d in &tree.dirs {
-                let child = if rel.is_empty() {
-                    d.name.as_str().to_owned()
-                } else {
-                    format!("{rel}/{}", d.name.as_str())
-                };
-                below.push((child, (d.tree, d.meta)));
+                below.push((fsx::child_rel(&rel, d.name.as_str()), (d.tree, d.meta)));
             }
         }
         level = below;

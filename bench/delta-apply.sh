@@ -157,17 +157,8 @@ ostree --repo="$REPO" static-delta generate --from="$V1" --to="$V2" \
 "$PUBLISH" sign --key "$WORK/secret.key" --delta "$DELTA" >/dev/null
 ostree --repo="$REPO" checkout "$V1" "$WORK/active-v1"
 
-# Prints "wall_ms peak_rss_kib" of one command, from GNU time -v (the
-# command's own output goes to $WORK/cmd.out).
-measure() {
-    local log=$WORK/time.log
-    /usr/bin/time -v -o "$log" "$@" >"$WORK/cmd.out" 2>"$WORK/cmd.err" ||
-        { cat "$WORK/cmd.err" >&2; die "command failed: $*"; }
-    awk -F': ' '
-        /Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; wall = s * 1000 }
-        /Maximum resident set size/ { rss = $2 }
-        END { printf "%d %d\n", wall, rss }' "$log"
-}
+# shellcheck source=bench/measure.sh
+. "$ROOT/bench/measure.sh"
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print int((v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 
 # Runs REPS pairs on one delta dir and prints the summary for it.

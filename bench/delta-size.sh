@@ -47,16 +47,8 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 REPO=$WORK/repo
 
-# Prints "wall_ms peak_rss_kib" of one command (its stdout goes to $WORK/out).
-measure() {
-    local log=$WORK/time.log
-    /usr/bin/time -v -o "$log" "$@" >"$WORK/out" 2>"$WORK/cmd.err" ||
-        { cat "$WORK/cmd.err" >&2; die "command failed: $*"; }
-    awk -F': ' '
-        /Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; wall = s * 1000 }
-        /Maximum resident set size/ { rss = $2 }
-        END { printf "%d %d\n", wall, rss }' "$log"
-}
+# shellcheck source=bench/measure.sh
+. "$ROOT/bench/measure.sh"
 bytes() { du -sb "$1" | cut -f1; }
 
 # v3: v2 plus newer versions of packages it already has (download once).
@@ -92,11 +84,11 @@ ids=same
 for t in "${TREES[@]}"; do
     read -r CMS[$t] _ < <(measure "$PUBLISH" commit --repo "$REPO" --tree "$CACHE/$t" --branch bench/main \
         --owner-uid 0 --owner-gid 0 --timestamp "$TS" --subject "$t" --quiet)
-    ID[$t]=$(cat "$WORK/out")
+    ID[$t]=$(cat "$WORK/cmd.out")
     # Byte-exactness: upstream's commit of the same tree must have the same id.
     read -r UMS[$t] _ < <(measure ostree --repo="$UP" commit -b bench/main --owner-uid=0 --owner-gid=0 \
         --timestamp="$TS" -s "$t" "$CACHE/$t")
-    [ "$(cat "$WORK/out")" = "${ID[$t]}" ] || ids="DIFFERENT for $t"
+    [ "$(cat "$WORK/cmd.out")" = "${ID[$t]}" ] || ids="DIFFERENT for $t"
 done
 ostree --repo="$REPO" checkout "${ID[v1]}" "$WORK/active-v1"
 ostree --repo="$REPO" checkout "${ID[v2]}" "$WORK/active-v2"
@@ -125,7 +117,7 @@ pair() {
             --xz-dict $((dict << 20)))
         local dir=$WORK/$label-ours-${dict}m
         rm -rf "$dir"
-        cp -r "$REPO/$(cat "$WORK/out")" "$dir"
+        cp -r "$REPO/$(cat "$WORK/cmd.out")" "$dir"
         local b
         b=$(bytes "$dir")
         # Upstream's applier accepts ours and gives back the to-tree.

@@ -462,7 +462,7 @@ fn open_tarball(path: &Path) -> Result<Box<dyn Read>, CommitError> {
     Ok(if head >= 2 && magic[..2] == [0x1f, 0x8b] {
         Box::new(flate2::read::MultiGzDecoder::new(f))
     } else if head == 6 && magic == [0xfd, b'7', b'z', b'X', b'Z', 0] {
-        Box::new(xz2::read::XzDecoder::new_multi_decoder(f))
+        Box::new(liblzma::read::XzDecoder::new_multi_decoder(f))
     } else {
         Box::new(f)
     })

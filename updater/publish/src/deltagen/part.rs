@@ -195,21 +195,23 @@ fn xz_with(
     s: &XzSettings,
     lc_lp_pb: Option<(u32, u32, u32)>,
 ) -> Result<Vec<u8>, std::io::Error> {
-    // liblzma's LZMA_PRESET_EXTREME flag (not re-exported by xz2).
+    // liblzma's LZMA_PRESET_EXTREME flag (not re-exported by the liblzma crate).
     let preset = s.preset | if s.extreme { 0x8000_0000 } else { 0 };
-    let mut opts = xz2::stream::LzmaOptions::new_preset(preset).map_err(std::io::Error::other)?;
+    let mut opts =
+        liblzma::stream::LzmaOptions::new_preset(preset).map_err(std::io::Error::other)?;
     opts.dict_size(dict_for(data.len(), s.dict));
     if let Some((lc, lp, pb)) = lc_lp_pb {
         opts.literal_context_bits(lc)
             .literal_position_bits(lp)
             .position_bits(pb);
     }
-    let mut filters = xz2::stream::Filters::new();
+    let mut filters = liblzma::stream::Filters::new();
     filters.lzma2(&opts);
-    // CRC64 like upstream, so the stock decoder path is exercised.
-    let stream = xz2::stream::Stream::new_stream_encoder(&filters, xz2::stream::Check::Crc64)
-        .map_err(std::io::Error::other)?;
-    let mut enc = xz2::write::XzEncoder::new_stream(Vec::with_capacity(data.len() / 3), stream);
+    // CRC64 like upstream's generator: upstream's decoder checks it.
+    let stream =
+        liblzma::stream::Stream::new_stream_encoder(&filters, liblzma::stream::Check::Crc64)
+            .map_err(std::io::Error::other)?;
+    let mut enc = liblzma::write::XzEncoder::new_stream(Vec::with_capacity(data.len() / 3), stream);
     enc.write_all(data)?;
     enc.finish()
 }

@@ -36,6 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{fmt, io, DeployError, Result};
 use crate::fsx;
+use crate::meta::MetaStore;
 use crate::seed::{HashCache, SeededDir, Seeder};
 
 /// Largest superblock file accepted (inline parts live inside it).
@@ -174,7 +175,8 @@ struct State<'a> {
     staging: OwnedFd,
     staging_path: PathBuf,
     staged: HashSet<ObjectId>,
-    new_meta: HashMap<ObjectId, Vec<u8>>,
+    /// Metadata objects: the delta's, and those read from disk so far.
+    meta: &'a MetaStore<'a>,
     from: Option<FromCtx>,
     old_map: Option<HashMap<ObjectId, String>>,
     /// Files read back by the seed, for the verification.
@@ -299,12 +301,18 @@ pub fn apply(opts: &Options<'_>) -> Result<Stats> {
     rustix::fs::mkdirat(&target_fd, STAGING, Mode::from_raw_mode(0o700))
         .map_err(|e| io("create", &staging_path)(e.into()))?;
     let staging = fsx::open_dir_at(&target_fd, STAGING).map_err(io("open", &staging_path))?;
+    let meta = MetaStore::new(
+        [opts.from_meta, opts.fallback_repo]
+            .into_iter()
+            .flatten()
+            .collect(),
+    );
     let mut st = State {
         opts,
         staging,
         staging_path: staging_path.clone(),
         staged: HashSet::new(),
-        new_meta: HashMap::new(),
+        meta: &meta,
         from,
         old_map: None,
         hashed: HashCache::new(),
@@ -327,9 +335,7 @@ pub fn apply(opts: &Options<'_>) -> Result<Stats> {
     // since (same inode, ctime and size) are not read a second time. (The
     // bulk of the data is meanwhile being written back, see `build`.)
     let t = Instant::now();
-    // Not `st.load_meta`: the loader is shared with the verifying threads.
-    let new_meta = &st.new_meta;
-    let load = |id: &ObjectId| lookup_meta(new_meta, opts, id, ObjectType::DirTree).ok();
+    let load = |id: &ObjectId| meta.get(id, ObjectType::DirTree).ok();
     let (tree, meta) = crate::verify::hash_tree(
         &target_fd,
         opts.target,
@@ -365,24 +371,6 @@ pub fn apply(opts: &Options<'_>) -> Result<Stats> {
         st.persist_meta(out, &sb, commitmeta)?;
     }
     Ok(st.stats)
-}
-
-/// Metadata object `id`: from the delta's parts if they carried it, else from
-/// `--from-meta` or the fallback repo.
-fn lookup_meta(
-    new_meta: &HashMap<ObjectId, Vec<u8>>,
-    opts: &Options<'_>,
-    id: &ObjectId,
-    ty: ObjectType,
-) -> Result<Vec<u8>> {
-    if let Some(b) = new_meta.get(id) {
-        return Ok(b.clone());
-    }
-    let dirs: Vec<&Path> = [opts.from_meta, opts.fallback_repo]
-        .into_iter()
-        .flatten()
-        .collect();
-    read_meta(&dirs, id, ty)
 }
 
 /// Reads metadata object `id` from the first object store in `dirs` that
@@ -463,23 +451,18 @@ impl State<'_> {
         let stop = AtomicBool::new(false);
         // The seed gets its own handles; this thread keeps `self`.
         let seed_from = match (&self.from, self.opts.from_meta) {
-            (Some(f), Some(meta)) => {
+            (Some(f), Some(_)) => {
                 let fd = rustix::io::dup(&f.root_fd).map_err(|e| io("open", &f.root)(e.into()))?;
                 let tree = Commit::parse(&f.commit)
                     .map_err(fmt("from-commit"))?
                     .root_tree;
-                Some((fd, f.root.clone(), meta, tree))
+                Some((fd, f.root.clone(), tree))
             }
             _ => None,
         };
-        let seeder = seed_from.as_ref().map(|(fd, root, meta, tree)| {
-            Seeder::new(
-                (fd, root),
-                (target, self.opts.target),
-                vec![meta],
-                *tree,
-                &stop,
-            )
+        let meta = self.meta;
+        let seeder = seed_from.as_ref().map(|(fd, root, tree)| {
+            Seeder::new((fd, root), (target, self.opts.target), meta, *tree, &stop)
         });
         let (parts, seed_time) = std::thread::scope(|s| {
             let worker = seeder.as_ref().map(|seeder| {
@@ -658,8 +641,10 @@ impl State<'_> {
         Ok(())
     }
 
-    fn load_meta(&self, id: &ObjectId, ty: ObjectType) -> Result<Vec<u8>> {
-        lookup_meta(&self.new_meta, self.opts, id, ty)
+    /// Metadata object `id`: from the delta's parts if they carried it, else
+    /// from `--from-meta` or the fallback repo.
+    fn load_meta(&self, id: &ObjectId, ty: ObjectType) -> Result<std::sync::Arc<[u8]>> {
+        self.meta.get(id, ty)
     }
 
     /// csum → path of every content object in the from-commit, built from its
@@ -925,8 +910,7 @@ impl State<'_> {
             .fallback_repo
             .ok_or(DeployError::NeedFallbackRepo { id })?;
         if ty.is_meta() {
-            let b = self.load_meta(&id, ty)?;
-            self.new_meta.insert(id, b);
+            self.load_meta(&id, ty)?;
             return Ok(());
         }
         let path = repo.join(format!("{}z", id.object_path(ObjectType::File)));
@@ -1253,7 +1237,7 @@ impl ObjectSink for FileSink<'_, '_> {
     }
 
     fn write_meta(&mut self, _ty: ObjectType, id: &ObjectId, data: &[u8]) -> std::io::Result<()> {
-        self.st.new_meta.insert(*id, data.to_vec());
+        self.st.meta.insert(*id, data);
         Ok(())
     }
 

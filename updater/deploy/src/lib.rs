@@ -4,6 +4,7 @@
 mod apply;
 mod error;
 mod fsx;
+mod meta;
 mod seed;
 mod verify;
 

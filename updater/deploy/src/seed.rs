@@ -27,8 +27,9 @@ use atomup_ostree::ObjectId;
 use rustix::fs::{AtFlags, Mode, OFlags, XattrFlags};
 use rustix::io::Errno;
 
-use crate::apply::{read_meta, MAX_DEPTH, STAGING};
+use crate::apply::{MAX_DEPTH, STAGING};
 use crate::fsx;
+use crate::meta::MetaStore;
 
 /// A content checksum read back from a file in the target, valid while the
 /// file's ctime and size are unchanged (any write or chmod moves the ctime).
@@ -105,8 +106,8 @@ pub(crate) struct Seeder<'a> {
     src_path: &'a Path,
     dst: &'a OwnedFd,
     dst_path: &'a Path,
-    /// Object stores holding the from-commit's dirtrees.
-    meta_dirs: Vec<&'a Path>,
+    /// Where the from-commit's dirtrees come from.
+    meta: &'a MetaStore<'a>,
     /// Set when the apply has failed elsewhere: stop copying.
     stop: &'a AtomicBool,
     queue: Mutex<Queue>,
@@ -123,7 +124,7 @@ impl<'a> Seeder<'a> {
     pub fn new(
         (src, src_path): (&'a OwnedFd, &'a Path),
         (dst, dst_path): (&'a OwnedFd, &'a Path),
-        meta_dirs: Vec<&'a Path>,
+        meta: &'a MetaStore<'a>,
         root_tree: ObjectId,
         stop: &'a AtomicBool,
     ) -> Self {
@@ -140,7 +141,7 @@ impl<'a> Seeder<'a> {
             src_path,
             dst,
             dst_path,
-            meta_dirs,
+            meta,
             stop,
             queue: Mutex::new(Queue {
                 jobs: vec![root],
@@ -215,7 +216,7 @@ impl<'a> Seeder<'a> {
         let Ok((src, dst)) = opened else {
             return Vec::new();
         };
-        let Ok(bytes) = read_meta(&self.meta_dirs, &job.tree, ObjectType::DirTree) else {
+        let Ok(bytes) = self.meta.get(&job.tree, ObjectType::DirTree) else {
             return Vec::new();
         };
         let Ok(tree) = DirTree::parse(&bytes) else {

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use atomup_ostree::object::{DirMeta, DirTree, Xattrs, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use atomup_ostree::ObjectId;
@@ -21,7 +21,7 @@ use crate::fsx;
 use crate::seed::{ctime, HashCache, Hashed};
 
 /// Loads an expected dirtree's bytes by id (verification hints).
-pub(crate) type TreeLoader<'l> = &'l (dyn Fn(&ObjectId) -> Option<Vec<u8>> + Sync);
+pub(crate) type TreeLoader<'l> = &'l (dyn Fn(&ObjectId) -> Option<Arc<[u8]>> + Sync);
 
 /// How deep the subtrees handed to the two threads are.
 const PIECE_DEPTH: usize = 3;
@@ -294,7 +294,11 @@ mod tests {
         let commit = Commit::parse(&commit).unwrap();
         let root = (commit.root_tree, commit.root_meta);
 
-        let load = |id: &ObjectId| read_meta(&[&repo], id, ObjectType::DirTree).ok();
+        let load = |id: &ObjectId| {
+            read_meta(&[&repo], id, ObjectType::DirTree)
+                .ok()
+                .map(Arc::from)
+        };
         let fd = fsx::open_root(&tree).unwrap();
         let none = HashCache::new();
         assert!(

@@ -13,7 +13,7 @@
 #
 # Usage: bench/delta-apply.sh [--prepare-only]
 # Env:   REPS (default 5), EXTRA_PKGS (default less,nano,curl),
-#        TARGET_FS (tmpfs | ext4 | disk; default tmpfs),
+#        TARGET_FS (tmpfs | ext4 | ext4-dio | disk; default tmpfs),
 #        BENCH_CACHE (default target/bench-cache), MIRROR (default: read from
 #        this machine's apt sources), SUITE (default bookworm),
 #        DELTA_OPTS (extra `ostree static-delta generate` options),
@@ -100,9 +100,16 @@ ATOMUP=${ATOMUP:-$CARGO_TARGET_DIR/bench-host/atomup}
 PUBLISH=${PUBLISH:-$CARGO_TARGET_DIR/bench-host/atomup-publish}
 
 WORK=$CACHE/run
-for m in "$WORK/out-ours" "$WORK/out-upstream"; do
-    mountpoint -q "$m" 2>/dev/null && umount "$m"
-done
+# Unmounts $1 if mounted, and detaches the loop device under it.
+unmount_fs() {
+    local m=$1 dev
+    mountpoint -q "$m" 2>/dev/null || return 0
+    dev=$(findmnt -no SOURCE "$m")
+    umount "$m"
+    # `mount -o loop` devices detach themselves; `losetup` ones do not.
+    case $dev in /dev/loop*) losetup -d "$dev" 2>/dev/null || true ;; esac
+}
+for m in "$WORK/out-ours" "$WORK/out-upstream"; do unmount_fs "$m"; done
 rm -rf "$WORK"
 mkdir -p "$WORK/out-ours" "$WORK/out-upstream"
 # Where each engine writes its tree: a file system of kind TARGET_FS, made
@@ -115,27 +122,35 @@ mkdir -p "$WORK/out-ours" "$WORK/out-upstream"
 #     history: both engines get the same file system every time.
 #   ext4: a fresh journaled ext4 on a loop device, as an inactive slot would
 #     be; includes writeback where an engine syncs (ours does, before it
-#     verifies; upstream's checkout does not, so its `sync -f` is reported
-#     separately).
+#     returns; upstream's checkout does not, so its `sync -f` is reported
+#     separately). The loop device caches its backing file, so write-back
+#     copies every byte once more in the kernel, a CPU cost a real block
+#     device does not have.
+#   ext4-dio: the same with the loop device in direct-I/O mode (no second
+#     page cache under the file system), closer to an eMMC or disk slot.
 #   disk: a directory next to the cache (history-dependent, see above).
 TARGET_FS=${TARGET_FS:-tmpfs}
 case $TARGET_FS in
 tmpfs | disk) ;;
-ext4) command -v mkfs.ext4 >/dev/null || die "missing tool: mkfs.ext4" ;;
-*) die "TARGET_FS must be tmpfs, ext4 or disk" ;;
+ext4 | ext4-dio) command -v mkfs.ext4 >/dev/null || die "missing tool: mkfs.ext4" ;;
+*) die "TARGET_FS must be tmpfs, ext4, ext4-dio or disk" ;;
 esac
-trap 'for m in "$WORK/out-ours" "$WORK/out-upstream"; do mountpoint -q "$m" && umount "$m"; done; rm -f "$WORK"/*.img' EXIT
+trap 'for m in "$WORK/out-ours" "$WORK/out-upstream"; do unmount_fs "$m"; done; rm -f "$WORK"/*.img' EXIT
 # Makes mount point $1 an empty file system of kind TARGET_FS.
 fresh_fs() {
     local m=$1
-    mountpoint -q "$m" && umount "$m"
+    unmount_fs "$m"
     case $TARGET_FS in
     tmpfs) mount -t tmpfs -o size=4g,mode=0755 atomup-bench "$m" ;;
-    ext4)
+    ext4 | ext4-dio)
         rm -f "$m.img"
         truncate -s 2G "$m.img"
         mkfs.ext4 -q -F "$m.img"
-        mount -o loop "$m.img" "$m"
+        if [ "$TARGET_FS" = ext4 ]; then
+            mount -o loop "$m.img" "$m"
+        else
+            mount "$(losetup -f --show --direct-io=on "$m.img")" "$m"
+        fi
         ;;
     disk) rm -rf "${m:?}"/* ;;
     esac

@@ -94,8 +94,8 @@ pub struct Timings {
     pub seed: Duration,
     /// Making the target exactly the commit's tree.
     pub reconcile: Duration,
-    /// Waiting for the target's `syncfs` (started before reconcile, finished
-    /// after verify: only the part not hidden behind them).
+    /// Waiting for the target's `syncfs` (started when the parts are done,
+    /// finished after verify: only the part not hidden behind them).
     pub sync: Duration,
     /// Hashing the written tree back and comparing it with the commit.
     pub verify: Duration,
@@ -181,8 +181,9 @@ struct State<'a> {
     old_map: Option<HashMap<ObjectId, String>>,
     /// Files read back by the seed, for the verification.
     hashed: HashCache,
-    /// Write-back of the bulk of the tree, started once parts and seed are
-    /// done, so that it overlaps reconciliation and verification.
+    /// Write-back of the bulk of the tree, started once the parts are done,
+    /// so that it overlaps the rest of the seed, reconciliation and
+    /// verification.
     early_sync: Option<std::thread::JoinHandle<rustix::io::Result<()>>>,
     stats: Stats,
 }
@@ -476,9 +477,19 @@ impl State<'_> {
             let parts = self.run_parts(sb).map(|()| t.elapsed());
             if parts.is_err() {
                 stop.store(true, Ordering::Relaxed);
-            } else if let Some(seeder) = &seeder {
-                // Parts done: help with the seed's remaining directories.
-                seeder.work();
+            } else {
+                // Parts done: start writing back what is written so far
+                // (`apply` waits for it, and syncs again, after verifying;
+                // best effort: without a thread the final syncfs does it
+                // all), then help with the seed's remaining directories.
+                self.early_sync = rustix::io::dup(target).ok().and_then(|fd| {
+                    std::thread::Builder::new()
+                        .spawn(move || rustix::fs::syncfs(&fd))
+                        .ok()
+                });
+                if let Some(seeder) = &seeder {
+                    seeder.work();
+                }
             }
             let seed_time = worker
                 .map(|h| h.join().unwrap_or_default())
@@ -488,14 +499,6 @@ impl State<'_> {
         let seeded = seeder.map(Seeder::finish).unwrap_or_default();
         self.stats.timings.parts = parts?;
         self.stats.timings.seed = seed_time;
-        // Start writing the data back now; `apply` waits for it (and syncs
-        // again) after verifying. Best effort: without a thread, the final
-        // syncfs does it all.
-        if let Ok(fd) = rustix::io::dup(target) {
-            self.early_sync = std::thread::Builder::new()
-                .spawn(move || rustix::fs::syncfs(&fd))
-                .ok();
-        }
         let t = Instant::now();
         let commit = &sb.commit;
         self.reconcile(

@@ -997,11 +997,8 @@ impl State<'_> {
         let tree = DirTree::parse(&tree_bytes).map_err(fmt("dirtree"))?;
         let meta_bytes = self.load_meta(&meta_id, ObjectType::DirMeta)?;
         let meta = DirMeta::parse(&meta_bytes).map_err(fmt("dirmeta"))?;
-        let clashes = |n: &str| n == STAGING;
-        if root
-            && (tree.files.iter().any(|f| clashes(f.name.as_str()))
-                || tree.dirs.iter().any(|d| clashes(d.name.as_str())))
-        {
+        let staging = STAGING.as_bytes();
+        if root && (tree.file(staging).is_some() || tree.dir(staging).is_some()) {
             // The staging directory's name is reserved at the top of the target.
             return Err(DeployError::ReservedName { name: STAGING });
         }
@@ -1025,15 +1022,7 @@ impl State<'_> {
             if root && b == STAGING.as_bytes() {
                 continue;
             }
-            // Entries are strictly sorted (checked by DirTree::parse): binary search.
-            let keep = tree
-                .files
-                .binary_search_by(|f| f.name.as_str().as_bytes().cmp(b))
-                .is_ok()
-                || tree
-                    .dirs
-                    .binary_search_by(|d| d.name.as_str().as_bytes().cmp(b))
-                    .is_ok();
+            let keep = tree.file(b).is_some() || tree.dir(b).is_some();
             if !keep {
                 fsx::remove_entry(dir, &name, &path.join(name.to_string_lossy().as_ref()))?;
             }

@@ -157,13 +157,7 @@ impl<'a> Verifier<'a> {
             let c = fsx::cname(name);
             let want_file = hint
                 .as_ref()
-                .and_then(|h| {
-                    let i = h
-                        .files
-                        .binary_search_by(|f| f.name.as_str().cmp(name.as_str()))
-                        .ok()?;
-                    h.files.get(i)
-                })
+                .and_then(|h| h.file(name.as_bytes()))
                 .map(|f| f.id);
             let s = rustix::fs::statat(dir, c.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|e| io("stat", &p)(e.into()))?;
@@ -171,13 +165,7 @@ impl<'a> Verifier<'a> {
                 S_IFDIR => {
                     let want_dir = hint
                         .as_ref()
-                        .and_then(|h| {
-                            let i = h
-                                .dirs
-                                .binary_search_by(|d| d.name.as_str().cmp(name.as_str()))
-                                .ok()?;
-                            h.dirs.get(i)
-                        })
+                        .and_then(|h| h.dir(name.as_bytes()))
                         .map(|d| (d.tree, d.meta));
                     let (tree, meta) = match self.done.and_then(|d| d.get(&p)) {
                         Some(ids) => *ids,

@@ -352,6 +352,25 @@ impl<'a> DirTree<'a> {
         Ok(out)
     }
 
+    /// The file entry called `name`, by binary search (entries are sorted,
+    /// as `parse` checks and `encode` requires).
+    pub fn file(&self, name: &[u8]) -> Option<&FileEntry<'a>> {
+        let i = self
+            .files
+            .binary_search_by(|f| f.name.as_str().as_bytes().cmp(name))
+            .ok()?;
+        self.files.get(i)
+    }
+
+    /// The subdirectory entry called `name` (see [`DirTree::file`]).
+    pub fn dir(&self, name: &[u8]) -> Option<&DirEntry<'a>> {
+        let i = self
+            .dirs
+            .binary_search_by(|d| d.name.as_str().as_bytes().cmp(name))
+            .ok()?;
+        self.dirs.get(i)
+    }
+
     /// Serializes a dirtree; entries must already be sorted.
     pub fn encode(&self) -> Vec<u8> {
         let files: Vec<Vec<u8>> = self

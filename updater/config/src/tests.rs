@@ -1,0 +1,294 @@
+use super::*;
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("atomup-config-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn layered(files: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+    let mut l = Layered::default();
+    for (path, text) in files {
+        l.add_text(Path::new(path), text)?;
+    }
+    l.finish()
+}
+
+const VENDOR: &str = r#"
+[server]
+url = "https://updates.example.com/repo"
+channel = "stable"
+
+[poll]
+interval = "6h"
+
+[link]
+monthly_budget = "100MiB"
+"#;
+
+/// Vendor, then site, then the command line: a later layer wins key by key,
+/// keys it does not set keep the earlier value and its source.
+#[test]
+fn later_layers_win_key_by_key_and_sources_are_kept() {
+    let mut l = Layered::default();
+    l.add_text(Path::new("/usr/lib/atomup/config.d/00-vendor.toml"), VENDOR)
+        .unwrap();
+    l.add_text(
+        Path::new("/etc/atomup/config.d/50-site.toml"),
+        "[server]\nchannel = \"beta\"\n[poll]\ninterval = 3600\n",
+    )
+    .unwrap();
+    let mut flags = Partial::default();
+    flags.server.channel = Some("canary".into());
+    l.add(flags, Source::CommandLine);
+    let loaded = l.finish().unwrap();
+    let c = &loaded.config;
+    let server = c.server.as_ref().unwrap();
+    assert_eq!(server.url, "https://updates.example.com/repo");
+    assert_eq!(server.channel, "canary");
+    assert_eq!(c.poll_interval, Seconds(3600));
+    assert_eq!(c.poll_jitter, Seconds(360), "jitter defaults to a tenth");
+    assert_eq!(c.monthly_budget, Some(100 << 20));
+    assert_eq!(
+        loaded.sources["server.url"],
+        Source::File("/usr/lib/atomup/config.d/00-vendor.toml".into())
+    );
+    assert_eq!(loaded.sources["server.channel"], Source::CommandLine);
+    assert_eq!(
+        loaded.sources["poll.interval"],
+        Source::File("/etc/atomup/config.d/50-site.toml".into())
+    );
+    assert!(!loaded.sources.contains_key("link.bandwidth"));
+    let listing = loaded.listing();
+    assert!(
+        listing.contains("server.channel = \"canary\"  # command line\n"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("poll.interval = \"1h\"  # /etc/atomup/config.d/50-site.toml\n"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("link.bandwidth = (unset)  # default\n"),
+        "{listing}"
+    );
+    assert_eq!(listing.lines().count(), KEYS.len());
+}
+
+/// With no file at all the defaults are a complete, valid configuration
+/// (no server: `update` then asks for one).
+#[test]
+fn no_files_give_the_defaults() {
+    let c = layered(&[]).unwrap().config;
+    assert_eq!(c.server, None);
+    assert_eq!(c.state_dir, PathBuf::from("/var/lib/atomup"));
+    assert_eq!(
+        c.trusted_keys_file,
+        PathBuf::from("/etc/atomup/trusted.pub")
+    );
+    assert_eq!(c.poll_interval, Seconds(6 * 3600));
+    assert_eq!((c.low_speed_limit, c.low_speed_time), (1000, Seconds(30)));
+    assert_eq!(c.reboot, RebootPolicy::Now);
+    assert_eq!(c.log_level, LogLevel::Info);
+    assert!(!c.allow_scratch_fallback);
+}
+
+/// An unknown key is refused with the file, the key and the keys that exist.
+#[test]
+fn unknown_key_names_the_file_and_the_key() {
+    let e = layered(&[(
+        "/etc/atomup/config.d/50-site.toml",
+        "[server]\nulr = \"x\"\n",
+    )])
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/etc/atomup/config.d/50-site.toml: unknown field `ulr`, expected one of `url`, \
+         `channel`, `ca_bundle`, `report_url` for key `server` at line 1 column 1"
+    );
+    let e = layered(&[("/x.toml", "[serverr]\n")]).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("/x.toml: unknown field `serverr`"),
+        "{e}"
+    );
+}
+
+/// A value of the wrong type is refused with the file and the dotted key.
+#[test]
+fn wrong_type_names_the_file_and_the_key() {
+    let e = layered(&[(
+        "/etc/atomup/config.d/10.toml",
+        "[link]\nretries = \"many\"\n",
+    )])
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/etc/atomup/config.d/10.toml: invalid type: string \"many\", expected u32 for key \
+         `link.retries` at line 2 column 11"
+    );
+    let e = layered(&[("/a.toml", "[poll]\ninterval = \"6 hours\"\n")]).unwrap_err();
+    assert!(
+        e.to_string().contains("is not a duration") && e.to_string().contains("poll.interval"),
+        "{e}"
+    );
+    let e = layered(&[("/a.toml", "[link]\nbandwidth = -5\n")]).unwrap_err();
+    assert!(e.to_string().contains("link.bandwidth"), "{e}");
+}
+
+/// Combinations that cannot work are refused naming the key and where it
+/// was set, even when each file on its own is fine.
+#[test]
+fn impossible_combinations_are_refused() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("/v.toml", "[server]\nurl = \"https://u/r\"\n")],
+            "server.url (from /v.toml): is set but server.channel is not",
+        ),
+        (
+            &[
+                ("/v.toml", "[link]\nbandwidth = \"2kB\"\n"),
+                ("/s.toml", "[link]\nlow_speed_limit = 4000\n"),
+            ],
+            "link.low_speed_limit (from /s.toml): 4000 B/s is not below link.bandwidth \
+             (2000 B/s): every transfer would be cut as too slow",
+        ),
+        (
+            &[("/v.toml", "[reboot]\npolicy = \"window\"\n")],
+            "reboot.policy (from /v.toml): is `window` but reboot.window is not set",
+        ),
+        (
+            &[("/v.toml", "[reboot]\nwindow = \"02:00-04:00\"\n")],
+            "reboot.window (from /v.toml): is set but reboot.policy is not `window`",
+        ),
+        (
+            &[("/v.toml", "[poll]\ninterval = \"1h\"\njitter = \"2h\"\n")],
+            "poll.jitter (from /v.toml): 2h is longer than poll.interval (1h)",
+        ),
+        (
+            &[("/v.toml", "[device]\nstate_dir = \"var/lib\"\n")],
+            "device.state_dir (from /v.toml): `var/lib` is not an absolute path",
+        ),
+        (
+            &[(
+                "/v.toml",
+                "[server]\nurl = \"ftp://u/r\"\nchannel = \"s\"\n",
+            )],
+            "server.url (from /v.toml): `ftp://u/r` is not an http:// or https:// URL",
+        ),
+        (
+            &[(
+                "/v.toml",
+                "[server]\nurl = \"http://u/r\"\nchannel = \"Stable\"\n",
+            )],
+            "server.channel (from /v.toml): `Stable` is not a channel name (1-64 of a-z 0-9 . _ -)",
+        ),
+        (
+            &[("/v.toml", "[trust]\nkeys = [\"short\"]\n")],
+            "trust.keys (from /v.toml): `short` is not a base64 ed25519 public key (44 characters)",
+        ),
+        (
+            &[("/v.toml", "[link]\nupdate_budget = 0\n")],
+            "link.update_budget (from /v.toml): must be above 0 (leave it out for no limit)",
+        ),
+        (
+            &[("/v.toml", "[log]\nlevel = \"loud\"\n")],
+            "log.level (from /v.toml): `loud` is not one of error, warn, info, debug, trace",
+        ),
+        (
+            &[(
+                "/v.toml",
+                "[reboot]\npolicy = \"window\"\nwindow = \"25:00-04:00\"\n",
+            )],
+            "reboot.window (from /v.toml): `25:00-04:00` is not a daily window HH:MM-HH:MM (UTC)",
+        ),
+    ];
+    for (files, want) in cases {
+        assert_eq!(layered(files).unwrap_err().to_string(), *want);
+    }
+}
+
+/// The maintenance window is UTC minutes, start inclusive, end exclusive,
+/// and may wrap past midnight.
+#[test]
+fn reboot_window_bounds_and_wrap() {
+    let w = |s: &str| {
+        layered(&[(
+            "/v.toml",
+            &format!("[reboot]\npolicy = \"window\"\nwindow = \"{s}\"\n"),
+        )])
+        .unwrap()
+        .config
+        .reboot
+    };
+    let at = |h: u64, m: u64| 20_000 * 86_400 + h * 3600 + m * 60;
+    let night = w("02:00-04:00");
+    assert!(!night.allows(at(1, 59)));
+    assert!(night.allows(at(2, 0)));
+    assert!(night.allows(at(3, 59)));
+    assert!(!night.allows(at(4, 0)));
+    let wrap = w("23:30-00:30");
+    assert!(wrap.allows(at(23, 45)) && wrap.allows(at(0, 15)));
+    assert!(!wrap.allows(at(0, 30)) && !wrap.allows(at(12, 0)));
+    assert!(RebootPolicy::Now.allows(at(12, 0)));
+    assert!(!RebootPolicy::Never.allows(at(12, 0)));
+}
+
+/// Drop-ins are read per directory in byte order of their names, vendor
+/// directory first; other files and dotfiles are ignored; one bad file fails
+/// the whole load even when a later file would be fine.
+#[test]
+fn drop_in_directories_layer_in_lexical_order() {
+    let d = scratch("dirs");
+    let (vendor, site) = (d.join("vendor"), d.join("site"));
+    std::fs::create_dir_all(&vendor).unwrap();
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(vendor.join("10-a.toml"), "[poll]\ninterval = \"1h\"\n").unwrap();
+    std::fs::write(vendor.join("9-b.toml"), "[poll]\ninterval = \"2h\"\n").unwrap();
+    std::fs::write(vendor.join("README"), "not toml at all [").unwrap();
+    std::fs::write(vendor.join(".hidden.toml"), "not toml at all [").unwrap();
+    std::fs::write(site.join("00-site.toml"), "[log]\nlevel = \"debug\"\n").unwrap();
+    let loaded = load(&[&vendor, &site]).unwrap().finish().unwrap();
+    assert_eq!(
+        loaded.config.poll_interval,
+        Seconds(7200),
+        "9-b sorts after 10-a"
+    );
+    assert_eq!(loaded.config.log_level, LogLevel::Debug);
+    assert_eq!(
+        loaded.sources["log.level"],
+        Source::File(site.join("00-site.toml"))
+    );
+    assert!(load(&[&d.join("missing")]).is_ok());
+
+    std::fs::write(site.join("01-bad.toml"), "[link]\nretries = true\n").unwrap();
+    std::fs::write(site.join("02-good.toml"), "[link]\nretries = 3\n").unwrap();
+    let e = load(&[&vendor, &site]).unwrap_err();
+    assert!(e
+        .to_string()
+        .starts_with(&format!("{}: ", site.join("01-bad.toml").display())));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A FIFO named like a drop-in is refused at once instead of blocking the agent.
+#[test]
+fn fifo_drop_in_is_refused_without_blocking() {
+    let d = scratch("fifo");
+    let fifo = d.join("50-fifo.toml");
+    rustix_mkfifo(&fifo);
+    let e = load(&[&d]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("cannot read {}: a FIFO, not a regular file", fifo.display())
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+fn rustix_mkfifo(p: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

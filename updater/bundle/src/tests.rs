@@ -1,0 +1,228 @@
+use super::*;
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("atomup-bundle-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const LONG: &str = "deltas/Ab/CdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefghijk-\
+                    LmNoPqRsTuVwXyZ0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJ/superblock";
+
+fn sample() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (
+            "atomup/stable/qemu-virt/release",
+            b"atomup-release 1\n".to_vec(),
+        ),
+        (LONG, vec![7u8; 1000]),
+        ("deltas/Ab/CdEf/0", vec![1u8; 512]),
+        ("deltas/Ab/CdEf/1", Vec::new()),
+    ]
+}
+
+fn build(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut w = Writer::new(Vec::new(), 1_700_000_000);
+    for (name, data) in members {
+        w.add(name, data.len() as u64, &mut data.as_slice())
+            .unwrap();
+    }
+    let (bytes, size) = w.finish().unwrap();
+    assert_eq!(size, bytes.len() as u64);
+    bytes
+}
+
+/// What we write, scan finds at the right offsets, long names included.
+#[test]
+fn written_bundles_scan_back_exactly() {
+    let members = sample();
+    let bytes = build(&members);
+    let mut r = Cursor::new(&bytes);
+    let first = first(&mut r).unwrap();
+    assert_eq!(first.name, "atomup/stable/qemu-virt/release");
+    let found = scan(&mut r).unwrap();
+    assert_eq!(found.len(), members.len());
+    for (m, (name, data)) in found.iter().zip(&members) {
+        assert_eq!(&m.name, name);
+        assert_eq!(
+            &bytes[m.offset as usize..(m.offset + m.size) as usize],
+            &data[..]
+        );
+    }
+}
+
+/// The real `tar` lists and extracts what we write, byte for byte.
+#[test]
+fn gnu_tar_lists_and_extracts_our_bundles() {
+    let d = scratch("tar-reads");
+    let members = sample();
+    std::fs::write(d.join("b.tar"), build(&members)).unwrap();
+    let out = Command::new("tar")
+        .arg("tf")
+        .arg(d.join("b.tar"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let names: Vec<&str> = members.iter().map(|m| m.0).collect();
+    assert_eq!(listed, names);
+    let x = d.join("x");
+    std::fs::create_dir_all(&x).unwrap();
+    let st = Command::new("tar")
+        .arg("xf")
+        .arg(d.join("b.tar"))
+        .arg("-C")
+        .arg(&x)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for (name, data) in &members {
+        assert_eq!(&std::fs::read(x.join(name)).unwrap(), data, "{name}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A ustar archive made by the real `tar` scans too (directories skipped).
+#[test]
+fn we_read_what_gnu_tar_writes_in_ustar_format() {
+    let d = scratch("tar-writes");
+    let src = d.join("src");
+    std::fs::create_dir_all(src.join("deltas/x")).unwrap();
+    std::fs::write(src.join("release"), b"r").unwrap();
+    std::fs::write(src.join("deltas/x/superblock"), vec![3u8; 700]).unwrap();
+    let st = Command::new("tar")
+        .args(["--format=ustar", "-cf"])
+        .arg(d.join("t.tar"))
+        .arg("-C")
+        .arg(&src)
+        .args(["release", "deltas"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bytes = std::fs::read(d.join("t.tar")).unwrap();
+    let found = scan(&mut Cursor::new(&bytes)).unwrap();
+    let names: Vec<&str> = found.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["release", "deltas/x/superblock"]);
+    assert_eq!(found[1].size, 700);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+fn refuses(bytes: &[u8]) -> String {
+    scan(&mut Cursor::new(bytes)).unwrap_err().to_string()
+}
+
+/// A flipped bit in a header, a member cut short and a header cut short are
+/// refused with the offset or the member.
+#[test]
+fn corrupt_and_truncated_bundles_are_refused() {
+    let bytes = build(&sample());
+    let mut flipped = bytes.clone();
+    flipped[BLOCK * 2 + 3] ^= 1; // inside the second header's name
+    assert_eq!(
+        refuses(&flipped),
+        "not a bundle: the header at byte 1024 fails its checksum"
+    );
+    let cut = &bytes[..BLOCK * 3 + 10];
+    assert!(refuses(cut).starts_with("bundle ends inside member `deltas/Ab/"));
+    let cut = &bytes[..BLOCK + 100];
+    assert_eq!(
+        refuses(cut),
+        "bundle ends inside member `atomup/stable/qemu-virt/release` (truncated?)"
+    );
+    // Cut exactly between members: the missing end marker gives it away.
+    let cut = &bytes[..BLOCK * 2];
+    assert_eq!(
+        refuses(cut),
+        "not a bundle: the header at byte 1024 is missing or cut short: no end marker (truncated?)"
+    );
+    assert_eq!(
+        first(&mut Cursor::new(&[0u8; 1024][..]))
+            .unwrap_err()
+            .to_string(),
+        "not a bundle: the header at byte 0 is an empty archive"
+    );
+    assert_eq!(
+        refuses(&[b'x'; 512]),
+        "not a bundle: the header at byte 0 is not a POSIX ustar header"
+    );
+}
+
+/// Links, FIFOs, pax headers, unsafe names and repeated names are refused.
+#[test]
+fn members_a_device_must_not_act_on_are_refused() {
+    let bytes = build(&sample()[..1]);
+    let retype = |t: u8| {
+        let mut h: [u8; BLOCK] = bytes[..BLOCK].try_into().unwrap();
+        h[156] = t;
+        let s = format!("{:06o}", checksum(&h));
+        h[148..154].copy_from_slice(s.as_bytes());
+        let mut b = h.to_vec();
+        b.extend_from_slice(&bytes[BLOCK..]);
+        b
+    };
+    assert!(refuses(&retype(b'2')).ends_with("is a symbolic link, not a regular file"));
+    assert!(refuses(&retype(b'6')).ends_with("is a FIFO, not a regular file"));
+    assert!(refuses(&retype(b'x')).contains("tar extension header"));
+    for name in ["/etc/passwd", "a/../b", "a//b", ".", "a\\b"] {
+        assert!(encode_header(name, 1, 0).is_err(), "{name}");
+        let mut h = encode_header("placeholder", 1, 0).unwrap();
+        h[..100].fill(0);
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        let s = format!("{:06o}", checksum(&h));
+        h[148..154].copy_from_slice(s.as_bytes());
+        assert!(
+            matches!(parse_header(&h, 0), Err(BundleError::BadName { .. })),
+            "{name}"
+        );
+    }
+    let twice = build(&[("a", vec![1]), ("a", vec![2])]);
+    assert_eq!(refuses(&twice), "bundle member `a` appears twice");
+}
+
+/// A bundle of many tiny members stops at the member limit instead of
+/// growing memory without bound.
+#[test]
+fn member_count_is_bounded() {
+    let mut w = Writer::new(Vec::new(), 0);
+    for i in 0..=MAX_MEMBERS {
+        w.add(&format!("m{i}"), 0, &mut io::empty()).unwrap();
+    }
+    let (bytes, _) = w.finish().unwrap();
+    assert_eq!(
+        refuses(&bytes),
+        format!("bundle holds more than {MAX_MEMBERS} members")
+    );
+}
+
+/// The header parser never panics on arbitrary blocks (a quick sweep; the
+/// fuzz target does the rest).
+#[test]
+fn header_parser_survives_arbitrary_blocks() {
+    let base = encode_header("deltas/x/0", 12345, 99).unwrap();
+    for i in 0..BLOCK {
+        for v in [0u8, 0xff, b'7', b'/', b' '] {
+            let mut h = base;
+            h[i] = v;
+            let _ = parse_header(&h, 0);
+        }
+    }
+    assert_eq!(
+        parse_header(&base, 0).unwrap(),
+        Header::File {
+            name: "deltas/x/0".into(),
+            size: 12345
+        }
+    );
+}

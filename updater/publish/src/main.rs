@@ -1,6 +1,7 @@
 //! `atomup-publish`, the vendor-side publisher. A host tool: the device binary
 //! never links it, so vendor-only code and errors stay out of the device.
 
+mod bundle;
 mod commit;
 mod deltagen;
 mod keys;
@@ -24,6 +25,7 @@ Commands:
   sign                 --key SECRET (--delta DIR | --repo REPO --commit CSUM|REF)
   release              signed release metadata for a channel and board (see --help)
   prune                --repo DIR --keep-releases K [--dry-run]: free what old releases used
+  bundle               --repo DIR --channel NAME --board NAME --out FILE: offline USB bundle
   init                 --repo DIR: new OSTree archive repo + atomup/ metadata dir
   commit               --repo DIR (--tree DIR | --tarball FILE) --branch REF [--subject S]
                        [--body B] [--timestamp RFC3339|UNIX] [--owner-uid N] [--owner-gid N]
@@ -61,6 +63,7 @@ fn run(args: &mut lexopt::Parser) -> Result<(), Box<dyn std::error::Error>> {
         Some(Value(cmd)) if cmd == "sign" => sign::run(args)?,
         Some(Value(cmd)) if cmd == "release" => release::run(args)?,
         Some(Value(cmd)) if cmd == "prune" => prune::run(args)?,
+        Some(Value(cmd)) if cmd == "bundle" => bundle::run(args)?,
         Some(Value(cmd)) if cmd == "init" => repo::run_init(args)?,
         Some(Value(cmd)) if cmd == "commit" => commit::run(args)?,
         Some(Value(cmd)) if cmd == "delta" => deltagen::run(args)?,

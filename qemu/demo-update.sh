@@ -8,19 +8,26 @@
 #   phase 2: the vendor releases v3, whose health check fails; the device installs
 #            it into A, boots it on trial, rejects it, falls back to B and never
 #            retries v3
+#   phase 3: the vendor releases v4, whose kernel never reaches a running init
+#            (init exits: kernel panic); the device installs it into A, the
+#            bootloader spends A's attempts, falls back to B, and the device
+#            records the rollback and never retries v4
 # Every step is checked; exits non-zero with the console log tail on failure.
 #
-# Usage: qemu/demo-update.sh [--work DIR] [--bin-dir DIR] [--device-bin FILE] [--timeout SECS]
-#   --work DIR         scratch directory (default target/demo), emptied first
+# Usage: qemu/demo-update.sh [--grub] [--work DIR] [--bin-dir DIR] [--device-bin FILE] [--timeout SECS]
+#   --grub             the GRUB/EFI board (AAVMF + GRUB + the sealed grubenv pair on the
+#                      ESP) instead of the U-Boot one
+#   --work DIR         scratch directory (default target/demo, target/demo-grub), emptied first
 #   --bin-dir DIR      host binaries atomup + atomup-publish (default: built with --release)
 #   --device-bin FILE  static aarch64 atomup (default: built by scripts/build-device.sh)
 #   --timeout S        per VM run (default 300)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-work=$root/target/demo bin_dir= device_bin= timeout=300
+work= bin_dir= device_bin= timeout=300 bootloader=uboot
 while [ $# -gt 0 ]; do
     case $1 in
+        --grub) bootloader=grub; shift;;
         --work) work=$2; shift 2;;
         --bin-dir) bin_dir=$2; shift 2;;
         --device-bin) device_bin=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift 2;;
@@ -30,6 +37,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+if [ "$bootloader" = grub ]; then
+    loader_name=GRUB work=${work:-$root/target/demo-grub}
+else
+    loader_name=U-Boot work=${work:-$root/target/demo}
+fi
 t0=$(date +%s)
 
 say "build: host publisher, static aarch64 device agent"
@@ -55,36 +67,54 @@ done
 say "vendor: product trees v1 (good), v2 (good), v3 (fails its health check)"
 "$here/build-image.sh" --rootfs-out "$work/base" --init "$here/guest/device-init.sh" --guest-bin "$device_bin"
 "$publish" keygen --secret-out "$work/vendor.secret" --public-out "$work/vendor.pub" >/dev/null
-make_tree() { # $1 = version, $2 = health exit status
+make_tree() { # $1 = version, $2 = health exit status, $3 = "bad-init" for a release that never boots
     local t=$work/tree-v$1
     cp -a "$work/base" "$t"
-    mkdir -p "$t/etc/atomup" "$t/usr/share/demo"
+    mkdir -p "$t/etc/atomup" "$t/usr/share/demo" "$t/boot/efi"
     cp "$work/vendor.pub" "$t/etc/atomup/trusted.pub"
     printf 'SERVER=http://10.0.2.2:%s\nCHANNEL=stable\n' "$port" >"$t/etc/atomup/device.conf"
-    printf 'board = qemu-virt\nbootloader = uboot\nslot.A = /dev/vda2\nslot.B = /dev/vda3\ndata = /dev/vda4\nwatchdog = /dev/watchdog\n' \
-        >"$t/etc/atomup/board.conf"
+    if [ "$bootloader" = grub ]; then
+        # The grubenv pair lives on the ESP, which the device mounts at /boot/efi.
+        echo "ESP=/dev/vda1" >>"$t/etc/atomup/device.conf"
+        printf 'board = qemu-virt-grub\nbootloader = grub\nenv = /boot/efi/grub/grubenv\n' >"$t/etc/atomup/board.conf"
+    else
+        printf 'board = qemu-virt\nbootloader = uboot\n' >"$t/etc/atomup/board.conf"
+    fi
+    printf 'slot.A = /dev/vda2\nslot.B = /dev/vda3\ndata = /dev/vda4\nwatchdog = /dev/watchdog\n' \
+        >>"$t/etc/atomup/board.conf"
     echo "$1" >"$t/etc/atomup/version"
     echo "atomup-demo $1" >"$t/etc/atomup-image"
     mkdir -p "$t/etc/atomup/health.d"
     printf '#!/bin/sh\n# health check of release %s\nexit %s\n' "$1" "$2" >"$t/etc/atomup/health.d/10-demo"
     chmod 755 "$t/etc/atomup/health.d/10-demo"
     echo "release $1 of the demo product" >"$t/usr/share/demo/release-$1.txt"
+    if [ "${3:-}" = bad-init ]; then
+        # The kernel boots, but init exits at once: "Attempted to kill init",
+        # a panic, and panic=1 resets the board. No userspace ever runs.
+        printf '#!/bin/sh\necho "ATOMUP-DEMO: v%s init exits: kernel panic"\nexit 1\n' "$1" >"$t/sbin/init"
+        chmod 755 "$t/sbin/init"
+    fi
 }
-make_tree 1 0; make_tree 2 0; make_tree 3 1
+make_tree 1 0; make_tree 2 0; make_tree 3 1; make_tree 4 0 bad-init
+board=qemu-virt; [ "$bootloader" = uboot ] || board=qemu-virt-grub
 
 repo=$work/repo
 "$publish" init --repo "$repo" >/dev/null
-commit() { "$publish" commit --repo "$repo" --tree "$work/tree-v$1" --branch os/qemu-virt --subject "v$1" \
+commit() { "$publish" commit --repo "$repo" --tree "$work/tree-v$1" --branch "os/$board" --subject "v$1" \
     --owner-uid 0 --owner-gid 0 --quiet; }
-v1=$(commit 1); v2=$(commit 2); v3=$(commit 3)
-echo "commits: v1=$v1 v2=$v2 v3=$v3"
+v1=$(commit 1); v2=$(commit 2); v3=$(commit 3); v4=$(commit 4)
+echo "commits: v1=$v1 v2=$v2 v3=$v3 v4=$v4"
 sign() { "$publish" sign --key "$work/vendor.secret" --delta "$repo/$1" >/dev/null; }
 d_factory=$("$publish" delta --repo "$repo" --to "$v1" --scratch --xz-preset 1 --quiet); sign "$d_factory"
 d12=$("$publish" delta --repo "$repo" --to "$v2" --from "$v1" --quiet); sign "$d12"
 d23=$("$publish" delta --repo "$repo" --to "$v3" --from "$v2" --quiet); sign "$d23"
+d24=$("$publish" delta --repo "$repo" --to "$v4" --from "$v2" --quiet); sign "$d24"
 ts=$(date +%s)
-"$publish" release --repo "$repo" --key "$work/vendor.secret" --channel stable --board qemu-virt \
-    --version 2 --to "$v2" --timestamp "$ts"
+release() { # $1 = version, $2 = commit, $3 = timestamp
+    "$publish" release --repo "$repo" --key "$work/vendor.secret" --channel stable --board "$board" \
+        --version "$1" --to "$2" --timestamp "$3"
+}
+release 2 "$v2" "$ts"
 
 say "factory: slot A = v1 (applied by atomup itself), /var seeded, slot B empty"
 state=$work/data/lib/atomup
@@ -94,9 +124,22 @@ mkdir -p "$work/slotA" "$state/slots"
 printf 'format=1\ncommit=%s\nversion=1\n' "$v1" >"$state/slots/A"
 echo "demo-device-0001" >"$state/machine-id"
 echo "$ts" >"$state/trusted-time"
-"$here/build-image.sh" --bootloader uboot --out "$work/img" --root-a-dir "$work/slotA" --empty-b \
+"$here/build-image.sh" --bootloader "$bootloader" --out "$work/img" --root-a-dir "$work/slotA" --empty-b \
     --data-dir "$work/data"
-"$host_atomup" env init --order A --env-image "$work/img/disk.img"
+esp="$work/img/disk.img@@$(sed -n 's/^ESP_OFFSET=//p' "$work/img/layout.env")"
+# The A/B env as the host sees it: U-Boot's raw copies in the disk image, or the
+# GRUB pair copied out of (and back into) the ESP with mtools.
+env_cmd() { # $@ = atomup env arguments
+    if [ "$bootloader" = uboot ]; then
+        "$host_atomup" env "$@" --env-image "$work/img/disk.img"
+    else
+        mkdir -p "$work/esp"
+        for f in grubenv grubenv2; do mcopy -o -i "$esp" "::/grub/$f" "$work/esp/$f"; done
+        "$host_atomup" env "$@" --grubenv "$work/esp/grubenv"
+        for f in grubenv grubenv2; do mcopy -o -i "$esp" "$work/esp/$f" "::/grub/$f"; done
+    fi
+}
+env_cmd init --order A
 
 say "server: nginx on 127.0.0.1:$port serving $repo"
 mkdir -p "$work/nginx/tmp"
@@ -123,7 +166,7 @@ run_vm() { # $1 = log name
     start=$(date +%s)
     "$here/run-vm.sh" --dir "$work/img" --net --watchdog --log "$work/$1.log" --timeout "$timeout" || rc=$?
     echo "VM run '$1': exit $rc after $(($(date +%s) - start)) s"
-    grep -a "ATOMUP-DEMO\|^installed\|^error\| -> \|ATOMUP-UBOOT: boot \|rollback\|confirmed\|^health" "$work/$1.log" || true
+    grep -a "ATOMUP-DEMO\|^installed\|^error\| -> \|ATOMUP-UBOOT: boot \|ATOMUP-GRUB: boot \|rollback\|confirmed\|^health" "$work/$1.log" || true
     [ "$rc" = 0 ] || { tail -n 40 "$work/$1.log"; exit 1; }
 }
 expect() { # $1 = log, $2 = regex, $3 = what it proves
@@ -132,7 +175,7 @@ expect() { # $1 = log, $2 = regex, $3 = what it proves
 }
 env_is() { # $1 = expected `env show` output (one line, ; separated)
     local got
-    got=$("$host_atomup" env show --env-image "$work/img/disk.img" | paste -sd';')
+    got=$(env_cmd show | paste -sd';')
     [ "$got" = "$1" ] && echo "ok: env is $got" || { echo "FAILED: env is $got, want $1"; exit 1; }
 }
 
@@ -140,7 +183,7 @@ say "phase 1: the device updates v1 -> v2, reboots on trial, confirms"
 run_vm phase1
 expect phase1 'booted slot=A trial=0 version=1' "factory slot A booted"
 expect phase1 "installed version 2 .* into slot B" "v2 downloaded, verified and written into slot B"
-expect phase1 'booted slot=B trial=1 version=2' "U-Boot booted slot B on trial"
+expect phase1 'booted slot=B trial=1 version=2' "$loader_name booted slot B on trial"
 expect phase1 'health: watchdog /dev/watchdog armed for slot B' "the i6300esb watchdog guarded slot B's trial checks"
 expect phase1 'health: 1 check\(s\) passed on slot B' "slot B's health check passed"
 expect phase1 'slot B confirmed good' "health passed: slot B confirmed"
@@ -150,8 +193,7 @@ bytes=$(awk '{s+=$2} END {print s}' "$work/nginx/access.log")
 echo "bytes served for v1 -> v2: $bytes (release metadata + superblock + parts)"
 
 say "phase 2: the vendor releases v3, which fails its health check on the device"
-"$publish" release --repo "$repo" --key "$work/vendor.secret" --channel stable --board qemu-virt \
-    --version 3 --to "$v3" --timestamp "$((ts + 1))"
+release 3 "$v3" "$((ts + 1))"
 run_vm phase2
 expect phase2 "installed version 3 .* into slot A" "v3 written into slot A"
 expect phase2 'booted slot=A trial=1 version=3' "slot A booted on trial"
@@ -160,4 +202,18 @@ expect phase2 'booted slot=B trial=0 version=2' "the device fell back to slot B 
 expect phase2 'rolled back on this device before: not retrying' "v3 is never retried"
 env_is 'ATOMUP_ORDER=B;ATOMUP_TRIAL=;ATOMUP_LEFT=0'
 
-say "done in $(($(date +%s) - t0)) s: v1 -> v2 confirmed, bad v3 rolled back, all on real U-Boot + Linux"
+
+say "phase 3: the vendor releases v4, whose init never starts (kernel panic on every boot)"
+release 4 "$v4" "$((ts + 2))"
+run_vm phase3
+expect phase3 "installed version 4 .* into slot A" "v4 written into slot A"
+expect phase3 'ATOMUP-DEMO: v4 init exits: kernel panic' "slot A's v4 kernel panicked on its trial boot"
+expect phase3 'rollback detected: slot A ran out of attempts' "the bootloader spent slot A's attempts and fell back to slot B"
+expect phase3 'booted slot=B trial=0 version=2' "the device is back on slot B (v2)"
+expect phase3 'release 4 .* rolled back on this device before: not retrying' "v4 is never retried"
+panics=$(grep -ac 'ATOMUP-DEMO: v4 init exits' "$work/phase3.log")
+[ "$panics" = 3 ] && echo "ok: slot A was tried exactly 3 times" ||
+    { echo "FAILED: slot A was tried $panics times, want 3"; exit 1; }
+env_is 'ATOMUP_ORDER=B;ATOMUP_TRIAL=;ATOMUP_LEFT=0'
+
+say "done in $(($(date +%s) - t0)) s on $loader_name: v1 -> v2 confirmed, bad v3 (health) and v4 (kernel) rolled back, all on real $loader_name + Linux"

@@ -18,6 +18,12 @@ for x in $(cat /proc/cmdline); do
   esac
 done
 . /etc/atomup/device.conf
+# GRUB boards keep the A/B env (the grubenv pair) on the ESP: mounted read-write
+# for atomup's one-block writes, unmounted before every reboot or poweroff.
+if [ -n "${ESP:-}" ]; then
+  mount -t vfat -o rw,sync,flush "$ESP" /boot/efi || { echo "ATOMUP-DEMO: cannot mount the ESP"; poweroff -f; }
+fi
+finish() { sync; [ -z "${ESP:-}" ] || umount /boot/efi; umount /var; }
 state=/var/lib/atomup
 echo "ATOMUP-DEMO: booted slot=$slot trial=$trial version=$(cat /etc/atomup/version)"
 
@@ -25,7 +31,7 @@ echo "ATOMUP-DEMO: booted slot=$slot trial=$trial version=$(cat /etc/atomup/vers
 # under the hardware watchdog; pass confirms the slot, fail marks it bad and
 # reboots into the confirmed one. On a confirmed boot nothing is written.
 wd=; [ -c /dev/watchdog ] && wd="--watchdog /dev/watchdog"
-atomup health --state-dir "$state" $wd || { echo "ATOMUP-DEMO: health did not pass"; sync; reboot -f; }
+atomup health --state-dir "$state" $wd || { echo "ATOMUP-DEMO: health did not pass"; finish; reboot -f; }
 atomup status --state-dir "$state"
 
 # Network: QEMU user networking; the host's loopback is 10.0.2.2.
@@ -42,12 +48,12 @@ if atomup update --server "$SERVER" --channel "$CHANNEL" \
   cat /tmp/update.log
   if grep -q "^installed version" /tmp/update.log; then
     echo "ATOMUP-DEMO: installed, rebooting into the new slot"
-    sync; umount /var; reboot -f
+    finish; reboot -f
   fi
 else
   cat /tmp/update.log
   echo "ATOMUP-DEMO: update failed"
 fi
 echo "ATOMUP-DEMO: done on slot $slot version $(cat /etc/atomup/version)"
-sync; umount /var
+finish
 poweroff -f

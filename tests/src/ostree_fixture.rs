@@ -382,6 +382,8 @@ pub struct Apply {
     /// None = `--no-verify`.
     pub trusted: Option<PathBuf>,
     pub revoked: Option<PathBuf>,
+    /// `--stats`: peak RSS and bytes read are printed, also on failure.
+    pub stats: bool,
 }
 
 impl Apply {
@@ -404,6 +406,9 @@ impl Apply {
         if self.trusted.is_none() {
             a.push("--no-verify".into());
         }
+        if self.stats {
+            a.push("--stats".into());
+        }
         a
     }
 
@@ -411,6 +416,73 @@ impl Apply {
         atomup(self.args())
     }
 
+    /// Runs, and fails the test (killing the process) if it has not ended
+    /// within `limit`: a regression that makes the engine block fails
+    /// instead of hanging the suite.
+    pub fn run_within(&self, limit: std::time::Duration) -> Output {
+        run_within(
+            Command::new(crate::workspace_bin("atomup")).args(self.args()),
+            limit,
+        )
+    }
+}
+
+/// Runs `cmd` with its output in temporary files (no pipe to fill), killing
+/// it and panicking if it has not ended within `limit`.
+pub fn run_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = std::env::temp_dir().join(format!("atomup-run-{}-{n}", std::process::id()));
+    let (out_path, err_path) = (base.with_extension("out"), base.with_extension("err"));
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = fs::read_to_string(&err_path).unwrap_or_default();
+            let _ = fs::remove_file(&out_path);
+            let _ = fs::remove_file(&err_path);
+            panic!("{cmd:?} did not end within {limit:?} (blocked?); stderr so far:\n{err}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = Output {
+        status,
+        stdout: fs::read(&out_path).unwrap(),
+        stderr: fs::read(&err_path).unwrap(),
+    };
+    let _ = fs::remove_file(&out_path);
+    let _ = fs::remove_file(&err_path);
+    out
+}
+
+/// The number after `key=` in `atomup delta apply --stats` output.
+pub fn stat_line(out: &Output, key: &str) -> Option<u64> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("{key}=");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Makes a FIFO at `path` (replacing whatever is there) with the real
+/// `mkfifo`: nothing ever writes to it, so a reader that opens it blocking
+/// waits forever.
+pub fn make_fifo(path: &Path) {
+    let _ = fs::remove_file(path);
+    run_ok(Command::new("mkfifo").arg(path));
+}
+
+impl Apply {
     /// Runs and panics with the error chain unless it succeeded.
     pub fn run_ok(&self) -> Output {
         let out = self.run();

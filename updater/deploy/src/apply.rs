@@ -101,8 +101,10 @@ pub struct Timings {
     pub verify: Duration,
 }
 
+/// Reads a regular file of at most `limit` bytes. Opened so that it cannot
+/// block (a FIFO, device or socket is refused by type, see `atomup-fsio`).
 pub(crate) fn read_capped(path: &Path, limit: u64, what: &'static str) -> Result<Vec<u8>> {
-    let f = File::open(path).map_err(io("open", path))?;
+    let f = atomup_fsio::open(path, atomup_fsio::Want::Regular).map_err(io("open", path))?;
     let len = f.metadata().map_err(io("stat", path))?.len();
     if len > limit {
         return Err(DeployError::TooLarge { what, limit });
@@ -264,7 +266,7 @@ pub fn apply(opts: &Options<'_>) -> Result<Stats> {
         }
         let (len, sum) = match sb.inline_part(i).map_err(fmt("superblock"))? {
             Some(bytes) => (bytes.len() as u64, ObjectId::of(bytes)),
-            None => hash_file(&opts.delta.join(i.to_string()), MAX_PART)?,
+            None => hash_part(&opts.delta.join(i.to_string()), i, p.size)?,
         };
         if len != p.size {
             return Err(DeployError::Part {
@@ -408,26 +410,53 @@ pub(crate) fn read_meta(dirs: &[&Path], id: &ObjectId, ty: ObjectType) -> Result
     })
 }
 
-fn hash_file(path: &Path, limit: u64) -> Result<(u64, ObjectId)> {
-    let mut f = File::open(path).map_err(io("open", path))?;
+/// Size and sha256 of a separate part file, which must be a regular file of
+/// exactly `declared` bytes: a longer one is refused at its declared size
+/// (never hashed to its end, however large or sparse its tail).
+fn hash_part(path: &Path, index: usize, declared: u64) -> Result<(u64, ObjectId)> {
+    let f = open_part(path, index, declared)?;
+    let mut r = f.take(declared + 1);
     let mut h = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     loop {
-        let n = f.read(&mut buf).map_err(io("read", path))?;
+        let n = r.read(&mut buf).map_err(io("read", path))?;
         if n == 0 {
             break;
         }
         total += n as u64;
-        if total > limit {
-            return Err(DeployError::TooLarge {
-                what: "part file",
-                limit,
-            });
-        }
         h.update(&buf[..n]);
     }
+    if total > declared {
+        // It grew while being read.
+        return Err(part_too_long(index));
+    }
     Ok((total, ObjectId(h.finalize().into())))
+}
+
+/// Opens part file `index` without blocking (a FIFO, device or socket is
+/// refused by type) and checks its size on disk against the declared one
+/// before a byte is read.
+fn open_part(path: &Path, index: usize, declared: u64) -> Result<File> {
+    let f = atomup_fsio::open(path, atomup_fsio::Want::Regular).map_err(io("open", path))?;
+    let len = f.metadata().map_err(io("stat", path))?.len();
+    if len > declared {
+        return Err(part_too_long(index));
+    }
+    if len < declared {
+        return Err(DeployError::Part {
+            index,
+            why: "size differs from the superblock",
+        });
+    }
+    Ok(f)
+}
+
+fn part_too_long(index: usize) -> DeployError {
+    DeployError::Part {
+        index,
+        why: "file is longer than the size the superblock declares (refused at that size)",
+    }
 }
 
 /// A reader that hashes what passes through it (re-checks a part's digest
@@ -435,12 +464,14 @@ fn hash_file(path: &Path, limit: u64) -> Result<(u64, ObjectId)> {
 struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
+    total: u64,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        self.total += n as u64;
         Ok(n)
     }
 }
@@ -552,10 +583,13 @@ impl State<'_> {
             }
             None => {
                 let ppath = self.opts.delta.join(index.to_string());
-                let f = File::open(&ppath).map_err(io("open", &ppath))?;
+                // Never more than the declared size is read, whatever the
+                // file has become since it was checked.
+                let f = open_part(&ppath, index, p.size)?.take(p.size);
                 let mut r = HashingReader {
                     inner: f,
                     hasher: Sha256::new(),
+                    total: 0,
                 };
                 let mut first = [0u8; 1];
                 r.read_exact(&mut first).map_err(io("read", &ppath))?;
@@ -566,7 +600,7 @@ impl State<'_> {
                 // Drain whatever the decoder did not consume, then re-check the digest.
                 std::io::copy(&mut br, &mut std::io::sink()).map_err(io("read", &ppath))?;
                 let r = br.into_inner();
-                if ObjectId(r.hasher.finalize().into()) != p.checksum {
+                if r.total != p.size || ObjectId(r.hasher.finalize().into()) != p.checksum {
                     return Err(DeployError::Part {
                         index,
                         why: "changed on disk while being applied",
@@ -698,15 +732,9 @@ impl State<'_> {
     /// Opens an old object by checksum in the active root, verifying it.
     fn open_old_regular(&mut self, id: &ObjectId) -> Result<(File, u64, PathBuf)> {
         let (dir, name, path) = self.old_entry(id)?;
-        let name = name.as_str();
-        let fd = rustix::fs::openat(
-            &dir,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io("open", &path)(e.into()))?;
-        let file = File::from(fd);
+        // A FIFO or device where the from-commit has a file is refused by
+        // type, never opened for reading as content.
+        let file = fsx::open_regular_at(&dir, &name).map_err(io("open", &path))?;
         let (actual, size, _) = fsx::hash_regular(&file, &path, Some(id))?;
         // Rule: an old object is re-hashed before use; a modified active root is an error.
         if actual != *id {
@@ -780,14 +808,9 @@ impl State<'_> {
             };
             self.stage_symlink(&hex, &header)?;
         } else {
-            let fd = rustix::fs::openat(
-                &dir,
-                name,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| io("open", &path)(e.into()))?;
-            let mut src = File::from(fd);
+            // Not a symlink: it must be a regular file, refused by type
+            // (a FIFO, a device) without blocking otherwise.
+            let mut src = fsx::open_regular_at(&dir, name).map_err(io("open", &path))?;
             let s = rustix::fs::fstat(&src).map_err(|e| io("stat", &path)(e.into()))?;
             if s.st_mode & S_IFMT != S_IFREG {
                 return Err(DeployError::BadFileType { path });
@@ -917,7 +940,8 @@ impl State<'_> {
             return Ok(());
         }
         let path = repo.join(format!("{}z", id.object_path(ObjectType::File)));
-        let mut f = File::open(&path).map_err(io("open", &path))?;
+        let mut f =
+            atomup_fsio::open(&path, atomup_fsio::Want::Regular).map_err(io("open", &path))?;
         let mut head = vec![0u8; 8];
         f.read_exact(&mut head).map_err(io("read", &path))?;
         let hlen = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as u64;

@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use atomup_fsio::Want;
 use atomup_ostree::object::{
     encode_xattrs, encode_xattrs_in_order, finish_id, FileHeader, Xattrs, S_IFDIR, S_IFLNK, S_IFMT,
     S_IFREG,
@@ -22,22 +23,35 @@ use sha2::Digest;
 
 use crate::error::{io, DeployError, Result};
 
+/// Opens directory `name` under `dir`, never following a symlink. (With
+/// `O_DIRECTORY` a FIFO or device is refused by the kernel before it is
+/// opened; `O_NONBLOCK | O_NOCTTY` as everywhere, see `atomup-fsio`.)
 pub(crate) fn open_dir_at(dir: impl AsFd, name: &str) -> std::io::Result<OwnedFd> {
     Ok(rustix::fs::openat(
         dir,
         name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDONLY
+            | OFlags::DIRECTORY
+            | OFlags::NOFOLLOW
+            | OFlags::NONBLOCK
+            | OFlags::NOCTTY
+            | OFlags::CLOEXEC,
         Mode::empty(),
     )?)
 }
 
+/// Opens regular file `name` under `dir` for reading, never following a
+/// symlink and never blocking: a FIFO, socket, device or directory there is
+/// refused by its type (`InvalidInput`, "a FIFO, not a regular file") and
+/// never read as content.
+pub(crate) fn open_regular_at(dir: impl AsFd, name: &str) -> std::io::Result<File> {
+    atomup_fsio::open_at(dir, name, Want::Regular)
+}
+
 pub(crate) fn open_root(path: &Path) -> Result<OwnedFd> {
-    rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io("open directory", path)(e.into()))
+    atomup_fsio::open(path, Want::Directory)
+        .map(OwnedFd::from)
+        .map_err(io("open directory", path))
 }
 
 /// Opens directory `rel` (components separated by `/`) under `root` without
@@ -251,7 +265,11 @@ pub(crate) fn remove_entry(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<()
         let sub = rustix::fs::openat(
             dir,
             name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDONLY
+                | OFlags::DIRECTORY
+                | OFlags::NOFOLLOW
+                | OFlags::NONBLOCK
+                | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| io("open directory", path)(e.into()))?;

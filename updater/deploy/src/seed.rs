@@ -246,23 +246,14 @@ impl<'a> Seeder<'a> {
                 continue;
             }
             let c = fsx::cname(name);
-            let copied = match rustix::fs::openat(
-                &src,
-                c.as_c_str(),
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(fd) => self.regular(
-                    out,
-                    buf,
-                    File::from(fd),
-                    (&dst, new_owner),
-                    &c,
-                    &dst_dir,
-                    &f.id,
-                ),
+            // Anything but a regular file or a symlink (a FIFO, a device) is
+            // refused by type without blocking and left for reconciliation.
+            let copied = match fsx::open_regular_at(&src, name) {
+                Ok(file) => self.regular(out, buf, file, (&dst, new_owner), &c, &dst_dir, &f.id),
                 // O_NOFOLLOW on a symlink.
-                Err(Errno::LOOP) => self.symlink(&src, &dst, &c, &src_dir, &dst_dir, name, &f.id),
+                Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
+                    self.symlink(&src, &dst, &c, &src_dir, &dst_dir, name, &f.id)
+                }
                 Err(_) => Outcome::Skipped,
             };
             match copied {

@@ -5,7 +5,6 @@
 //! of the tree with their results.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use atomup_ostree::object::{DirMeta, DirTree, Xattrs, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use atomup_ostree::ObjectId;
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::AtFlags;
 
 use crate::apply::MAX_DEPTH;
 use crate::error::{fmt, io, DeployError, Result};
@@ -191,15 +190,9 @@ impl<'a> Verifier<'a> {
                     let id = match known {
                         Some(h) => h.id,
                         None => {
-                            let fd = rustix::fs::openat(
-                                dir,
-                                c.as_c_str(),
-                                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                                Mode::empty(),
-                            )
-                            .map_err(|e| io("open", &p)(e.into()))?;
+                            let file = fsx::open_regular_at(dir, name).map_err(io("open", &p))?;
                             let (id, size, _, st) =
-                                fsx::hash_regular_stat(&File::from(fd), &p, want_file.as_ref())?;
+                                fsx::hash_regular_stat(&file, &p, want_file.as_ref())?;
                             let hashed = Hashed {
                                 id,
                                 ctime: ctime(&st),

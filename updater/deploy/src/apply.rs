@@ -43,10 +43,22 @@ use crate::seed::{HashCache, SeededDir, Seeder};
 pub const MAX_SUPERBLOCK: u64 = 64 << 20;
 /// Largest single part file accepted.
 pub const MAX_PART: u64 = 4 << 30;
-/// Largest op stream / table held in memory per part.
-pub const MAX_IN_MEMORY: u64 = 64 << 20;
+/// Largest op stream held in memory per part (about 10 bytes per object:
+/// room for 1.6 million objects in one part).
+pub const MAX_OPS: u64 = 16 << 20;
+/// Largest mode table held per part (12 bytes per distinct uid/gid/mode).
+pub const MAX_MODE_TABLE: u64 = 1 << 20;
+/// Largest xattr table held per part (one entry per distinct xattr set).
+pub const MAX_XATTR_TABLE: u64 = 4 << 20;
 /// Deepest directory nesting accepted.
 pub const MAX_DEPTH: usize = 256;
+/// Most entries (files, symlinks and directories) a commit's tree may expand
+/// to, counting a shared subtree once per place it appears. A full Debian
+/// desktop root has about 200k entries, embedded roots 5-50k.
+pub const MAX_TREE_ENTRIES: u64 = 1 << 18;
+/// Most directories a commit's tree may expand to (same counting; a full
+/// Debian desktop root has about 20k).
+pub const MAX_TREE_DIRS: u64 = 1 << 16;
 /// Staging directory created (and removed) inside the target.
 pub const STAGING: &str = ".atomup-staging";
 
@@ -532,6 +544,10 @@ impl State<'_> {
         self.stats.timings.seed = seed_time;
         let t = Instant::now();
         let commit = &sb.commit;
+        // The new tree is complete now: what it expands to is bounded before
+        // a directory of it is made (a few kilobytes of dirtrees sharing
+        // subtrees could name 2^40 directories).
+        self.meta.check_expansion(commit.root_tree, "to-commit")?;
         self.reconcile(
             target,
             self.opts.target.to_owned(),
@@ -621,13 +637,19 @@ impl State<'_> {
             .read_exact_at(&mut tail, total - tail_len)
             .map_err(io("read", &path))?;
         let layout = PayloadLayout::from_tail(total, &tail).map_err(fmt("part payload"))?;
-        let read_range = |(a, b): (u64, u64)| -> Result<Vec<u8>> {
-            if b - a > MAX_IN_MEMORY {
-                return Err(DeployError::TooLarge {
-                    what: "part op stream or table",
-                    limit: MAX_IN_MEMORY,
-                });
+        // Rule: memory stays bounded whatever a delta says: the tables and
+        // the op stream are held in memory, each up to its own limit,
+        // checked before anything is read.
+        for (what, (a, b), limit) in [
+            ("part mode table", layout.modes, MAX_MODE_TABLE),
+            ("part xattr table", layout.xattrs, MAX_XATTR_TABLE),
+            ("part op stream", layout.ops, MAX_OPS),
+        ] {
+            if b - a > limit {
+                return Err(DeployError::TooLarge { what, limit });
             }
+        }
+        let read_range = |(a, b): (u64, u64)| -> Result<Vec<u8>> {
             let mut v = vec![0u8; (b - a) as usize];
             payload
                 .read_exact_at(&mut v, a)
@@ -692,12 +714,30 @@ impl State<'_> {
             if let Some(from) = &self.from {
                 let c = Commit::parse(&from.commit).map_err(fmt("from-commit"))?;
                 let mut stack = vec![(c.root_tree, String::new(), 0usize)];
+                let (mut entries, mut dirs) = (0u64, 0u64);
                 while let Some((tree_id, prefix, depth)) = stack.pop() {
                     if depth > MAX_DEPTH {
                         return Err(DeployError::TooDeep { limit: MAX_DEPTH });
                     }
                     let bytes = self.load_meta(&tree_id, ObjectType::DirTree)?;
                     let tree = DirTree::parse(&bytes).map_err(fmt("from dirtree"))?;
+                    entries += (tree.files.len() + tree.dirs.len()) as u64;
+                    dirs += tree.dirs.len() as u64;
+                    if entries > MAX_TREE_ENTRIES || dirs > MAX_TREE_DIRS {
+                        return Err(DeployError::TreeTooLarge {
+                            which: "from-commit",
+                            what: if dirs > MAX_TREE_DIRS {
+                                "directories"
+                            } else {
+                                "entries"
+                            },
+                            limit: if dirs > MAX_TREE_DIRS {
+                                MAX_TREE_DIRS
+                            } else {
+                                MAX_TREE_ENTRIES
+                            },
+                        });
+                    }
                     for f in &tree.files {
                         map.entry(f.id)
                             .or_insert_with(|| format!("{prefix}{}", f.name));
@@ -1252,9 +1292,16 @@ impl ObjectSink for FileSink<'_, '_> {
         }
     }
 
-    fn write_meta(&mut self, _ty: ObjectType, id: &ObjectId, data: &[u8]) -> std::io::Result<()> {
-        self.st.meta.insert(*id, data);
-        Ok(())
+    fn write_meta(&mut self, ty: ObjectType, id: &ObjectId, data: &[u8]) -> std::io::Result<()> {
+        match ty {
+            // The apply reads trees only; the commit and its signatures come
+            // from the superblock. Anything else a part carries was checked
+            // by its checksum and is not held.
+            ObjectType::DirTree | ObjectType::DirMeta => {
+                self.st.meta.insert(*id, data).map_err(sink_err)
+            }
+            _ => Ok(()),
+        }
     }
 
     fn begin_content(

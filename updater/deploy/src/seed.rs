@@ -27,7 +27,7 @@ use atomup_ostree::ObjectId;
 use rustix::fs::{AtFlags, Mode, OFlags, XattrFlags};
 use rustix::io::Errno;
 
-use crate::apply::{MAX_DEPTH, STAGING};
+use crate::apply::{MAX_DEPTH, MAX_TREE_DIRS, MAX_TREE_ENTRIES, STAGING};
 use crate::fsx;
 use crate::meta::MetaStore;
 
@@ -117,6 +117,10 @@ pub(crate) struct Seeder<'a> {
     copy_how: AtomicU8,
     /// The process umask (read once, before any worker starts).
     umask: u32,
+    /// Entries and directories the seed may still expand (the tree limits:
+    /// a from-tree sharing subtrees beyond them is not copied further;
+    /// reconciliation then refuses it).
+    budget: Mutex<(u64, u64)>,
 }
 
 impl<'a> Seeder<'a> {
@@ -151,6 +155,7 @@ impl<'a> Seeder<'a> {
             out: Mutex::new(Seeded::default()),
             copy_how: AtomicU8::new(COPY_FILE_RANGE),
             umask: current_umask(),
+            budget: Mutex::new((MAX_TREE_ENTRIES, MAX_TREE_DIRS)),
         }
     }
 
@@ -222,6 +227,17 @@ impl<'a> Seeder<'a> {
         let Ok(tree) = DirTree::parse(&bytes) else {
             return Vec::new();
         };
+        {
+            let mut left = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+            let (entries, dirs) = (
+                (tree.files.len() + tree.dirs.len()) as u64,
+                tree.dirs.len() as u64,
+            );
+            if entries > left.0 || dirs > left.1 {
+                return Vec::new();
+            }
+            *left = (left.0 - entries, left.1 - dirs);
+        }
         // Who owns a file created in a directory the seed made: its owner
         // (our fsuid, and our fsgid or the setgid parent's group, as the
         // directory got them).

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use atomup_tests::ostree_fixture::{
-    assert_same_tree, pseudo_bytes, tree_digest, Apply, Keys, Repo, ScratchDir, TreeBuilder,
+    assert_same_tree, pseudo_bytes, tree_digest, tree_digest_with_times, Apply, Keys, Repo,
+    ScratchDir, TreeBuilder,
 };
 
 /// Above upstream's 4 MB default `--min-fallback-size`.
@@ -383,10 +384,26 @@ fn big_file_as_fallback_object_from_archive_repo() {
         trusted: Some(f.keys.public.clone()),
         ..Apply::default()
     };
-    // Without the archive repo the fallback object cannot be fetched.
+    // Without the archive repo the fallback object cannot be fetched; with
+    // one that lacks it, that is known before the first write too.
     let out = apply.run();
     assert!(!out.status.success(), "applied without the fallback object");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("error:"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --fallback-repo"));
+    let empty_repo = Repo::init(dir.join("empty-repo"), "archive");
+    let target_before = tree_digest_with_times(&target);
+    let out = Apply {
+        fallback_repo: Some(empty_repo.path.clone()),
+        ..apply.clone()
+    }
+    .run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "applied without the fallback object");
+    assert!(stderr.contains(".filez"), "{stderr}");
+    assert_eq!(
+        tree_digest_with_times(&target),
+        target_before,
+        "a missing fallback object was found only after writing"
+    );
     fs::remove_dir_all(&target).unwrap();
     fs::create_dir(&target).unwrap();
     Apply {
@@ -486,6 +503,50 @@ fn second_delta_chains_from_first_result_via_meta_out() {
         fs::read_dir(meta_b.join("objects")).unwrap().count() > 0,
         "meta-out left empty"
     );
+}
+
+/// `--meta-out` keeps an object already there only if it hashes to its
+/// name: one torn by a power cut (here: empty) is rewritten, so the next
+/// update still starts from intact metadata.
+#[test]
+fn meta_out_rewrites_a_torn_object_left_by_a_power_cut() {
+    let f = fixture();
+    let (first, _) = f.delta("torn-1", None, &f.v1, &["--min-fallback-size=0"], true);
+    let (second, _) = f.delta(
+        "torn-2",
+        Some(&f.v1),
+        &f.v2,
+        &["--min-fallback-size=0"],
+        true,
+    );
+    let dir = f.case_dir("torn-meta");
+    let (slot_a, slot_b, meta) = (dir.join("a"), dir.join("b"), dir.join("meta"));
+    fs::create_dir(&slot_a).unwrap();
+    fs::create_dir(&slot_b).unwrap();
+    let root_tree =
+        atomup_tests::delta_craft::id(&atomup_tests::delta_craft::ls(&f.repo, &f.v1, "/")[0].csum);
+    let torn = atomup_tests::delta_craft::object_path(&meta, &root_tree, "dirtree");
+    fs::create_dir_all(torn.parent().unwrap()).unwrap();
+    fs::write(&torn, b"").unwrap();
+    Apply {
+        delta: first,
+        to: slot_a.clone(),
+        meta_out: Some(meta.clone()),
+        trusted: Some(f.keys.public.clone()),
+        ..Apply::default()
+    }
+    .run_ok();
+    assert!(fs::metadata(&torn).unwrap().len() > 0, "torn object kept");
+    Apply {
+        delta: second,
+        to: slot_b.clone(),
+        from_root: Some(slot_a),
+        from_meta: Some(meta),
+        trusted: Some(f.keys.public.clone()),
+        ..Apply::default()
+    }
+    .run_ok();
+    assert_same_tree(&slot_b, &f.checkout(&f.v2));
 }
 
 #[test]

@@ -293,10 +293,12 @@ pub fn apply(opts: &Options<'_>) -> Result<Stats> {
             });
         }
     }
-    if let Some(fb) = sb.fallbacks.first() {
-        if opts.fallback_repo.is_none() {
-            return Err(DeployError::NeedFallbackRepo { id: fb.id });
-        }
+    // Fallback objects: everything short of inflating them is checked now.
+    for fb in &sb.fallbacks {
+        let repo = opts
+            .fallback_repo
+            .ok_or(DeployError::NeedFallbackRepo { id: fb.id })?;
+        check_fallback(repo, fb)?;
     }
 
     let target_fd = fsx::open_root(opts.target)?;
@@ -979,29 +981,9 @@ impl State<'_> {
             self.load_meta(&id, ty)?;
             return Ok(());
         }
-        let path = repo.join(format!("{}z", id.object_path(ObjectType::File)));
-        let mut f =
-            atomup_fsio::open(&path, atomup_fsio::Want::Regular).map_err(io("open", &path))?;
-        let mut head = vec![0u8; 8];
-        f.read_exact(&mut head).map_err(io("read", &path))?;
-        let hlen = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as u64;
-        if hlen > MAX_METADATA_SIZE {
-            return Err(DeployError::TooLarge {
-                what: "filez header",
-                limit: MAX_METADATA_SIZE,
-            });
-        }
-        head.resize(8 + hlen as usize, 0);
-        f.read_exact(&mut head[8..]).map_err(io("read", &path))?;
+        let (path, mut f, head) = open_filez(repo, &id)?;
         let fh = FilezHeader::parse(&head).map_err(fmt("filez header"))?;
-        if declared.is_some_and(|d| !fh.header.is_symlink() && d != fh.size) {
-            return Err(DeployError::Corrupt {
-                what: "fallback object (size differs from the superblock)",
-                id,
-                path,
-                actual: ObjectId::default(),
-            });
-        }
+        check_filez_size(&fh, declared, &id, &path)?;
         let header = fh.header;
         let hex = id.to_hex();
         if header.is_symlink() {
@@ -1134,48 +1116,145 @@ impl State<'_> {
         Ok(())
     }
 
+    /// Writes the to-commit's `.commit`, `.commitmeta` and every reachable
+    /// `.dirtree`/`.dirmeta` into `out` (OSTree's object layout), for the next
+    /// update's `--from-meta`.
+    ///
+    /// Durability (the env names the slot only after this returns, and the
+    /// next update cannot start from a damaged store): each missing object is
+    /// written to `<name>.tmp`; one `syncfs` of `out`'s file system makes all
+    /// of that data durable; then each is renamed into place and a second
+    /// `syncfs` makes the names durable. So a final name only ever holds
+    /// complete content, whenever the power goes; a cut leaves at most stray
+    /// `.tmp` files, truncated by the next run. (`atomup_fsio::replace` per
+    /// object would give the same guarantee with two fsyncs per object.) An
+    /// object already there is kept only if it hashes to its name: one torn
+    /// by a crash of an older version, or damaged since, is rewritten.
     fn persist_meta(
         &self,
         out: &Path,
         sb: &Superblock<'_>,
         commitmeta: Option<&[u8]>,
     ) -> Result<()> {
-        let write = |id: &ObjectId, ty: ObjectType, bytes: &[u8]| -> Result<()> {
-            let path = out.join(id.object_path(ty));
-            if path.exists() {
-                return Ok(());
-            }
-            let parent = path.parent().unwrap_or(out);
-            std::fs::create_dir_all(parent).map_err(io("create", parent))?;
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io("rename into", &path))?;
-            Ok(())
-        };
-        write(&sb.to, ObjectType::Commit, sb.commit_bytes)?;
+        let mut objects: Vec<(ObjectId, ObjectType, std::sync::Arc<[u8]>)> =
+            vec![(sb.to, ObjectType::Commit, sb.commit_bytes.into())];
         if let Some(cm) = commitmeta {
-            write(&sb.to, ObjectType::CommitMeta, cm)?;
+            objects.push((sb.to, ObjectType::CommitMeta, cm.into()));
         }
         let mut seen = HashSet::new();
         let mut stack = vec![(sb.commit.root_tree, sb.commit.root_meta)];
         while let Some((t, m)) = stack.pop() {
             if seen.insert(m) {
-                write(
-                    &m,
+                objects.push((
+                    m,
                     ObjectType::DirMeta,
-                    &self.load_meta(&m, ObjectType::DirMeta)?,
-                )?;
+                    self.load_meta(&m, ObjectType::DirMeta)?,
+                ));
             }
             if !seen.insert(t) {
                 continue;
             }
             let bytes = self.load_meta(&t, ObjectType::DirTree)?;
-            write(&t, ObjectType::DirTree, &bytes)?;
             let tree = DirTree::parse(&bytes).map_err(fmt("dirtree"))?;
             stack.extend(tree.dirs.iter().map(|d| (d.tree, d.meta)));
+            objects.push((t, ObjectType::DirTree, bytes));
         }
-        Ok(())
+        let mut pending = Vec::new();
+        for (id, ty, bytes) in &objects {
+            let path = out.join(id.object_path(*ty));
+            // CommitMeta is not keyed by its own checksum but by the commit's.
+            let intact = match read_capped(&path, MAX_METADATA_SIZE, "metadata object") {
+                Ok(b) if *ty == ObjectType::CommitMeta => b[..] == bytes[..],
+                Ok(b) => ObjectId::of(&b) == *id,
+                Err(_) => false,
+            };
+            if intact {
+                continue;
+            }
+            let parent = path.parent().unwrap_or(out);
+            std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+            let tmp = atomup_fsio::temp_path(&path);
+            std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
+            pending.push((tmp, path));
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let out_fd = fsx::open_root(out)?;
+        let sync = |fd: &OwnedFd| rustix::fs::syncfs(fd).map_err(|e| io("sync", out)(e.into()));
+        sync(&out_fd)?;
+        for (tmp, path) in &pending {
+            std::fs::rename(tmp, path).map_err(io("rename into", path))?;
+        }
+        sync(&out_fd)
     }
+}
+
+/// Opens fallback object `id`'s `.filez` in `repo` (a regular file, opened
+/// so that it cannot block) and reads its header: [u32 BE length][4 zero
+/// bytes][header]. Returns the path, the file positioned at the deflate
+/// data, and the header bytes.
+fn open_filez(repo: &Path, id: &ObjectId) -> Result<(PathBuf, File, Vec<u8>)> {
+    let path = repo.join(format!("{}z", id.object_path(ObjectType::File)));
+    let mut f = atomup_fsio::open(&path, atomup_fsio::Want::Regular).map_err(io("open", &path))?;
+    let mut head = vec![0u8; 8];
+    f.read_exact(&mut head).map_err(io("read", &path))?;
+    let hlen = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as u64;
+    if hlen > MAX_METADATA_SIZE {
+        return Err(DeployError::TooLarge {
+            what: "filez header",
+            limit: MAX_METADATA_SIZE,
+        });
+    }
+    head.resize(8 + hlen as usize, 0);
+    f.read_exact(&mut head[8..]).map_err(io("read", &path))?;
+    Ok((path, f, head))
+}
+
+/// A regular fallback object's `.filez` must declare the size the
+/// superblock does, before anything is inflated (a lying file cannot fill
+/// the target).
+fn check_filez_size(
+    fh: &FilezHeader<'_>,
+    declared: Option<u64>,
+    id: &ObjectId,
+    path: &Path,
+) -> Result<()> {
+    if declared.is_some_and(|d| !fh.header.is_symlink() && d != fh.size) {
+        return Err(DeployError::Corrupt {
+            what: "fallback object (size differs from the superblock)",
+            id: *id,
+            path: path.to_owned(),
+            actual: ObjectId::default(),
+        });
+    }
+    Ok(())
+}
+
+/// What can be known of a fallback object without writing: it is in the
+/// fallback repo, a regular file whose header parses and declares the
+/// superblock's size (a symlink's header is its whole object: its checksum
+/// is checked too); a metadata fallback is read and re-hashed.
+fn check_fallback(repo: &Path, fb: &atomup_ostree::delta::Fallback) -> Result<()> {
+    if fb.objtype.is_meta() {
+        read_meta(&[repo], &fb.id, fb.objtype)?;
+        return Ok(());
+    }
+    let (path, _, head) = open_filez(repo, &fb.id)?;
+    let fh = FilezHeader::parse(&head).map_err(fmt("filez header"))?;
+    check_filez_size(&fh, Some(fb.usize), &fb.id, &path)?;
+    if fh.header.is_symlink() {
+        let actual = finish_id(fh.header.content_hasher());
+        if actual != fb.id {
+            return Err(DeployError::Corrupt {
+                what: "fallback object",
+                id: fb.id,
+                path,
+                actual,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn decompress_err(

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use atomup_deploy::Options;
+use atomup_deploy::{Options, VerifiedDelta};
 use atomup_ostree::sign::Trust;
 
 use crate::Result;
@@ -81,15 +81,22 @@ fn apply(args: &mut lexopt::Parser) -> Result {
         }
     };
     let opts = Options {
-        delta: &delta,
         target: &to,
         from_root: from_root.as_deref(),
         from_meta: from_meta.as_deref(),
         fallback_repo: fallback.as_deref(),
         meta_out: meta_out.as_deref(),
-        trust: trust.as_ref(),
     };
-    let applied = atomup_deploy::apply(&opts);
+    // The delta is verified once, from its files (superblock signature,
+    // every part's size and sha256), then applied.
+    let verify_started = Instant::now();
+    let applied = VerifiedDelta::open_dir(&delta, trust.as_ref()).and_then(|d| {
+        let verified = verify_started.elapsed();
+        atomup_deploy::apply(&d, &opts).map(|mut s| {
+            s.timings.checks += verified;
+            s
+        })
+    });
     if stats {
         // Printed whether the apply succeeded or not: the memory and read
         // figures of a refused delta are what the bound tests look at.
@@ -150,26 +157,26 @@ fn show(args: &mut lexopt::Parser) -> Result {
         if i.commit_signed { "yes" } else { "no" }
     );
     println!("parts: {}", i.parts.len());
-    for (n, (inline, size, usize, objects)) in i.parts.iter().enumerate() {
+    for (n, p) in i.parts.iter().enumerate() {
         println!(
-            "  part {n}: {}size={size} usize={usize} objects={objects}",
-            if *inline { "inline " } else { "" }
+            "  part {n}: {}size={} usize={} objects={}",
+            if p.inline { "inline " } else { "" },
+            p.size,
+            p.usize,
+            p.objects
         );
     }
     println!("fallbacks: {}", i.fallbacks.len());
-    for (id, size, usize) in &i.fallbacks {
-        println!("  fallback {id}: size={size} usize={usize}");
+    for f in &i.fallbacks {
+        println!("  fallback {}: size={} usize={}", f.id, f.size, f.usize);
     }
     Ok(())
 }
 
-/// Largest key file read (a key line is about 50 bytes).
-const MAX_KEY_FILE: u64 = 1 << 20;
-
 /// Reads a key file without blocking on it (a FIFO is refused by type) and
-/// never more than [`MAX_KEY_FILE`] bytes of it.
+/// never more than [`MAX_KEY_FILE`](atomup_deploy::limits::MAX_KEY_FILE) bytes of it.
 fn read_key_file(path: &Path) -> Result<String> {
-    atomup_fsio::read_text_capped(path, MAX_KEY_FILE)
+    atomup_fsio::read_text_capped(path, atomup_deploy::limits::MAX_KEY_FILE)
         .map_err(|e| format!("cannot read {}: {e}", path.display()).into())
 }
 

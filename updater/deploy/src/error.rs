@@ -71,6 +71,16 @@ pub enum DeployError {
     ReservedName { name: &'static str },
     #[error("uid/gid 4294967295 is not a valid owner")]
     BadOwner,
+    #[error("the delta's {what} is {found}, expected {expected}")]
+    DeltaMismatch {
+        what: &'static str,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "the delta needs fallback objects, which this build cannot read (feature archive-fallback)"
+    )]
+    NoFallbackSupport,
 }
 
 pub(crate) fn io(

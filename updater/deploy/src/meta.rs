@@ -1,5 +1,5 @@
 //! Metadata objects (dirtree, dirmeta) by checksum, each read from disk and
-//! verified at most once per apply: the seed, reconciliation, verification
+//! verified at most once per apply, within a memory budget: the seed, reconciliation, verification
 //! and the metadata output all walk mostly the same dirtrees and a handful
 //! of dirmetas, and reading one back costs an open, a read and a SHA-256.
 
@@ -10,16 +10,13 @@ use std::sync::{Arc, Mutex};
 use atomup_ostree::object::{DirTree, ObjectType};
 use atomup_ostree::ObjectId;
 
-use crate::apply::{read_meta, MAX_DEPTH, MAX_TREE_DIRS, MAX_TREE_ENTRIES};
-use crate::error::{fmt, DeployError, Result};
+use atomup_ostree::MAX_METADATA_SIZE;
 
-/// Most bytes of metadata held at once, the delta's own and those read from
-/// disk together, each object charged [`OBJECT_OVERHEAD`] bytes more for its
-/// entry. A 250k-entry tree's dirtrees take about 12 MB; an apply holds the
-/// from- and the to-commit's.
-pub const MAX_METADATA_HELD: u64 = 32 << 20;
-/// What one held object costs beyond its bytes (key, pointer, allocation).
-pub const OBJECT_OVERHEAD: u64 = 128;
+use crate::error::{fmt, DeployError, Result};
+use crate::limits::{
+    MAX_DEPTH, MAX_METADATA_HELD, MAX_TREE_DIRS, MAX_TREE_ENTRIES, OBJECT_OVERHEAD,
+};
+use crate::nofollow::read_capped;
 
 /// Verified metadata objects: the delta's own and those read so far. Every
 /// object in it hashed to its key when it was added, so a lookup needs no
@@ -86,6 +83,40 @@ impl<'a> MetaStore<'a> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
         self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Reads metadata object `id` from the first object store in `dirs` that
+/// holds it, re-hashed before use.
+pub(crate) fn read_meta(dirs: &[&Path], id: &ObjectId, ty: ObjectType) -> Result<Vec<u8>> {
+    let rel = id.object_path(ty);
+    for dir in dirs {
+        let path = dir.join(&rel);
+        match read_capped(&path, MAX_METADATA_SIZE, "metadata object") {
+            Ok(b) => {
+                // Rule: every object is re-hashed before use.
+                let actual = ObjectId::of(&b);
+                if actual != *id {
+                    return Err(DeployError::Corrupt {
+                        what: "metadata object",
+                        id: *id,
+                        path,
+                        actual,
+                    });
+                }
+                return Ok(b);
+            }
+            Err(DeployError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(DeployError::MissingMeta {
+        id: *id,
+        kind: ty.extension(),
+    })
 }
 
 /// What a dirtree expands to below it: entries and directories, a shared

@@ -85,6 +85,20 @@ impl TreeBuilder {
         self
     }
 
+    /// Sets extended attribute `name` on an entry (without following a
+    /// symlink). Setting several in an order other than sorted makes
+    /// `listxattr` (and older OSTree's encoding) unsorted.
+    pub fn xattr(&self, rel: &str, name: &str, value: &[u8]) -> &Self {
+        rustix::fs::lsetxattr(
+            self.root.join(rel),
+            name,
+            value,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap_or_else(|e| panic!("setting {name} on {rel}: {e}"));
+        self
+    }
+
     /// Sets the owner of an entry (without following a symlink).
     pub fn chown(&self, rel: &str, uid: u32, gid: u32) -> &Self {
         std::os::unix::fs::lchown(self.root.join(rel), Some(uid), Some(gid)).unwrap();
@@ -214,6 +228,31 @@ pub struct Entry {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Extended attributes (name, value), sorted by name.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// The extended attributes of `path` itself (not following a symlink).
+pub fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut names = vec![0u8; 64 * 1024];
+    let n = match rustix::fs::llistxattr(path, &mut names[..]) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::OPNOTSUPP) => return Vec::new(),
+        Err(e) => panic!("listing xattrs of {}: {e}", path.display()),
+    };
+    let mut out: Vec<(String, Vec<u8>)> = names[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            let name = String::from_utf8(name.to_vec()).unwrap();
+            let mut v = vec![0u8; 64 * 1024];
+            let k = rustix::fs::lgetxattr(path, name.as_str(), &mut v[..]).unwrap();
+            v.truncate(k);
+            (name, v)
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Every entry below `root` (root itself as ""), without following symlinks.
@@ -248,6 +287,7 @@ fn walk(root: &Path, rel: &Path, map: &mut BTreeMap<PathBuf, Entry>) {
             mode: meta.mode() & 0o7777,
             uid: meta.uid(),
             gid: meta.gid(),
+            xattrs: xattrs(&path),
         },
     );
     if kind == Kind::Dir {
@@ -263,7 +303,7 @@ fn walk(root: &Path, rel: &Path, map: &mut BTreeMap<PathBuf, Entry>) {
 }
 
 /// Panics with a readable list of differences if the two trees differ in any
-/// entry's type, mode, owner, contents or symlink target.
+/// entry's type, mode, owner, xattrs, contents or symlink target.
 pub fn assert_same_tree(actual: &Path, expected: &Path) {
     let a = snapshot(actual);
     let e = snapshot(expected);
@@ -572,7 +612,7 @@ mod tests {
 
     /// The comparator notices each property the delta tests rely on it for.
     #[test]
-    fn comparator_detects_mode_owner_content_link_and_extra_entries() {
+    fn comparator_detects_mode_owner_xattr_content_link_and_extra_entries() {
         let dir = ScratchDir::new("comparator");
         let make = |name: &str| {
             let t = TreeBuilder::new(dir.join(name));
@@ -603,6 +643,12 @@ mod tests {
         assert!(differs(&|c| {
             fs::remove_file(c.join("l")).unwrap();
             symlink("b", c.join("l")).unwrap()
+        }));
+        assert!(differs(&|c| {
+            TreeBuilder {
+                root: c.to_path_buf(),
+            }
+            .xattr("d", "user.x", b"1");
         }));
         assert!(differs(&|c| fs::create_dir(c.join("d/e")).unwrap()));
         assert!(differs(&|c| fs::remove_dir(c.join("d")).unwrap()));

@@ -54,7 +54,10 @@ apt_mirror() {
                 [ "${1:-}" = deb ] || continue
                 shift
                 [[ ${1:-} == \[* ]] && shift
-                [ "${2:-}" = "$SUITE" ] && { echo "$1"; break; }
+                if [ "${2:-}" = "$SUITE" ]; then
+                    echo "$1"
+                    break
+                fi
             done <"$f"
         fi
     done | head -n1

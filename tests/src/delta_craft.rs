@@ -82,14 +82,152 @@ fn frame(mut body: Vec<u8>, ends: &[usize]) -> Vec<u8> {
 }
 
 /// Variable-size array of byte-aligned elements.
-fn var_array(elems: &[Vec<u8>]) -> Vec<u8> {
+pub fn var_array(elems: &[Vec<u8>]) -> Vec<u8> {
+    var_array_aligned(elems, 1)
+}
+
+fn pad_to(body: &mut Vec<u8>, align: usize) {
+    while body.len() % align != 0 {
+        body.push(0);
+    }
+}
+
+/// Variable-size array whose elements start at multiples of `align`.
+fn var_array_aligned(elems: &[Vec<u8>], align: usize) -> Vec<u8> {
     let mut body = Vec::new();
     let mut ends = Vec::new();
     for e in elems {
+        pad_to(&mut body, align);
         body.extend_from_slice(e);
         ends.push(body.len());
     }
     frame(body, &ends)
+}
+
+/// Elements of a variable-size array whose elements start at multiples of
+/// `align`.
+pub fn split_var_array(data: &[u8], align: usize) -> Vec<Vec<u8>> {
+    if data.is_empty() {
+        return Vec::new();
+    }
+    let w = offset_width(data.len());
+    let read = |at: usize| {
+        let mut b = [0u8; 8];
+        b[..w].copy_from_slice(&data[at..at + w]);
+        u64::from_le_bytes(b) as usize
+    };
+    let last_end = read(data.len() - w);
+    let n = (data.len() - last_end) / w;
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 0..n {
+        let end = read(last_end + i * w);
+        out.push(data[start..end].to_vec());
+        start = end.div_ceil(align) * align;
+    }
+    out
+}
+
+/// One tuple member's shape: alignment, and its size if fixed.
+#[derive(Clone, Copy)]
+struct Shape {
+    align: usize,
+    fixed: Option<usize>,
+}
+
+const VAR1: Shape = Shape {
+    align: 1,
+    fixed: None,
+};
+const VAR8: Shape = Shape {
+    align: 8,
+    fixed: None,
+};
+
+/// A tuple's members, by the GVariant framing rules: members at their
+/// alignment, one end offset per variable-size member but the last, the
+/// offsets stored last-member-first at the very end.
+fn split_tuple(data: &[u8], shapes: &[Shape]) -> Vec<Vec<u8>> {
+    let w = offset_width(data.len());
+    let mut offsets_used = 0;
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    for (i, sh) in shapes.iter().enumerate() {
+        pos = pos.div_ceil(sh.align) * sh.align;
+        let end = match sh.fixed {
+            Some(n) => pos + n,
+            None if i + 1 == shapes.len() => data.len() - offsets_used * w,
+            None => {
+                offsets_used += 1;
+                let at = data.len() - offsets_used * w;
+                let mut b = [0u8; 8];
+                b[..w].copy_from_slice(&data[at..at + w]);
+                u64::from_le_bytes(b) as usize
+            }
+        };
+        out.push(data[pos..end].to_vec());
+        pos = end;
+    }
+    out
+}
+
+/// The inverse of [`split_tuple`].
+fn join_tuple(members: &[Vec<u8>], shapes: &[Shape]) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut ends = Vec::new();
+    for (i, (m, sh)) in members.iter().zip(shapes).enumerate() {
+        pad_to(&mut body, sh.align);
+        body.extend_from_slice(m);
+        if sh.fixed.is_none() && i + 1 < members.len() {
+            ends.push(body.len());
+        }
+    }
+    ends.reverse();
+    frame(body, &ends)
+}
+
+/// `(a{sv}tayay(commit)aya(uayttay)a(yaytt))`
+const SUPERBLOCK: [Shape; 8] = [
+    VAR8,
+    Shape {
+        align: 8,
+        fixed: Some(8),
+    },
+    VAR1,
+    VAR1,
+    VAR8,
+    VAR1,
+    VAR8,
+    VAR8,
+];
+/// `(uayttay)`
+const PART_ENTRY: [Shape; 5] = [
+    Shape {
+        align: 4,
+        fixed: Some(4),
+    },
+    VAR1,
+    Shape {
+        align: 8,
+        fixed: Some(8),
+    },
+    Shape {
+        align: 8,
+        fixed: Some(8),
+    },
+    VAR1,
+];
+
+/// Appends `records` (type byte ‖ 32-byte checksum each) to the object list
+/// of part 0 of an unsigned superblock, re-framing what encloses it.
+pub fn append_part_objects(superblock: &[u8], records: &[u8]) -> Vec<u8> {
+    let mut top = split_tuple(superblock, &SUPERBLOCK);
+    let mut parts = split_var_array(&top[6], 8);
+    let mut entry = split_tuple(&parts[0], &PART_ENTRY);
+    entry[4].extend_from_slice(records);
+    parts[0] = join_tuple(&entry, &PART_ENTRY);
+    top[6] = var_array_aligned(&parts, 8);
+    join_tuple(&top, &SUPERBLOCK)
 }
 
 /// A dirtree `(a(say)a(sayay))` with exactly these entries, in this order
@@ -316,6 +454,11 @@ pub struct Crafted {
     pub raw_part: Option<Vec<u8>>,
     /// Declared uncompressed size adjustment (positive: claim more).
     pub usize_override: Option<u64>,
+    /// Metadata objects (type, bytes) appended to part 0: to the blob, the
+    /// object list and the ops (one `S` each, after the real ones).
+    pub extra_meta: Vec<(u8, Vec<u8>)>,
+    /// Write part 0 xz-compressed (`xz -0`) instead of uncompressed.
+    pub compress: bool,
     old_part_csum: [u8; 32],
     renames: Vec<([u8; 32], [u8; 32])>,
     pub root_dirtree: [u8; 32],
@@ -385,6 +528,8 @@ impl Crafted {
             ops,
             raw_part: None,
             usize_override: None,
+            extra_meta: Vec::new(),
+            compress: false,
             old_part_csum: part_csum,
             renames: Vec::new(),
             root_dirtree,
@@ -441,14 +586,35 @@ impl Crafted {
         sb[commit_pos..commit_pos + commit.len()].copy_from_slice(&commit);
         replace_all(&mut sb, &old_commit_id, &new_commit_id);
 
+        let mut records = Vec::new();
         let part = match &self.raw_part {
             Some(raw) => raw.clone(),
             None => {
                 let mut payload = self.payload.clone();
-                payload.ops = encode_ops(&self.ops);
-                let mut part = vec![0u8];
-                part.extend_from_slice(&payload.encode());
-                part
+                let mut ops = self.ops.clone();
+                for (ty, bytes) in &self.extra_meta {
+                    ops.push(Op {
+                        code: b'S',
+                        args: vec![bytes.len() as u64, payload.blob.len() as u64],
+                        object: None,
+                    });
+                    payload.blob.extend_from_slice(bytes);
+                    records.push(*ty);
+                    records.extend_from_slice(&sha256(bytes));
+                }
+                payload.ops = encode_ops(&ops);
+                if self.compress {
+                    let mut part = vec![b'x'];
+                    part.extend_from_slice(&xz(
+                        &["-z", "-c", "-0", "-T1", "--check=crc64"],
+                        &payload.encode(),
+                    ));
+                    part
+                } else {
+                    let mut part = vec![0u8];
+                    part.extend_from_slice(&payload.encode());
+                    part
+                }
             }
         };
         let new_part_csum = sha256(&part);
@@ -458,6 +624,9 @@ impl Crafted {
         sb[at + 36..at + 44].copy_from_slice(&(part.len() as u64).to_le_bytes());
         if let Some(usize) = self.usize_override {
             sb[at + 44..at + 52].copy_from_slice(&usize.to_le_bytes());
+        }
+        if !records.is_empty() {
+            sb = append_part_objects(&sb, &records);
         }
         fs::write(dir.join("superblock"), &sb).unwrap();
         fs::write(dir.join("0"), &part).unwrap();
@@ -550,6 +719,25 @@ mod tests {
                 .arg(format!("--repo={}", bare.path.display()))
                 .arg("fsck"),
         );
+    }
+
+    /// Splitting and re-joining a real superblock and its part list gives
+    /// back upstream's bytes, and appended objects land in part 0's list.
+    #[test]
+    fn superblock_reframing_is_byte_exact() {
+        let dir = ScratchDir::new("craft-reframe");
+        let (repo, v1, v2) = two_commits(dir.path());
+        let c = Crafted::generate(&repo, Some(&v1), &v2, &dir.join("w"));
+        assert_eq!(append_part_objects(&c.superblock, &[]), c.superblock);
+        let record = [[2u8; 1].as_slice(), &[9u8; 32]].concat();
+        let grown = append_part_objects(&c.superblock, &record);
+        let parse = |sb: &[u8]| {
+            let sb = atomup_ostree::delta::Superblock::parse(sb).unwrap();
+            (sb.parts[0].objects.to_vec(), sb.to, sb.fallbacks.len())
+        };
+        let (before, after) = (parse(&c.superblock), parse(&grown));
+        assert_eq!(after.0, [before.0.as_slice(), &record].concat());
+        assert_eq!((after.1, after.2), (before.1, before.2));
     }
 
     /// Our dirtree encoder reproduces upstream's bytes for a real directory.

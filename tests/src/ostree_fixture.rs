@@ -85,6 +85,20 @@ impl TreeBuilder {
         self
     }
 
+    /// Sets extended attribute `name` on an entry (without following a
+    /// symlink). Setting several in an order other than sorted makes
+    /// `listxattr` (and older OSTree's encoding) unsorted.
+    pub fn xattr(&self, rel: &str, name: &str, value: &[u8]) -> &Self {
+        rustix::fs::lsetxattr(
+            self.root.join(rel),
+            name,
+            value,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap_or_else(|e| panic!("setting {name} on {rel}: {e}"));
+        self
+    }
+
     /// Sets the owner of an entry (without following a symlink).
     pub fn chown(&self, rel: &str, uid: u32, gid: u32) -> &Self {
         std::os::unix::fs::lchown(self.root.join(rel), Some(uid), Some(gid)).unwrap();
@@ -214,6 +228,31 @@ pub struct Entry {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Extended attributes (name, value), sorted by name.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// The extended attributes of `path` itself (not following a symlink).
+pub fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut names = vec![0u8; 64 * 1024];
+    let n = match rustix::fs::llistxattr(path, &mut names[..]) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::OPNOTSUPP) => return Vec::new(),
+        Err(e) => panic!("listing xattrs of {}: {e}", path.display()),
+    };
+    let mut out: Vec<(String, Vec<u8>)> = names[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            let name = String::from_utf8(name.to_vec()).unwrap();
+            let mut v = vec![0u8; 64 * 1024];
+            let k = rustix::fs::lgetxattr(path, name.as_str(), &mut v[..]).unwrap();
+            v.truncate(k);
+            (name, v)
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Every entry below `root` (root itself as ""), without following symlinks.
@@ -248,6 +287,7 @@ fn walk(root: &Path, rel: &Path, map: &mut BTreeMap<PathBuf, Entry>) {
             mode: meta.mode() & 0o7777,
             uid: meta.uid(),
             gid: meta.gid(),
+            xattrs: xattrs(&path),
         },
     );
     if kind == Kind::Dir {
@@ -263,7 +303,7 @@ fn walk(root: &Path, rel: &Path, map: &mut BTreeMap<PathBuf, Entry>) {
 }
 
 /// Panics with a readable list of differences if the two trees differ in any
-/// entry's type, mode, owner, contents or symlink target.
+/// entry's type, mode, owner, xattrs, contents or symlink target.
 pub fn assert_same_tree(actual: &Path, expected: &Path) {
     let a = snapshot(actual);
     let e = snapshot(expected);
@@ -303,6 +343,29 @@ pub fn tree_digest(root: &Path) -> String {
     for (path, entry) in snapshot(root) {
         h.update(path.as_os_str().as_encoded_bytes());
         h.update(format!("{entry:?}\n").as_bytes());
+    }
+    hex(&h.finalize())
+}
+
+/// [`tree_digest`] plus every entry's mtime and ctime (to the nanosecond):
+/// equal before/after proves nothing was even created and removed again in
+/// the tree (a directory's times move with any entry added or removed).
+pub fn tree_digest_with_times(root: &Path) -> String {
+    let mut h = Sha256::new();
+    h.update(tree_digest(root).as_bytes());
+    for path in snapshot(root).keys() {
+        let m = fs::symlink_metadata(root.join(path)).unwrap();
+        h.update(
+            format!(
+                "{} {}.{} {}.{}\n",
+                path.display(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec()
+            )
+            .as_bytes(),
+        );
     }
     hex(&h.finalize())
 }
@@ -382,6 +445,8 @@ pub struct Apply {
     /// None = `--no-verify`.
     pub trusted: Option<PathBuf>,
     pub revoked: Option<PathBuf>,
+    /// `--stats`: peak RSS and bytes read are printed, also on failure.
+    pub stats: bool,
 }
 
 impl Apply {
@@ -404,6 +469,9 @@ impl Apply {
         if self.trusted.is_none() {
             a.push("--no-verify".into());
         }
+        if self.stats {
+            a.push("--stats".into());
+        }
         a
     }
 
@@ -411,6 +479,73 @@ impl Apply {
         atomup(self.args())
     }
 
+    /// Runs, and fails the test (killing the process) if it has not ended
+    /// within `limit`: a regression that makes the engine block fails
+    /// instead of hanging the suite.
+    pub fn run_within(&self, limit: std::time::Duration) -> Output {
+        run_within(
+            Command::new(crate::workspace_bin("atomup")).args(self.args()),
+            limit,
+        )
+    }
+}
+
+/// Runs `cmd` with its output in temporary files (no pipe to fill), killing
+/// it and panicking if it has not ended within `limit`.
+pub fn run_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = std::env::temp_dir().join(format!("atomup-run-{}-{n}", std::process::id()));
+    let (out_path, err_path) = (base.with_extension("out"), base.with_extension("err"));
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = fs::read_to_string(&err_path).unwrap_or_default();
+            let _ = fs::remove_file(&out_path);
+            let _ = fs::remove_file(&err_path);
+            panic!("{cmd:?} did not end within {limit:?} (blocked?); stderr so far:\n{err}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = Output {
+        status,
+        stdout: fs::read(&out_path).unwrap(),
+        stderr: fs::read(&err_path).unwrap(),
+    };
+    let _ = fs::remove_file(&out_path);
+    let _ = fs::remove_file(&err_path);
+    out
+}
+
+/// The number after `key=` in `atomup delta apply --stats` output.
+pub fn stat_line(out: &Output, key: &str) -> Option<u64> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("{key}=");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Makes a FIFO at `path` (replacing whatever is there) with the real
+/// `mkfifo`: nothing ever writes to it, so a reader that opens it blocking
+/// waits forever.
+pub fn make_fifo(path: &Path) {
+    let _ = fs::remove_file(path);
+    run_ok(Command::new("mkfifo").arg(path));
+}
+
+impl Apply {
     /// Runs and panics with the error chain unless it succeeded.
     pub fn run_ok(&self) -> Output {
         let out = self.run();
@@ -477,7 +612,7 @@ mod tests {
 
     /// The comparator notices each property the delta tests rely on it for.
     #[test]
-    fn comparator_detects_mode_owner_content_link_and_extra_entries() {
+    fn comparator_detects_mode_owner_xattr_content_link_and_extra_entries() {
         let dir = ScratchDir::new("comparator");
         let make = |name: &str| {
             let t = TreeBuilder::new(dir.join(name));
@@ -508,6 +643,12 @@ mod tests {
         assert!(differs(&|c| {
             fs::remove_file(c.join("l")).unwrap();
             symlink("b", c.join("l")).unwrap()
+        }));
+        assert!(differs(&|c| {
+            TreeBuilder {
+                root: c.to_path_buf(),
+            }
+            .xattr("d", "user.x", b"1");
         }));
         assert!(differs(&|c| fs::create_dir(c.join("d/e")).unwrap()));
         assert!(differs(&|c| fs::remove_dir(c.join("d")).unwrap()));

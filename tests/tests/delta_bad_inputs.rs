@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 
 use atomup_tests::delta_craft::{dirtree_with_names, xz, Crafted, OBJ_FILE};
 use atomup_tests::ostree_fixture::{
-    assert_same_tree, pseudo_bytes, tree_digest, Apply, Keys, Repo, ScratchDir, TreeBuilder,
+    assert_same_tree, pseudo_bytes, tree_digest, tree_digest_with_times, Apply, Keys, Repo,
+    ScratchDir, TreeBuilder,
 };
 
 struct Fixture {
@@ -522,29 +523,96 @@ fn part_inflating_far_beyond_its_declared_size_is_refused() {
 
 // --- from-commit ---
 
+/// An apply whose device side describes v0 (metadata and files) for a
+/// delta that starts from v1.
+fn from_v0(case: &Case, delta: &Path) -> Apply {
+    let f = fixture();
+    let meta = case.dir.join("work/meta-v0");
+    if !meta.exists() {
+        let other = Repo::init(&meta, "archive");
+        atomup_tests::ostree_fixture::run_ok(
+            std::process::Command::new("ostree")
+                .arg(format!("--repo={}", other.path.display()))
+                .args(["pull-local", "--commit-metadata-only"])
+                .arg(&f.repo.path)
+                .arg(&f.v0),
+        );
+        f.repo.checkout(&f.v0, &case.dir.join("active-v0"));
+    }
+    Apply {
+        from_root: Some(case.dir.join("active-v0")),
+        from_meta: Some(meta),
+        ..case.apply(delta)
+    }
+}
+
 #[test]
 fn delta_from_another_commit_is_refused() {
     let f = fixture();
     let case = Case::new("from-commit-mismatch");
     let delta = real_delta(&case, Some(&f.trusted));
     // The device's metadata describes v0, the delta starts from v1.
-    let meta = case.dir.join("work/meta-v0");
-    let other = Repo::init(&meta, "archive");
-    atomup_tests::ostree_fixture::run_ok(
-        std::process::Command::new("ostree")
-            .arg(format!("--repo={}", other.path.display()))
-            .args(["pull-local", "--commit-metadata-only"])
-            .arg(&f.repo.path)
-            .arg(&f.v0),
+    case.assert_refused(
+        &from_v0(&case, &delta),
+        &["from", "commit", "not found", "missing"],
     );
-    let active_v0 = case.dir.join("active-v0");
-    f.repo.checkout(&f.v0, &active_v0);
+}
+
+#[test]
+fn delta_with_a_from_commit_needs_the_running_root_and_its_metadata() {
+    let f = fixture();
+    let case = Case::new("from-commit-needs-from");
+    let delta = real_delta(&case, Some(&f.trusted));
     let apply = Apply {
-        from_root: Some(active_v0),
-        from_meta: Some(meta),
+        from_root: None,
+        from_meta: None,
         ..case.apply(&delta)
     };
-    case.assert_refused(&apply, &["from", "commit", "not found", "missing"]);
+    case.assert_refused(&apply, &["--from-root and --from-meta are required"]);
+}
+
+/// The checks that need no writing come before the first write: an
+/// unsigned, wrongly signed, revoked-key or wrong-from delta leaves a target
+/// that holds the old tree exactly as it was, to the timestamps (so not even
+/// a staging directory was made and removed).
+#[test]
+fn refused_before_the_first_write_leaves_a_target_holding_the_old_tree_untouched() {
+    let f = fixture();
+    let case = Case::new("untouched-old-target");
+    let target = case.dir.join("target");
+    fs::remove_dir(&target).unwrap();
+    f.repo.checkout(&f.v1, &target);
+    fs::write(target.join("junk"), b"not in any commit\n").unwrap();
+    let signed = real_delta(&case, Some(&f.trusted));
+    let unsigned = case.dir.join("delta-unsigned");
+    f.repo
+        .delta(Some(&f.v1), &f.v2, &["--min-fallback-size=0"], &unsigned);
+    let other_key = case.dir.join("delta-other-key");
+    f.repo
+        .delta(Some(&f.v1), &f.v2, &["--min-fallback-size=0"], &other_key);
+    f.other.sign_delta(&other_key);
+    let cases = [
+        ("unsigned", case.apply(&unsigned), SIGNATURE),
+        ("untrusted key", case.apply(&other_key), SIGNATURE),
+        (
+            "revoked key",
+            Apply {
+                revoked: Some(f.trusted.public.clone()),
+                ..case.apply(&signed)
+            },
+            SIGNATURE,
+        ),
+        ("wrong from-commit", from_v0(&case, &signed), &["from"][..]),
+    ];
+    for (what, apply, phrases) in cases {
+        let before = tree_digest_with_times(&target);
+        case.assert_refused(&apply, phrases);
+        assert_eq!(
+            tree_digest_with_times(&target),
+            before,
+            "{what}: the target was touched"
+        );
+    }
 }
 
 #[test]

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use atomup_tests::ostree_fixture::{
-    assert_same_tree, pseudo_bytes, tree_digest, Apply, Keys, Repo, ScratchDir, TreeBuilder,
+    assert_same_tree, pseudo_bytes, tree_digest, tree_digest_with_times, Apply, Keys, Repo,
+    ScratchDir, TreeBuilder,
 };
 
 /// Above upstream's 4 MB default `--min-fallback-size`.
@@ -78,12 +79,25 @@ impl Fixture {
         to: &str,
         verify: bool,
     ) -> PathBuf {
+        self.apply_and_compare_out(case, delta, from, to, verify).0
+    }
+
+    /// [`apply_and_compare`](Self::apply_and_compare), also returning the
+    /// apply's output.
+    fn apply_and_compare_out(
+        &self,
+        case: &str,
+        delta: &Path,
+        from: Option<&str>,
+        to: &str,
+        verify: bool,
+    ) -> (PathBuf, std::process::Output) {
         let dir = self.case_dir(case);
         let target = dir.join("target");
         fs::create_dir(&target).unwrap();
         let active = from.map(|c| self.checkout(c));
         let active_before = active.as_deref().map(tree_digest);
-        Apply {
+        let out = Apply {
             delta: delta.to_path_buf(),
             to: target.clone(),
             from_root: active.clone(),
@@ -97,7 +111,7 @@ impl Fixture {
         if let (Some(active), Some(before)) = (active, active_before) {
             assert_eq!(tree_digest(&active), before, "the active root was modified");
         }
-        target
+        (target, out)
     }
 }
 
@@ -129,7 +143,19 @@ fn build_v1(t: &TreeBuilder) {
         .symlink("etc/localtime", "/usr/share/zoneinfo/UTC")
         .symlink("etc/dangling", "../nowhere/at/all")
         .symlink("bin", "usr/bin")
-        .symlink("usr/share/doc/link-to-dir", "/usr/lib");
+        .symlink("usr/share/doc/link-to-dir", "/usr/lib")
+        // xattrs set unsorted (older OSTree keeps listxattr order), on a
+        // file v2 keeps (reused from the running root), one it changes
+        // (from the delta) and a directory.
+        .file("etc/labelled.conf", b"kept\n", 0o644)
+        .xattr("etc/labelled.conf", "user.b", b"2")
+        .xattr("etc/labelled.conf", "user.a", b"1")
+        .file("etc/labelled-changed.conf", b"v1\n", 0o644)
+        .xattr("etc/labelled-changed.conf", "user.y", b"y")
+        .xattr("etc/labelled-changed.conf", "user.x", b"x")
+        .dir("usr/share/labelled", 0o755)
+        .xattr("usr/share/labelled", "user.z", b"z")
+        .xattr("usr/share/labelled", "user.c", b"c");
     for i in 0..MANY_FILES {
         t.file(
             &format!("usr/share/many/d{}/f{i:03}", i % 10),
@@ -162,6 +188,8 @@ fn build_v2(t: &TreeBuilder) {
         .dir("var/lib/new-empty", 0o750)
         .remove("var/empty")
         .file("var/empty", b"now a file\n", 0o644);
+    // Rewritten in place: the xattrs stay, the content changes.
+    fs::write(t.root.join("etc/labelled-changed.conf"), b"v2\n").unwrap();
     for i in (0..MANY_FILES).step_by(7) {
         t.file(
             &format!("usr/share/many/d{}/f{i:03}", i % 10),
@@ -269,7 +297,20 @@ fn separate_parts_with_bsdiff() {
         "generator made no rollsum object:\n{stats}"
     );
     assert!(delta.join("0").is_file(), "expected a separate part file");
-    f.apply_and_compare("separate-bsdiff", &delta, Some(&f.v1), &f.v2, true);
+    let (_, out) = f.apply_and_compare_out("separate-bsdiff", &delta, Some(&f.v1), &f.v2, true);
+    // Built from the delta and reused from the running root, both.
+    let summary = String::from_utf8(out.stdout).unwrap();
+    let count = |after: &str| -> u64 {
+        let at = summary.find(after).unwrap_or_else(|| panic!("{summary}"));
+        summary[..at]
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(count(" objects written") >= 3, "{summary}");
+    assert!(count(" reused from the active root") >= 2, "{summary}");
 }
 
 #[test]
@@ -370,6 +411,14 @@ fn big_file_as_fallback_object_from_archive_repo() {
     let f = fixture();
     let (delta, stats) = f.delta("big-fallback", Some(&f.v2), &f.v3, &[], true);
     assert!(stats.contains("fallback for"), "{stats}");
+    let shown = atomup_tests::ostree_fixture::atomup([
+        std::ffi::OsStr::new("delta"),
+        std::ffi::OsStr::new("show"),
+        std::ffi::OsStr::new("--delta"),
+        delta.as_os_str(),
+    ]);
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    assert!(shown.contains("fallbacks: 1\n"), "{shown}");
     let dir = f.case_dir("big-fallback");
     let target = dir.join("target");
     fs::create_dir(&target).unwrap();
@@ -383,10 +432,26 @@ fn big_file_as_fallback_object_from_archive_repo() {
         trusted: Some(f.keys.public.clone()),
         ..Apply::default()
     };
-    // Without the archive repo the fallback object cannot be fetched.
+    // Without the archive repo the fallback object cannot be fetched; with
+    // one that lacks it, that is known before the first write too.
     let out = apply.run();
     assert!(!out.status.success(), "applied without the fallback object");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("error:"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --fallback-repo"));
+    let empty_repo = Repo::init(dir.join("empty-repo"), "archive");
+    let target_before = tree_digest_with_times(&target);
+    let out = Apply {
+        fallback_repo: Some(empty_repo.path.clone()),
+        ..apply.clone()
+    }
+    .run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "applied without the fallback object");
+    assert!(stderr.contains(".filez"), "{stderr}");
+    assert_eq!(
+        tree_digest_with_times(&target),
+        target_before,
+        "a missing fallback object was found only after writing"
+    );
     fs::remove_dir_all(&target).unwrap();
     fs::create_dir(&target).unwrap();
     Apply {
@@ -488,6 +553,50 @@ fn second_delta_chains_from_first_result_via_meta_out() {
     );
 }
 
+/// `--meta-out` keeps an object already there only if it hashes to its
+/// name: one torn by a power cut (here: empty) is rewritten, so the next
+/// update still starts from intact metadata.
+#[test]
+fn meta_out_rewrites_a_torn_object_left_by_a_power_cut() {
+    let f = fixture();
+    let (first, _) = f.delta("torn-1", None, &f.v1, &["--min-fallback-size=0"], true);
+    let (second, _) = f.delta(
+        "torn-2",
+        Some(&f.v1),
+        &f.v2,
+        &["--min-fallback-size=0"],
+        true,
+    );
+    let dir = f.case_dir("torn-meta");
+    let (slot_a, slot_b, meta) = (dir.join("a"), dir.join("b"), dir.join("meta"));
+    fs::create_dir(&slot_a).unwrap();
+    fs::create_dir(&slot_b).unwrap();
+    let root_tree =
+        atomup_tests::delta_craft::id(&atomup_tests::delta_craft::ls(&f.repo, &f.v1, "/")[0].csum);
+    let torn = atomup_tests::delta_craft::object_path(&meta, &root_tree, "dirtree");
+    fs::create_dir_all(torn.parent().unwrap()).unwrap();
+    fs::write(&torn, b"").unwrap();
+    Apply {
+        delta: first,
+        to: slot_a.clone(),
+        meta_out: Some(meta.clone()),
+        trusted: Some(f.keys.public.clone()),
+        ..Apply::default()
+    }
+    .run_ok();
+    assert!(fs::metadata(&torn).unwrap().len() > 0, "torn object kept");
+    Apply {
+        delta: second,
+        to: slot_b.clone(),
+        from_root: Some(slot_a),
+        from_meta: Some(meta),
+        trusted: Some(f.keys.public.clone()),
+        ..Apply::default()
+    }
+    .run_ok();
+    assert_same_tree(&slot_b, &f.checkout(&f.v2));
+}
+
 #[test]
 fn non_root_uid_and_gid_are_kept() {
     let f = fixture();
@@ -502,4 +611,149 @@ fn non_root_uid_and_gid_are_kept() {
     // The comparison covers owners; make sure this case really has non-root ones.
     let meta = fs::symlink_metadata(target.join("home/user/link")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
+}
+
+/// A private copy of v1's checkout as a running root, for cases that edit it.
+fn own_active_v1(f: &Fixture, dir: &Path) -> PathBuf {
+    let active = dir.join("active");
+    f.repo.checkout(&f.v1, &active);
+    active
+}
+
+/// An unchanged file edited in the running root is taken whole from the
+/// fallback repo when one is given (without one the apply is refused, see
+/// `delta_bad_inputs::active_root_differing_from_the_from_commit_is_refused`).
+#[test]
+fn edited_running_root_file_is_taken_from_the_fallback_repo() {
+    let f = fixture();
+    let (delta, _) = f.delta(
+        "recover",
+        Some(&f.v1),
+        &f.v2,
+        &["--min-fallback-size=0"],
+        true,
+    );
+    let dir = f.case_dir("recover");
+    let active = own_active_v1(f, &dir);
+    fs::write(active.join("usr/bin/su"), b"edited at run time").unwrap();
+    let target = dir.join("target");
+    fs::create_dir(&target).unwrap();
+    Apply {
+        delta,
+        to: target.clone(),
+        from_root: Some(active),
+        from_meta: Some(f.repo.path.clone()),
+        fallback_repo: Some(f.repo.path.clone()),
+        trusted: Some(f.keys.public.clone()),
+        ..Apply::default()
+    }
+    .run_ok();
+    assert_same_tree(&target, &f.checkout(&f.v2));
+}
+
+/// The seed copies the old tree before the new one is known: a file edited
+/// in the running root that the new commit deletes is simply not carried
+/// over, and does not block the update.
+#[test]
+fn edited_running_root_file_that_the_new_commit_deletes_does_not_block_the_update() {
+    let f = fixture();
+    let (delta, _) = f.delta(
+        "edited-gone",
+        Some(&f.v1),
+        &f.v2,
+        &["--min-fallback-size=0"],
+        true,
+    );
+    let dir = f.case_dir("edited-gone");
+    let active = own_active_v1(f, &dir);
+    fs::write(
+        active.join("usr/share/doc/to-delete.txt"),
+        b"edited at run time",
+    )
+    .unwrap();
+    let target = dir.join("target");
+    fs::create_dir(&target).unwrap();
+    Apply {
+        delta,
+        to: target.clone(),
+        from_root: Some(active),
+        from_meta: Some(f.repo.path.clone()),
+        trusted: Some(f.keys.public.clone()),
+        ..Apply::default()
+    }
+    .run_ok();
+    assert_same_tree(&target, &f.checkout(&f.v2));
+}
+
+/// Entries that change type between commits (file to directory, directory
+/// to file, directory to symlink, symlink to file), at the top (a directory
+/// the seed did not create) and one level down (one it did), come out right
+/// whether the target starts empty, holds the old tree or already the new.
+#[test]
+fn type_changes_into_empty_old_and_new_targets() {
+    let f = fixture();
+    let dir = f.case_dir("types");
+    let repo = Repo::init(dir.join("repo"), "archive");
+    let (t1, t2) = (
+        TreeBuilder::new(dir.join("t1")),
+        TreeBuilder::new(dir.join("t2")),
+    );
+    for top in ["", "sub/"] {
+        t1.file(&format!("{top}becomes-dir"), b"was a file\n", 0o644)
+            .file(
+                &format!("{top}becomes-file/inner"),
+                b"was in a directory\n",
+                0o644,
+            )
+            .file(
+                &format!("{top}becomes-link/inner"),
+                b"was in a directory too\n",
+                0o644,
+            )
+            .file(
+                &format!("{top}usr/share/same"),
+                &pseudo_bytes(7, 5_000, false),
+                0o644,
+            )
+            .symlink(&format!("{top}link-becomes-file"), "usr");
+        t2.file(
+            &format!("{top}becomes-dir/now-inside"),
+            b"was a file\n",
+            0o644,
+        )
+        .file(&format!("{top}becomes-file"), b"was a directory\n", 0o644)
+        .symlink(&format!("{top}becomes-link"), "usr/share")
+        .file(
+            &format!("{top}usr/share/same"),
+            &pseudo_bytes(7, 5_000, false),
+            0o644,
+        )
+        .file(
+            &format!("{top}link-becomes-file"),
+            b"was a symlink\n",
+            0o644,
+        );
+    }
+    let v1 = repo.commit(&t1.root, "v1");
+    let v2 = repo.commit(&t2.root, "v2");
+    let (active, oracle) = (dir.join("active"), dir.join("oracle"));
+    repo.checkout(&v1, &active);
+    repo.checkout(&v2, &oracle);
+    let delta = dir.join("delta");
+    repo.delta(Some(&v1), &v2, &["--min-fallback-size=0"], &delta);
+    let (empty, old, new) = (dir.join("empty"), dir.join("old"), dir.join("new"));
+    fs::create_dir(&empty).unwrap();
+    repo.checkout(&v1, &old);
+    repo.checkout(&v2, &new);
+    for target in [empty, old, new] {
+        Apply {
+            delta: delta.clone(),
+            to: target.clone(),
+            from_root: Some(active.clone()),
+            from_meta: Some(repo.path.clone()),
+            ..Apply::default()
+        }
+        .run_ok();
+        assert_same_tree(&target, &oracle);
+    }
 }

@@ -2,10 +2,10 @@
 //! engine directly. Tests and benchmarks use it, so its options and output
 //! lines are a contract (see the deploy crate's README).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use atomup_deploy::Options;
+use atomup_deploy::{Options, VerifiedDelta};
 use atomup_ostree::sign::Trust;
 
 use crate::Result;
@@ -19,8 +19,9 @@ Usage:
 
 apply: verifies the delta (signature, part digests, from-commit), writes the
 to-commit's tree into --to, verifies the written tree against the commit and
-prints one summary line. --stats adds `peak_rss_kib=`, `wall_ms=` and
-`phases_ms:` (time per phase) lines.
+prints one summary line. --stats adds `peak_rss_kib=`, `read_kib=` (bytes
+read), `wall_ms=` (also when the apply fails) and `phases_ms:` (time per
+phase) lines.
 ";
 
 pub fn run(args: &mut lexopt::Parser) -> Result {
@@ -75,35 +76,46 @@ fn apply(args: &mut lexopt::Parser) -> Result {
         (None, false) => return Err("--trusted-keys FILE is required (or --no-verify)".into()),
         (None, true) => None,
         (Some(t), false) => {
-            let text = std::fs::read_to_string(&t)
-                .map_err(|e| format!("cannot read {}: {e}", t.display()))?;
-            let rev = match &revoked {
-                Some(r) => Some(
-                    std::fs::read_to_string(r)
-                        .map_err(|e| format!("cannot read {}: {e}", r.display()))?,
-                ),
-                None => None,
-            };
-            Some(Trust::from_key_files(&text, rev.as_deref())?)
+            let rev = revoked.as_deref().map(read_key_file).transpose()?;
+            Some(Trust::from_key_files(&read_key_file(&t)?, rev.as_deref())?)
         }
     };
     let opts = Options {
-        delta: &delta,
         target: &to,
         from_root: from_root.as_deref(),
         from_meta: from_meta.as_deref(),
         fallback_repo: fallback.as_deref(),
         meta_out: meta_out.as_deref(),
-        trust: trust.as_ref(),
     };
-    let s = atomup_deploy::apply(&opts)?;
+    // The delta is verified once, from its files (superblock signature,
+    // every part's size and sha256), then applied.
+    let verify_started = Instant::now();
+    let applied = VerifiedDelta::open_dir(&delta, trust.as_ref()).and_then(|d| {
+        let verified = verify_started.elapsed();
+        atomup_deploy::apply(&d, &opts).map(|mut s| {
+            s.timings.checks += verified;
+            s
+        })
+    });
+    if stats {
+        // Printed whether the apply succeeded or not: the memory and read
+        // figures of a refused delta are what the bound tests look at.
+        println!(
+            "peak_rss_kib={}",
+            proc_self("status", "VmHWM:").unwrap_or(0)
+        );
+        println!(
+            "read_kib={}",
+            proc_self("io", "rchar:").unwrap_or(0).div_ceil(1024)
+        );
+        println!("wall_ms={}", start.elapsed().as_millis());
+    }
+    let s = applied?;
     println!(
         "applied {}: {} objects written ({} bytes), {} reused from the active root ({} bytes), {} metadata objects, {} entries",
         s.to, s.objects_written, s.bytes_written, s.objects_reused, s.bytes_reused, s.meta_objects, s.entries
     );
     if stats {
-        println!("peak_rss_kib={}", peak_rss_kib().unwrap_or(0));
-        println!("wall_ms={}", start.elapsed().as_millis());
         let t = &s.timings;
         println!(
             "phases_ms: checks={} parts={} seed={} (parallel to parts) reconcile={} sync={} verify={}",
@@ -145,22 +157,34 @@ fn show(args: &mut lexopt::Parser) -> Result {
         if i.commit_signed { "yes" } else { "no" }
     );
     println!("parts: {}", i.parts.len());
-    for (n, (inline, size, usize, objects)) in i.parts.iter().enumerate() {
+    for (n, p) in i.parts.iter().enumerate() {
         println!(
-            "  part {n}: {}size={size} usize={usize} objects={objects}",
-            if *inline { "inline " } else { "" }
+            "  part {n}: {}size={} usize={} objects={}",
+            if p.inline { "inline " } else { "" },
+            p.size,
+            p.usize,
+            p.objects
         );
     }
     println!("fallbacks: {}", i.fallbacks.len());
-    for (id, size, usize) in &i.fallbacks {
-        println!("  fallback {id}: size={size} usize={usize}");
+    for f in &i.fallbacks {
+        println!("  fallback {}: size={} usize={}", f.id, f.size, f.usize);
     }
     Ok(())
 }
 
-/// Peak resident set size of this process (VmHWM), in KiB.
-fn peak_rss_kib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+/// Reads a key file without blocking on it (a FIFO is refused by type) and
+/// never more than [`MAX_KEY_FILE`](atomup_deploy::limits::MAX_KEY_FILE) bytes of it.
+fn read_key_file(path: &Path) -> Result<String> {
+    atomup_fsio::read_text_capped(path, atomup_deploy::limits::MAX_KEY_FILE)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()).into())
+}
+
+/// The number after `key` in `/proc/self/<file>`: `VmHWM:` of `status` is
+/// the peak resident set size in KiB, `rchar:` of `io` the bytes this
+/// process has read so far.
+fn proc_self(file: &str, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(Path::new("/proc/self").join(file)).ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -18,8 +18,8 @@
 use crate::{bootopts, Result};
 use atomup_board::Board;
 use atomup_bootctl::statedir::{SlotInfo, StateDir};
+use atomup_deploy::{VerifiedDelta, VerifiedSuperblock};
 use atomup_fetch::{Expect, Fetcher, Options as FetchOptions};
-use atomup_ostree::delta::{Superblock, SuperblockFile};
 use atomup_ostree::sign::Trust;
 use atomup_ostree::ObjectId;
 use atomup_policy::slot::DEFAULT_ATTEMPTS;
@@ -278,7 +278,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     }
 
     // 2. Downloads: every byte capped and digest-checked, resumable.
-    let delta_dir = download_delta(&fetcher, delta, &cache, &to)?;
+    let verified_delta = download_delta(&fetcher, delta, &to, &trust)?;
     write_trusted_time(&time_file, advance_trusted_time(&verified, trusted_time))?;
 
     // 3. ONE env write: the target leaves the boot order before it changes.
@@ -304,15 +304,16 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     // it first, so a slot sized for one root never has to hold two (unchanged
     // files come from the active root, re-hashed, not from here).
     empty_slot(&target_root)?;
-    let stats = atomup_deploy::apply(&atomup_deploy::Options {
-        delta: &delta_dir,
-        target: &target_root,
-        from_root: delta.source_commit().map(|_| o.from_root.as_path()),
-        from_meta: delta.source_commit().map(|_| meta.as_path()),
-        fallback_repo: None,
-        meta_out: Some(&meta),
-        trust: Some(&trust),
-    })?;
+    let stats = atomup_deploy::apply(
+        &verified_delta,
+        &atomup_deploy::Options {
+            target: &target_root,
+            from_root: delta.source_commit().map(|_| o.from_root.as_path()),
+            from_meta: delta.source_commit().map(|_| meta.as_path()),
+            fallback_repo: None,
+            meta_out: Some(&meta),
+        },
+    )?;
     // Everything written must be on disk before the env names the slot.
     rustix::fs::sync();
     if let Some(m) = mounted {
@@ -333,7 +334,6 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         },
     )?;
     atomup_bootctl::write_state(bl, &next)?;
-    let _ = fs::remove_dir_all(&delta_dir);
     println!(
         "installed version {} ({to}) into slot {target}: {} objects written, {} reused; slot {target} boots next on trial ({} attempts)",
         release.version, stats.objects_written, stats.objects_reused, o.attempts
@@ -342,14 +342,18 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
 }
 
 /// Fetches the superblock (capped and digest-checked against the signed
-/// release), then each separate part (capped and checked against the
-/// superblock), and lays them out as a delta directory for the engine.
+/// release) and verifies it once: its signature against the device's trust,
+/// its to- and from-commit against the release. Only then are the separate
+/// parts fetched (each capped and checked against the superblock); the
+/// engine gets them as a verified delta. All of this happens before the
+/// first env write, so a delta that fails any of it leaves both slots and
+/// the env as they were.
 fn download_delta(
     fetcher: &Fetcher,
     delta: &Delta,
-    cache: &Path,
     to: &ObjectId,
-) -> Result<PathBuf> {
+    trust: &Trust,
+) -> Result<VerifiedDelta> {
     let mut progress = |_: u64, _: u64| {};
     let sb_path = fetcher.fetch_verified(
         &format!("{}/superblock", delta.path),
@@ -359,23 +363,21 @@ fn download_delta(
         },
         &mut progress,
     )?;
-    let dir = cache.join(format!("delta-{}", to.to_hex()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir)?;
-    link_or_copy(&sb_path, &dir.join("superblock"))?;
-    let bytes = fs::read(&sb_path)?;
-    let file = SuperblockFile::parse(&bytes)?;
-    let sb = Superblock::parse(file.unsigned)?;
-    if sb.to != *to {
+    let sb = VerifiedSuperblock::read(&sb_path, Some(trust))?;
+    // Rule: the delta must be the one the signed release names.
+    sb.expect(to, delta.source_commit().map(ObjectId).as_ref())
+        .map_err(|e| format!("delta {}: {e}", delta.path))?;
+    if !sb.fallbacks().is_empty() {
         return Err(format!(
-            "delta {} leads to {}, the release names {to}",
-            delta.path, sb.to
+            "delta {} needs fallback objects, which devices do not fetch",
+            delta.path
         )
         .into());
     }
     let mut total = 0u64;
-    for (i, part) in sb.parts.iter().enumerate() {
-        if sb.inline_part(i)?.is_some() {
+    let mut files = Vec::new();
+    for (i, part) in sb.parts().iter().enumerate() {
+        if part.is_inline() {
             continue;
         }
         total += part.size;
@@ -395,16 +397,17 @@ fn download_delta(
             },
             &mut progress,
         )?;
-        link_or_copy(&got, &dir.join(i.to_string()))?;
+        files.push((i, got));
     }
-    if !sb.fallbacks.is_empty() {
-        return Err(format!(
-            "delta {} needs fallback objects, which devices do not fetch",
-            delta.path
-        )
-        .into());
-    }
-    Ok(dir)
+    // The download proved each part's size and sha256; the engine holds the
+    // files open from here and proves them again as they stream.
+    Ok(VerifiedDelta::from_downloads(sb, |i| {
+        files
+            .iter()
+            .find(|(n, _)| *n == i)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default()
+    })?)
 }
 
 /// Removes everything in the target slot but ext4's `lost+found`, never
@@ -424,10 +427,6 @@ fn empty_slot(root: &Path) -> Result {
         removed.map_err(|e| format!("emptying {}: {e}", path.display()))?;
     }
     Ok(())
-}
-
-fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
-    fs::hard_link(from, to).or_else(|_| fs::copy(from, to).map(|_| ()))
 }
 
 fn load_trust(trusted: &Path, revoked: Option<&Path>) -> Result<Trust> {

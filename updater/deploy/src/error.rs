@@ -61,10 +61,26 @@ pub enum DeployError {
     TargetIsSource,
     #[error("tree is deeper than {limit} levels")]
     TooDeep { limit: usize },
+    #[error("the {which}'s tree expands to more than {limit} {what} (counting each place a shared subtree appears)")]
+    TreeTooLarge {
+        which: &'static str,
+        what: &'static str,
+        limit: u64,
+    },
     #[error("the commit uses the reserved name {name} at its root")]
     ReservedName { name: &'static str },
     #[error("uid/gid 4294967295 is not a valid owner")]
     BadOwner,
+    #[error("the delta's {what} is {found}, expected {expected}")]
+    DeltaMismatch {
+        what: &'static str,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "the delta needs fallback objects, which this build cannot read (feature archive-fallback)"
+    )]
+    NoFallbackSupport,
 }
 
 pub(crate) fn io(

@@ -1,23 +1,43 @@
 //! Device-side update I/O: turns a verified static delta plus the active root
 //! into the inactive slot's tree, and proves the result equals the commit.
+//!
+//! The pipeline, each stage a module (`apply` runs them in this order):
+//! `delta` (verify the superblock and parts once) → `oldroot` / `fallback`
+//! checks → `staging` → `parts` (ops into staging) ∥ `seed` (old tree into
+//! the target) → `meta` (expansion bound) → `reconcile` (with `objects`) →
+//! `verify` → `persist`. Below them: `nofollow` (the no-follow file layer),
+//! `readback`, `limits`, `stats`, `error`; nothing below imports above.
 
 mod apply;
+mod delta;
 mod error;
-mod fsx;
+#[cfg(feature = "archive-fallback")]
+mod fallback;
+pub mod limits;
 mod meta;
+mod nofollow;
+mod objects;
+mod oldroot;
+mod parts;
+mod persist;
+mod readback;
+mod reconcile;
 mod seed;
+mod staging;
+mod stats;
 mod verify;
 
-pub use apply::{
-    apply, show, DeltaInfo, Options, Stats, Timings, MAX_DEPTH, MAX_SUPERBLOCK, STAGING,
-};
+pub use apply::{apply, Options};
+pub use delta::{show, DeltaInfo, PartSpec, PartSummary, VerifiedDelta, VerifiedSuperblock};
 pub use error::{DeployError, Result};
+pub use staging::STAGING;
+pub use stats::{Stats, Timings};
 
 /// Hashes the tree under `root` into its (dirtree, dirmeta) checksums, the way
 /// OSTree would commit it. Used to compare a written tree with a commit.
 pub fn tree_checksum(
     root: &std::path::Path,
 ) -> Result<(atomup_ostree::ObjectId, atomup_ostree::ObjectId)> {
-    let fd = fsx::open_root(root)?;
-    verify::hash_tree(&fd, root, &seed::HashCache::new(), None, &|_| None)
+    let fd = nofollow::open_root(root)?;
+    verify::hash_tree(&fd, root, &readback::HashCache::new(), None, &|_| None)
 }

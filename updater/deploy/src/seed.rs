@@ -6,8 +6,8 @@
 //! the copy for after the (single-threaded) xz decoder.
 //!
 //! Every entry copied is hashed back from the target against the
-//! from-commit, and only verified entries are reported: reconciliation (in
-//! `apply`) keeps those whose name and checksum the new tree shares, and
+//! from-commit, and only verified entries are reported: reconciliation
+//! (`reconcile`) keeps those whose name and checksum the new tree shares, and
 //! replaces or removes the rest. Anything that goes wrong here — a file
 //! edited or missing in the active root, a full target — just leaves the
 //! entry out; reconciliation then writes it the careful way and reports any
@@ -27,27 +27,11 @@ use atomup_ostree::ObjectId;
 use rustix::fs::{AtFlags, Mode, OFlags, XattrFlags};
 use rustix::io::Errno;
 
-use crate::apply::{MAX_DEPTH, STAGING};
-use crate::fsx;
+use crate::limits::{MAX_DEPTH, MAX_TREE_DIRS, MAX_TREE_ENTRIES};
 use crate::meta::MetaStore;
-
-/// A content checksum read back from a file in the target, valid while the
-/// file's ctime and size are unchanged (any write or chmod moves the ctime).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Hashed {
-    pub id: ObjectId,
-    pub ctime: (i64, u64),
-    pub size: u64,
-}
-
-/// Checksums of regular files already read back, by (device, inode).
-pub(crate) type HashCache = HashMap<(u64, u64), Hashed>;
-
-/// (ctime seconds, nanoseconds) of a stat result, whatever the platform's field types.
-#[allow(clippy::unnecessary_cast)]
-pub(crate) fn ctime(s: &rustix::fs::Stat) -> (i64, u64) {
-    (s.st_ctime as i64, s.st_ctime_nsec as u64)
-}
+use crate::nofollow;
+use crate::readback::{ctime, HashCache, Hashed};
+use crate::staging::STAGING;
 
 /// What the seed left in one target directory.
 #[derive(Default, Debug)]
@@ -117,6 +101,10 @@ pub(crate) struct Seeder<'a> {
     copy_how: AtomicU8,
     /// The process umask (read once, before any worker starts).
     umask: u32,
+    /// Entries and directories the seed may still expand (the tree limits:
+    /// a from-tree sharing subtrees beyond them is not copied further;
+    /// reconciliation then refuses it).
+    budget: Mutex<(u64, u64)>,
 }
 
 impl<'a> Seeder<'a> {
@@ -151,6 +139,7 @@ impl<'a> Seeder<'a> {
             out: Mutex::new(Seeded::default()),
             copy_how: AtomicU8::new(COPY_FILE_RANGE),
             umask: current_umask(),
+            budget: Mutex::new((MAX_TREE_ENTRIES, MAX_TREE_DIRS)),
         }
     }
 
@@ -210,8 +199,8 @@ impl<'a> Seeder<'a> {
             None => rustix::io::dup(self.src)
                 .and_then(|s| Ok((s, rustix::io::dup(self.dst)?)))
                 .map_err(std::io::Error::from),
-            Some((sp, dp)) => fsx::open_dir_at(sp.as_ref(), &job.name)
-                .and_then(|s| Ok((s, fsx::open_dir_at(dp.as_ref(), &job.name)?))),
+            Some((sp, dp)) => nofollow::open_dir_at(sp.as_ref(), &job.name)
+                .and_then(|s| Ok((s, nofollow::open_dir_at(dp.as_ref(), &job.name)?))),
         };
         let Ok((src, dst)) = opened else {
             return Vec::new();
@@ -222,6 +211,17 @@ impl<'a> Seeder<'a> {
         let Ok(tree) = DirTree::parse(&bytes) else {
             return Vec::new();
         };
+        {
+            let mut left = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+            let (entries, dirs) = (
+                (tree.files.len() + tree.dirs.len()) as u64,
+                tree.dirs.len() as u64,
+            );
+            if entries > left.0 || dirs > left.1 {
+                return Vec::new();
+            }
+            *left = (left.0 - entries, left.1 - dirs);
+        }
         // Who owns a file created in a directory the seed made: its owner
         // (our fsuid, and our fsgid or the setgid parent's group, as the
         // directory got them).
@@ -245,24 +245,15 @@ impl<'a> Seeder<'a> {
             if job.depth == 0 && name == STAGING {
                 continue;
             }
-            let c = fsx::cname(name);
-            let copied = match rustix::fs::openat(
-                &src,
-                c.as_c_str(),
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(fd) => self.regular(
-                    out,
-                    buf,
-                    File::from(fd),
-                    (&dst, new_owner),
-                    &c,
-                    &dst_dir,
-                    &f.id,
-                ),
+            let c = nofollow::cname(name);
+            // Anything but a regular file or a symlink (a FIFO, a device) is
+            // refused by type without blocking and left for reconciliation.
+            let copied = match nofollow::open_regular_at(&src, name) {
+                Ok(file) => self.regular(out, buf, file, (&dst, new_owner), &c, &dst_dir, &f.id),
                 // O_NOFOLLOW on a symlink.
-                Err(Errno::LOOP) => self.symlink(&src, &dst, &c, &src_dir, &dst_dir, name, &f.id),
+                Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
+                    self.symlink(&src, &dst, &c, &src_dir, &dst_dir, name, &f.id)
+                }
                 Err(_) => Outcome::Skipped,
             };
             match copied {
@@ -278,7 +269,8 @@ impl<'a> Seeder<'a> {
             if job.depth == 0 && name == STAGING {
                 continue;
             }
-            let Ok(fresh) = fsx::make_dir(&dst, &fsx::cname(name), &dst_dir.join(name)) else {
+            let Ok(fresh) = nofollow::make_dir(&dst, &nofollow::cname(name), &dst_dir.join(name))
+            else {
                 // Whatever stood there may still be there.
                 seeded.exact = false;
                 continue;
@@ -287,7 +279,7 @@ impl<'a> Seeder<'a> {
             children.push(Job {
                 parents: Some((src.clone(), dst.clone())),
                 name: name.to_owned(),
-                rel: fsx::child_rel(rel, name),
+                rel: nofollow::child_rel(rel, name),
                 tree: d.tree,
                 depth: job.depth + 1,
                 exact: fresh,
@@ -317,7 +309,7 @@ impl<'a> Seeder<'a> {
         if s.st_mode & S_IFMT != S_IFREG {
             return Outcome::Skipped;
         }
-        let Ok(xattrs) = fsx::fd_xattr_list(&src) else {
+        let Ok(xattrs) = nofollow::fd_xattr_list(&src) else {
             return Outcome::Skipped;
         };
         let path = dst_dir.join(name.to_string_lossy().as_ref());
@@ -332,7 +324,8 @@ impl<'a> Seeder<'a> {
         let owned = new_owner == Some((s.st_uid, s.st_gid));
         let moded = owned && mode & self.umask == 0;
         let written = copy_data(&src, &file, s.st_size as u64, buf, &self.copy_how).is_ok()
-            && (owned || fsx::set_owner_mode(&file, s.st_uid, s.st_gid, s.st_mode, &path).is_ok())
+            && (owned
+                || nofollow::set_owner_mode(&file, s.st_uid, s.st_gid, s.st_mode, &path).is_ok())
             && (moded || !owned || rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).is_ok())
             && xattrs.iter().all(|(n, v)| {
                 std::ffi::CString::new(n.as_slice()).is_ok_and(|c| {
@@ -341,7 +334,7 @@ impl<'a> Seeder<'a> {
             });
         // Read back: the copy, not the source, is what must match the from-commit.
         let back = written
-            .then(|| fsx::hash_regular_stat(&file, &path, Some(id)).ok())
+            .then(|| nofollow::hash_regular_stat(&file, &path, Some(id)).ok())
             .flatten();
         match back {
             Some((actual, size, _, st)) if actual == *id => {
@@ -380,13 +373,13 @@ impl<'a> Seeder<'a> {
         let Ok(target) = rustix::fs::readlinkat(src, name, Vec::new()) else {
             return Outcome::Skipped;
         };
-        let Ok(xattrs) = fsx::link_xattr_list(&src_dir.join(name_str)) else {
+        let Ok(xattrs) = nofollow::link_xattr_list(&src_dir.join(name_str)) else {
             return Outcome::Skipped;
         };
         let path = dst_dir.join(name_str);
         let mut made = rustix::fs::symlinkat(target.as_c_str(), dst, name);
         if made == Err(Errno::EXIST) {
-            if fsx::remove_entry(dst, name, &path).is_err() {
+            if nofollow::remove_entry(dst, name, &path).is_err() {
                 return Outcome::Left;
             }
             made = rustix::fs::symlinkat(target.as_c_str(), dst, name);
@@ -394,14 +387,14 @@ impl<'a> Seeder<'a> {
         if made.is_err() {
             return Outcome::Left;
         }
-        let owned = fsx::owner(s.st_uid, s.st_gid).is_ok_and(|(u, g)| {
+        let owned = nofollow::owner(s.st_uid, s.st_gid).is_ok_and(|(u, g)| {
             rustix::fs::chownat(dst, name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW).is_ok()
         }) && xattrs.iter().all(|(n, v)| {
             std::ffi::CString::new(n.as_slice()).is_ok_and(|c| {
                 rustix::fs::lsetxattr(&path, c.as_c_str(), v, XattrFlags::empty()).is_ok()
             })
         });
-        match owned.then(|| fsx::hash_symlink(dst, name, &path, Some(id)).ok()) {
+        match owned.then(|| nofollow::hash_symlink(dst, name, &path, Some(id)).ok()) {
             Some(Some((actual, _, _))) if actual == *id => Outcome::Done(0),
             _ => discard(dst, name),
         }
@@ -464,7 +457,7 @@ fn create(dst: &OwnedFd, name: &std::ffi::CStr, path: &Path, mode: u32) -> Optio
     match open() {
         Ok(fd) => Some(File::from(fd)),
         Err(Errno::EXIST) => {
-            fsx::remove_entry(dst, name, path).ok()?;
+            nofollow::remove_entry(dst, name, path).ok()?;
             open().ok().map(File::from)
         }
         Err(_) => None,

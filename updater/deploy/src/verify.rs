@@ -5,7 +5,6 @@
 //! of the tree with their results.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,12 +12,12 @@ use std::sync::{Arc, Mutex};
 
 use atomup_ostree::object::{DirMeta, DirTree, Xattrs, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use atomup_ostree::ObjectId;
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::AtFlags;
 
-use crate::apply::MAX_DEPTH;
 use crate::error::{fmt, io, DeployError, Result};
-use crate::fsx;
-use crate::seed::{ctime, HashCache, Hashed};
+use crate::limits::MAX_DEPTH;
+use crate::nofollow;
+use crate::readback::{ctime, HashCache, Hashed};
 
 /// Loads an expected dirtree's bytes by id (verification hints).
 pub(crate) type TreeLoader<'l> = &'l (dyn Fn(&ObjectId) -> Option<Arc<[u8]>> + Sync);
@@ -46,7 +45,7 @@ pub(crate) fn hash_tree(
             // A piece that fails here is simply hashed again (and its error
             // reported) by the final pass over the top of the tree.
             let path = root.join(rel);
-            let Ok(fd) = fsx::walk_dir(root_fd, rel) else {
+            let Ok(fd) = nofollow::walk_dir(root_fd, rel) else {
                 continue;
             };
             if let Ok(r) = v.hash_dir(&fd, &path, PIECE_DEPTH, Some(*ids)) {
@@ -78,7 +77,7 @@ fn pieces(root: (ObjectId, ObjectId), load: TreeLoader<'_>) -> Vec<(String, (Obj
                 continue;
             };
             for d in &tree.dirs {
-                below.push((fsx::child_rel(&rel, d.name.as_str()), (d.tree, d.meta)));
+                below.push((nofollow::child_rel(&rel, d.name.as_str()), (d.tree, d.meta)));
             }
         }
         level = below;
@@ -129,8 +128,9 @@ impl<'a> Verifier<'a> {
         }
         let st = rustix::fs::fstat(dir).map_err(|e| io("stat", path)(e.into()))?;
         let mut metas = Vec::new();
-        for x in fsx::xattr_candidates(fsx::fd_xattr_list(dir).map_err(io("read xattrs of", path))?)
-        {
+        for x in nofollow::xattr_candidates(
+            nofollow::fd_xattr_list(dir).map_err(io("read xattrs of", path))?,
+        ) {
             let meta = DirMeta {
                 uid: st.st_uid,
                 gid: st.st_gid,
@@ -139,11 +139,12 @@ impl<'a> Verifier<'a> {
             };
             metas.push((ObjectId::of(&meta.encode()), ()));
         }
-        let (meta_id, ()) = fsx::pick(metas, expected.as_ref().map(|e| &e.1)).unwrap_or_default();
+        let (meta_id, ()) =
+            nofollow::pick(metas, expected.as_ref().map(|e| &e.1)).unwrap_or_default();
         let hint_bytes = expected.and_then(|(t, _)| (self.load)(&t));
         let hint = hint_bytes.as_deref().and_then(|b| DirTree::parse(b).ok());
         let mut names: Vec<String> = Vec::new();
-        for n in fsx::dir_names(dir, path)? {
+        for n in nofollow::dir_names(dir, path)? {
             names.push(n.into_string().map_err(|_| DeployError::BadFileType {
                 path: path.to_owned(),
             })?);
@@ -154,7 +155,7 @@ impl<'a> Verifier<'a> {
         for name in &names {
             let p = path.join(name);
             let safe = SafeName::new(name).map_err(fmt("file name"))?;
-            let c = fsx::cname(name);
+            let c = nofollow::cname(name);
             let want_file = hint
                 .as_ref()
                 .and_then(|h| h.file(name.as_bytes()))
@@ -170,8 +171,8 @@ impl<'a> Verifier<'a> {
                     let (tree, meta) = match self.done.and_then(|d| d.get(&p)) {
                         Some(ids) => *ids,
                         None => {
-                            let sub =
-                                fsx::open_dir_at(dir, name).map_err(io("open directory", &p))?;
+                            let sub = nofollow::open_dir_at(dir, name)
+                                .map_err(io("open directory", &p))?;
                             self.hash_dir(&sub, &p, depth + 1, want_dir)?
                         }
                     };
@@ -191,15 +192,10 @@ impl<'a> Verifier<'a> {
                     let id = match known {
                         Some(h) => h.id,
                         None => {
-                            let fd = rustix::fs::openat(
-                                dir,
-                                c.as_c_str(),
-                                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                                Mode::empty(),
-                            )
-                            .map_err(|e| io("open", &p)(e.into()))?;
+                            let file =
+                                nofollow::open_regular_at(dir, name).map_err(io("open", &p))?;
                             let (id, size, _, st) =
-                                fsx::hash_regular_stat(&File::from(fd), &p, want_file.as_ref())?;
+                                nofollow::hash_regular_stat(&file, &p, want_file.as_ref())?;
                             let hashed = Hashed {
                                 id,
                                 ctime: ctime(&st),
@@ -212,7 +208,7 @@ impl<'a> Verifier<'a> {
                     files.push(FileEntry { name: safe, id });
                 }
                 S_IFLNK => {
-                    let (id, _, _) = fsx::hash_symlink(dir, &c, &p, want_file.as_ref())?;
+                    let (id, _, _) = nofollow::hash_symlink(dir, &c, &p, want_file.as_ref())?;
                     files.push(FileEntry { name: safe, id });
                 }
                 _ => return Err(DeployError::BadFileType { path: p }),
@@ -226,7 +222,7 @@ impl<'a> Verifier<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::read_meta;
+    use crate::meta::read_meta;
     use atomup_ostree::object::{Commit, ObjectType};
     use std::process::Command;
 
@@ -287,7 +283,7 @@ mod tests {
                 .ok()
                 .map(Arc::from)
         };
-        let fd = fsx::open_root(&tree).unwrap();
+        let fd = nofollow::open_root(&tree).unwrap();
         let none = HashCache::new();
         assert!(
             !pieces(root, &load).is_empty(),

@@ -18,31 +18,75 @@ use crate::object::{
 /// Read granularity for blob and old-file data.
 pub const CHUNK: usize = 64 * 1024;
 
-/// Where a part's data comes from and where its objects go.
+/// Where a part's data comes from and where its objects go. Every call may
+/// fail with the sink's own [`ObjectSink::Error`], which the executor hands
+/// back untouched as [`PartError::Sink`].
 pub trait ObjectSink {
+    type Error;
     /// Reads `buf.len()` bytes of the payload blob at `offset` (blob-relative;
     /// the executor has already checked the range against the blob length).
-    fn read_blob(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+    fn read_blob(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error>;
     /// Opens the old content object `id` as the read source and returns its
     /// data size. Implementations must verify the object's checksum first.
-    fn open_source(&mut self, id: &ObjectId) -> std::io::Result<u64>;
+    fn open_source(&mut self, id: &ObjectId) -> Result<u64, Self::Error>;
     /// Reads from the current read source (range already checked).
-    fn read_source(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
-    /// Stores a verified metadata object.
-    fn write_meta(&mut self, ty: ObjectType, id: &ObjectId, data: &[u8]) -> std::io::Result<()>;
-    /// Starts content object `id`; for symlinks `header.symlink` is the target
-    /// and no data follows.
-    fn begin_content(
+    fn read_source(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error>;
+    /// Stores a verified metadata object (checksum checked, parsed as its type).
+    fn write_meta(&mut self, ty: ObjectType, id: &ObjectId, data: &[u8])
+        -> Result<(), Self::Error>;
+    /// Stores a verified symlink object; `header.symlink` is its target.
+    fn write_symlink(&mut self, id: &ObjectId, header: &FileHeader<'_>) -> Result<(), Self::Error>;
+    /// Starts regular-file object `id` of `size` bytes; its data follows in
+    /// [`write_file`](Self::write_file) calls, then exactly one of
+    /// [`finish_file`](Self::finish_file) or [`discard_file`](Self::discard_file).
+    fn begin_file(
         &mut self,
         id: &ObjectId,
         header: &FileHeader<'_>,
         size: u64,
-    ) -> std::io::Result<()>;
-    fn write_content(&mut self, data: &[u8]) -> std::io::Result<()>;
-    /// Ends the current content object; `keep == false` means it failed
-    /// verification and must be discarded.
-    fn finish_content(&mut self, keep: bool) -> std::io::Result<()>;
+    ) -> Result<(), Self::Error>;
+    fn write_file(&mut self, data: &[u8]) -> Result<(), Self::Error>;
+    /// The file begun last is complete and its content checksum is `id`;
+    /// `header` is the one `begin_file` had (owner, mode, xattrs to apply).
+    fn finish_file(&mut self, id: &ObjectId, header: &FileHeader<'_>) -> Result<(), Self::Error>;
+    /// The file begun last failed verification or was cut short: drop it.
+    fn discard_file(&mut self);
 }
+
+/// Why a part could not be executed.
+#[derive(Debug)]
+pub enum PartError<E> {
+    /// The delta is wrong: a range, a checksum, a format, an op.
+    Delta(Error),
+    /// The sink failed (its own error, untouched).
+    Sink(E),
+}
+
+impl<E> From<Error> for PartError<E> {
+    fn from(e: Error) -> Self {
+        PartError::Delta(e)
+    }
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for PartError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PartError::Delta(e) => e.fmt(f),
+            PartError::Sink(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for PartError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PartError::Delta(e) => Some(e),
+            PartError::Sink(e) => Some(e),
+        }
+    }
+}
+
+type ExecResult<T, E> = std::result::Result<T, PartError<E>>;
 
 /// What one part produced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -74,15 +118,12 @@ pub fn execute_part<S: ObjectSink>(
     xattrs: &[u8],
     blob_len: u64,
     ops: &[u8],
-) -> Result<PartStats> {
+) -> ExecResult<PartStats, S::Error> {
     let mode_table = gv::fixed_array(modes, 12, "payload mode table")?;
     let modes: Vec<&[u8]> = mode_table.collect();
     let xattr_table = VarArray::parse(xattrs, 1, "payload xattr table")?;
     if objects.len() % 33 != 0 {
-        return Err(Error::malformed(
-            "part objects",
-            "not a multiple of 33 bytes",
-        ));
+        return Err(Error::malformed("part objects", "not a multiple of 33 bytes").into());
     }
     let object_list: Vec<&[u8]> = objects.chunks_exact(33).collect();
     let mut ex = Exec {
@@ -109,13 +150,10 @@ pub fn execute_part<S: ObjectSink>(
         ex.run(op)?;
     }
     if ex.open.is_some() {
-        return Err(Error::malformed("part ops", "object left open at the end"));
+        return Err(Error::malformed("part ops", "object left open at the end").into());
     }
     if ex.next != ex.objects.len() {
-        return Err(Error::malformed(
-            "part ops",
-            "ops did not produce every listed object",
-        ));
+        return Err(Error::malformed("part ops", "ops did not produce every listed object").into());
     }
     Ok(ex.stats)
 }
@@ -131,10 +169,6 @@ struct Exec<'a, 'p, S: ObjectSink> {
     source: Option<u64>,
     buf: Vec<u8>,
     stats: PartStats,
-}
-
-fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { what, source }
 }
 
 impl<S: ObjectSink> Exec<'_, '_, S> {
@@ -163,34 +197,35 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
         }
     }
 
-    fn run(&mut self, op: Op) -> Result<()> {
+    fn run(&mut self, op: Op) -> ExecResult<(), S::Error> {
         match op {
             Op::SpliceMeta { size, offset } => {
                 if self.open.is_some() {
-                    return Err(Error::malformed(
-                        "part ops",
-                        "splice while an object is open",
-                    ));
+                    return Err(
+                        Error::malformed("part ops", "splice while an object is open").into(),
+                    );
                 }
                 let (ty, id) = self.next_object(true)?;
                 if size > MAX_METADATA_SIZE {
                     return Err(Error::TooLarge {
                         what: "metadata object",
                         limit: MAX_METADATA_SIZE,
-                    });
+                    }
+                    .into());
                 }
                 self.check_blob(offset, size)?;
                 let mut data = vec![0u8; size as usize];
                 self.sink
                     .read_blob(offset, &mut data)
-                    .map_err(io("reading the part blob"))?;
+                    .map_err(PartError::Sink)?;
                 let actual = ObjectId::of(&data);
                 if actual != id {
                     return Err(Error::ChecksumMismatch {
                         what: "metadata object",
                         expected: id,
                         actual,
-                    });
+                    }
+                    .into());
                 }
                 // Validate now so a bad tree is refused before anything uses it.
                 match ty {
@@ -207,7 +242,7 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
                 }
                 self.sink
                     .write_meta(ty, &id, &data)
-                    .map_err(io("storing a metadata object"))?;
+                    .map_err(PartError::Sink)?;
                 self.stats.meta_objects += 1;
                 self.next += 1;
                 self.source = None;
@@ -232,11 +267,11 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
                 let mut raw = [0u8; 32];
                 self.sink
                     .read_blob(offset, &mut raw)
-                    .map_err(io("reading the part blob"))?;
+                    .map_err(PartError::Sink)?;
                 let size = self
                     .sink
                     .open_source(&ObjectId(raw))
-                    .map_err(io("opening an old object as read source"))?;
+                    .map_err(PartError::Sink)?;
                 self.source = Some(size);
             }
             Op::UnsetReadSource => self.source = None,
@@ -246,9 +281,14 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
         Ok(())
     }
 
-    fn open_content(&mut self, mode_idx: u64, xattr_idx: u64, size: u64) -> Result<()> {
+    fn open_content(
+        &mut self,
+        mode_idx: u64,
+        xattr_idx: u64,
+        size: u64,
+    ) -> ExecResult<(), S::Error> {
         if self.open.is_some() {
-            return Err(Error::malformed("part ops", "open while an object is open"));
+            return Err(Error::malformed("part ops", "open while an object is open").into());
         }
         let (_, id) = self.next_object(false)?;
         let m = usize::try_from(mode_idx)
@@ -286,24 +326,23 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
         };
         if probe.is_symlink() {
             if size == 0 || size > MAX_SYMLINK as u64 {
-                return Err(Error::malformed(
-                    "part ops",
-                    "symlink target size out of range",
-                ));
+                return Err(
+                    Error::malformed("part ops", "symlink target size out of range").into(),
+                );
             }
             open.symlink = Some(Vec::with_capacity(size as usize));
         } else {
             probe.validate()?;
             open.hasher = Some(probe.content_hasher());
             self.sink
-                .begin_content(&id, &probe, size)
-                .map_err(io("creating a content object"))?;
+                .begin_file(&id, &probe, size)
+                .map_err(PartError::Sink)?;
         }
         self.open = Some(open);
         Ok(())
     }
 
-    fn emit(&mut self, data: &[u8]) -> Result<()> {
+    fn emit(&mut self, data: &[u8]) -> ExecResult<(), S::Error> {
         let open = self
             .open
             .as_mut()
@@ -314,9 +353,7 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
             if let Some(h) = open.hasher.as_mut() {
                 h.update(data);
             }
-            self.sink
-                .write_content(data)
-                .map_err(io("writing a content object"))?;
+            self.sink.write_file(data).map_err(PartError::Sink)?;
         }
         Ok(())
     }
@@ -338,7 +375,7 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
         }
     }
 
-    fn write(&mut self, size: u64, offset: u64, from_source: bool) -> Result<()> {
+    fn write(&mut self, size: u64, offset: u64, from_source: bool) -> ExecResult<(), S::Error> {
         self.reserve(size)?;
         if from_source {
             let src = self.source.unwrap_or(0);
@@ -348,7 +385,8 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
                     return Err(Error::malformed(
                         "part ops",
                         "write past the end of the read source",
-                    ))
+                    )
+                    .into())
                 }
             }
         } else {
@@ -364,11 +402,11 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
                 if from_source {
                     self.sink
                         .read_source(offset + done, chunk)
-                        .map_err(io("reading the read source"))?;
+                        .map_err(PartError::Sink)?;
                 } else {
                     self.sink
                         .read_blob(offset + done, chunk)
-                        .map_err(io("reading the part blob"))?;
+                        .map_err(PartError::Sink)?;
                 }
                 self.emit(chunk)?;
                 done += n as u64;
@@ -379,7 +417,7 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
         result
     }
 
-    fn close(&mut self) -> Result<()> {
+    fn close(&mut self) -> ExecResult<(), S::Error> {
         let open = self
             .open
             .take()
@@ -387,12 +425,13 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
         self.source = None;
         if open.written != open.size {
             if open.symlink.is_none() {
-                let _ = self.sink.finish_content(false);
+                self.sink.discard_file();
             }
             return Err(Error::malformed(
                 "part ops",
                 "object closed before its declared size was written",
-            ));
+            )
+            .into());
         }
         let xattrs = Xattrs::parse(self.xattrs.get(open.xattrs_index).unwrap_or(&[]))?;
         if let Some(target) = open.symlink {
@@ -416,27 +455,33 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
                     what: "symlink object",
                     expected: open.id,
                     actual,
-                });
+                }
+                .into());
             }
             self.sink
-                .begin_content(&open.id, &header, 0)
-                .map_err(io("creating a symlink object"))?;
-            self.sink
-                .finish_content(true)
-                .map_err(io("creating a symlink object"))?;
+                .write_symlink(&open.id, &header)
+                .map_err(PartError::Sink)?;
         } else {
             let actual = finish_id(open.hasher.unwrap_or_default());
             if actual != open.id {
-                let _ = self.sink.finish_content(false);
+                self.sink.discard_file();
                 return Err(Error::ChecksumMismatch {
                     what: "content object",
                     expected: open.id,
                     actual,
-                });
+                }
+                .into());
             }
+            let header = FileHeader {
+                uid: open.uid,
+                gid: open.gid,
+                mode: open.mode,
+                symlink: "",
+                xattrs,
+            };
             self.sink
-                .finish_content(true)
-                .map_err(io("finishing a content object"))?;
+                .finish_file(&open.id, &header)
+                .map_err(PartError::Sink)?;
             self.stats.content_bytes += open.size;
         }
         self.stats.content_objects += 1;
@@ -447,12 +492,12 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
     /// Streams a raw mendsley bsdiff patch (no header, no bzip2): control
     /// triples of sign-magnitude i64 (diff len, extra len, old seek), diff
     /// bytes added to old bytes, extra bytes copied.
-    fn bspatch(&mut self, offset: u64, length: u64) -> Result<()> {
+    fn bspatch(&mut self, offset: u64, length: u64) -> ExecResult<(), S::Error> {
         let w = "bspatch";
         let old_size = self.source.ok_or(Error::malformed(w, "no read source"))?;
         let new_size = match &self.open {
             Some(o) if o.written == 0 && o.symlink.is_none() => o.size,
-            _ => return Err(Error::malformed(w, "needs a freshly opened regular file")),
+            _ => return Err(Error::malformed(w, "needs a freshly opened regular file").into()),
         };
         self.check_blob(offset, length)?;
         let end = offset + length;
@@ -463,23 +508,21 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
         let mut old = vec![0u8; CHUNK];
         while newpos < new_size {
             if p.checked_add(24).map_or(true, |e| e > end) {
-                return Err(Error::malformed(w, "truncated control record"));
+                return Err(Error::malformed(w, "truncated control record").into());
             }
             let mut ctrl = [0u8; 24];
-            self.sink
-                .read_blob(p, &mut ctrl)
-                .map_err(io("reading the part blob"))?;
+            self.sink.read_blob(p, &mut ctrl).map_err(PartError::Sink)?;
             p += 24;
             let diff_len = offtin(&ctrl[0..8]);
             let extra_len = offtin(&ctrl[8..16]);
             let seek = offtin(&ctrl[16..24]);
             let (Ok(diff_len), Ok(extra_len)) = (u64::try_from(diff_len), u64::try_from(extra_len))
             else {
-                return Err(Error::malformed(w, "negative length"));
+                return Err(Error::malformed(w, "negative length").into());
             };
             let fits = |pos: u64, n: u64, lim: u64| pos.checked_add(n).is_some_and(|e| e <= lim);
             if !fits(newpos, diff_len, new_size) || !fits(p, diff_len, end) {
-                return Err(Error::malformed(w, "diff block out of range"));
+                return Err(Error::malformed(w, "diff block out of range").into());
             }
             self.reserve(diff_len)?;
             let mut done = 0u64;
@@ -487,7 +530,7 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
                 let n = (diff_len - done).min(CHUNK as u64) as usize;
                 self.sink
                     .read_blob(p + done, &mut diff[..n])
-                    .map_err(io("reading the part blob"))?;
+                    .map_err(PartError::Sink)?;
                 // Old bytes outside [0, old_size) contribute nothing (bsdiff semantics).
                 let start = oldpos
                     .checked_add(done as i64)
@@ -499,7 +542,7 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
                     let m = (hi - lo) as usize;
                     self.sink
                         .read_source(lo as u64, &mut old[..m])
-                        .map_err(io("reading the read source"))?;
+                        .map_err(PartError::Sink)?;
                     for (d, o) in diff[k..k + m].iter_mut().zip(&old[..m]) {
                         *d = d.wrapping_add(*o);
                     }
@@ -514,7 +557,7 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
                 .checked_add(diff_len as i64)
                 .ok_or(Error::malformed(w, "seek overflow"))?;
             if !fits(newpos, extra_len, new_size) || !fits(p, extra_len, end) {
-                return Err(Error::malformed(w, "extra block out of range"));
+                return Err(Error::malformed(w, "extra block out of range").into());
             }
             self.reserve(extra_len)?;
             let mut done = 0u64;
@@ -522,7 +565,7 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
                 let n = (extra_len - done).min(CHUNK as u64) as usize;
                 self.sink
                     .read_blob(p + done, &mut diff[..n])
-                    .map_err(io("reading the part blob"))?;
+                    .map_err(PartError::Sink)?;
                 let chunk = diff[..n].to_vec();
                 self.emit(&chunk)?;
                 done += n as u64;
@@ -579,6 +622,7 @@ fn oob() -> std::io::Error {
 }
 
 impl ObjectSink for MemorySink<'_> {
+    type Error = std::io::Error;
     fn read_blob(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         let start = usize::try_from(offset).map_err(|_| oob())?;
         let src = self.blob.get(start..start + buf.len()).ok_or_else(oob)?;
@@ -608,16 +652,21 @@ impl ObjectSink for MemorySink<'_> {
         self.meta.push((ty, *id, data.to_vec()));
         Ok(())
     }
-    fn begin_content(
-        &mut self,
-        id: &ObjectId,
-        header: &FileHeader<'_>,
-        _size: u64,
-    ) -> std::io::Result<()> {
-        self.current = Some((*id, header.symlink.to_owned(), Vec::new()));
+    fn write_symlink(&mut self, id: &ObjectId, header: &FileHeader<'_>) -> std::io::Result<()> {
+        self.content
+            .push((*id, header.symlink.to_owned(), Vec::new()));
         Ok(())
     }
-    fn write_content(&mut self, data: &[u8]) -> std::io::Result<()> {
+    fn begin_file(
+        &mut self,
+        id: &ObjectId,
+        _header: &FileHeader<'_>,
+        _size: u64,
+    ) -> std::io::Result<()> {
+        self.current = Some((*id, String::new(), Vec::new()));
+        Ok(())
+    }
+    fn write_file(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.current
             .as_mut()
             .ok_or_else(oob)?
@@ -625,12 +674,13 @@ impl ObjectSink for MemorySink<'_> {
             .extend_from_slice(data);
         Ok(())
     }
-    fn finish_content(&mut self, keep: bool) -> std::io::Result<()> {
+    fn finish_file(&mut self, _id: &ObjectId, _header: &FileHeader<'_>) -> std::io::Result<()> {
         let c = self.current.take().ok_or_else(oob)?;
-        if keep {
-            self.content.push(c);
-        }
+        self.content.push(c);
         Ok(())
+    }
+    fn discard_file(&mut self) {
+        self.current = None;
     }
 }
 
@@ -716,7 +766,10 @@ mod tests {
         let mut sink = MemorySink::new(&blob);
         let err =
             execute_part(&mut sink, &objects, &modes, &xattrs, 4, b"S\0\0\x04\0").unwrap_err();
-        assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
+        assert!(
+            matches!(err, PartError::Delta(Error::ChecksumMismatch { .. })),
+            "{err}"
+        );
         assert!(sink.content.is_empty());
     }
 

@@ -6,13 +6,13 @@
 
 pub mod base64;
 pub mod delta;
+#[cfg(feature = "encode")]
+pub mod encode;
 pub mod error;
 pub mod execute;
 pub mod gvariant;
 pub mod object;
 pub mod sign;
-#[cfg(feature = "encode")]
-pub mod vendor;
 pub mod xz;
 
 pub use delta::MAX_METADATA_SIZE;

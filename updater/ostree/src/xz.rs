@@ -84,25 +84,37 @@ pub fn decompress<R: BufRead, W: Write>(
             })?;
             Ok(capped.written)
         }
-        // liblzma reports corrupt or truncated data as InvalidData/UnexpectedEof
-        // (or a wrapped lzma error); everything else is a real I/O failure.
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::InvalidData
-                    | std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::Other
-            ) =>
-        {
-            Err(Error::malformed(
-                "xz part",
-                "corrupt or truncated xz stream",
-            ))
+        Err(e) => Err(decode_error(e)),
+    }
+}
+
+/// What a failed decode means. liblzma's own errors come wrapped in an
+/// `io::Error`: a stream that needs more memory than [`XZ_MEMLIMIT`] (a
+/// dictionary larger than the limit) says so, instead of passing for a
+/// corrupt one; a cut stream is "truncated"; anything else from the decoder
+/// is corrupt data; an error of the writer is I/O.
+fn decode_error(e: std::io::Error) -> Error {
+    use liblzma::stream::Error as Lzma;
+    match e.get_ref().and_then(|i| i.downcast_ref::<Lzma>()) {
+        Some(Lzma::MemLimit) => Error::TooLarge {
+            what: "xz decoder memory the part's stream needs (its dictionary)",
+            limit: XZ_MEMLIMIT,
+        },
+        Some(Lzma::Mem) => Error::Io {
+            what: "decompressing a part (out of memory)",
+            source: e,
+        },
+        Some(_) => Error::malformed("xz part", "corrupt xz stream"),
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Error::malformed("xz part", "truncated xz stream")
         }
-        Err(source) => Err(Error::Io {
+        None if e.kind() == std::io::ErrorKind::InvalidData => {
+            Error::malformed("xz part", "corrupt xz stream")
+        }
+        None => Error::Io {
             what: "decompressing a part",
-            source,
-        }),
+            source: e,
+        },
     }
 }
 
@@ -137,6 +149,65 @@ mod tests {
         assert!(matches!(err, Error::TooLarge { .. }), "{err}");
         assert!(decompress(c, &data[..data.len() / 2], Vec::new(), 1 << 20).is_err());
         assert!(decompress(Compression::None, &b"abc"[..], Vec::new(), 2).is_err());
+    }
+
+    /// CRC32 (IEEE), for re-sealing an edited xz block header.
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for b in data {
+            c ^= u32::from(*b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0xEDB8_8320
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    /// A stream whose dictionary needs more decoder memory than the limit is
+    /// refused as exactly that, not as "corrupt or truncated". (Made by
+    /// raising the LZMA2 dictionary size in a real block header to 96 MiB
+    /// and re-sealing the header's CRC32.)
+    #[test]
+    fn stream_beyond_the_memory_limit_says_so() {
+        use std::io::Write as _;
+        let mut enc = liblzma::write::XzEncoder::new(Vec::new(), 0);
+        enc.write_all(b"a small payload").unwrap();
+        let mut xz = enc.finish().unwrap();
+        // Stream header (12 bytes), then the block header: its size byte,
+        // flags, filter id 0x21 (LZMA2), properties size 1, the dictionary
+        // byte, padding, CRC32.
+        let start = 12;
+        let size = (usize::from(xz[start]) + 1) * 4;
+        let header = &mut xz[start..start + size];
+        let lzma2 = header
+            .windows(2)
+            .position(|w| w == [0x21, 0x01])
+            .expect("LZMA2 filter flags");
+        header[lzma2 + 2] = 29; // (2 | 1) << (29 / 2 + 11) = 96 MiB
+        let crc = crc32(&header[..size - 4]);
+        header[size - 4..].copy_from_slice(&crc.to_le_bytes());
+        let err = decompress(Compression::Xz, &xz[..], std::io::sink(), 1 << 20).unwrap_err();
+        assert!(
+            matches!(err, Error::TooLarge { limit, .. } if limit == XZ_MEMLIMIT),
+            "{err}"
+        );
+        assert!(err.to_string().contains("xz decoder memory"), "{err}");
+        // The same stream cut short is truncated, and a flipped payload byte
+        // corrupt, as before.
+        let mut enc = liblzma::write::XzEncoder::new(Vec::new(), 0);
+        enc.write_all(&[7u8; 4096]).unwrap();
+        let good = enc.finish().unwrap();
+        let cut = decompress(
+            Compression::Xz,
+            &good[..good.len() / 2],
+            std::io::sink(),
+            1 << 20,
+        );
+        assert!(cut.unwrap_err().to_string().contains("xz stream"));
     }
 
     /// A real bomb (32 MiB of zeros in a few kilobytes of xz) is

@@ -12,11 +12,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use atomup_ostree::encode::{commit_metadata, filez_header};
 use atomup_ostree::object::{
     encode_xattrs, finish_id, Commit, DirEntry, DirMeta, DirTree, FileEntry, FileHeader, ObjectId,
     ObjectType, SafeName, Xattrs, S_IFDIR, S_IFLNK, S_IFREG,
 };
-use atomup_ostree::vendor::{commit_metadata, filez_header};
 use sha2::Digest;
 
 use crate::progress::{human, Progress};

@@ -21,9 +21,9 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use atomup_ostree::delta::delta_path;
+use atomup_ostree::encode::{ModeEntry, NewFallback, NewPartInfo, NewSuperblock};
 use atomup_ostree::gvariant::Endian;
 use atomup_ostree::object::{Commit, DirTree, ObjectId, ObjectType};
-use atomup_ostree::vendor::{ModeEntry, NewFallback, NewPartInfo, NewSuperblock};
 
 pub use part::XzSettings;
 use part::{xz_compress, PartBuilder};

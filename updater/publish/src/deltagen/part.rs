@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use atomup_ostree::delta::{write_varint, Compression};
+use atomup_ostree::encode::{part_file, part_payload, ModeEntry, NewPartInfo};
 use atomup_ostree::object::{ObjectId, ObjectType};
-use atomup_ostree::vendor::{part_file, part_payload, ModeEntry, NewPartInfo};
 
 /// Op codes of the static delta op stream.
 const OP_SPLICE: u8 = b'S';
@@ -282,7 +282,7 @@ mod tests {
         let (c, body) = atomup_ostree::delta::part_header(&file).unwrap();
         let mut payload = Vec::new();
         atomup_ostree::xz::decompress(c, body, &mut payload, 1 << 20).unwrap();
-        let l = atomup_ostree::vendor::payload_layout(&payload).unwrap();
+        let l = atomup_ostree::encode::payload_layout(&payload).unwrap();
         let r = |(a, b): (u64, u64)| &payload[a as usize..b as usize];
         let mut raw = Vec::new();
         for (ty, id) in &objects {

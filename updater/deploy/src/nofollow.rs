@@ -1,5 +1,6 @@
-//! File-system primitives that never follow a symlink and never leave the
-//! directory handle they start from: every path is walked one [`SafeName`]
+//! The no-follow file layer: file-system primitives that never follow a
+//! symlink and never leave the directory handle they start from, and never
+//! block on what they open: every path is walked one [`SafeName`]
 //! component at a time with `openat(O_NOFOLLOW)`, so a symlink planted in a
 //! target or source tree cannot redirect a write or a read (DESIGN "Trust":
 //! writes never leave the target slot). Also reads a file's OSTree identity
@@ -11,6 +12,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use atomup_fsio::Want;
 use atomup_ostree::object::{
     encode_xattrs, encode_xattrs_in_order, finish_id, FileHeader, Xattrs, S_IFDIR, S_IFLNK, S_IFMT,
     S_IFREG,
@@ -22,22 +24,54 @@ use sha2::Digest;
 
 use crate::error::{io, DeployError, Result};
 
+/// Opens directory `name` under `dir`, never following a symlink. (With
+/// `O_DIRECTORY` a FIFO or device is refused by the kernel before it is
+/// opened; `O_NONBLOCK | O_NOCTTY` as everywhere, see `atomup-fsio`.)
 pub(crate) fn open_dir_at(dir: impl AsFd, name: &str) -> std::io::Result<OwnedFd> {
     Ok(rustix::fs::openat(
         dir,
         name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDONLY
+            | OFlags::DIRECTORY
+            | OFlags::NOFOLLOW
+            | OFlags::NONBLOCK
+            | OFlags::NOCTTY
+            | OFlags::CLOEXEC,
         Mode::empty(),
     )?)
 }
 
+/// Opens regular file `name` under `dir` for reading, never following a
+/// symlink and never blocking: a FIFO, socket, device or directory there is
+/// refused by its type (`InvalidInput`, "a FIFO, not a regular file") and
+/// never read as content.
+pub(crate) fn open_regular_at(dir: impl AsFd, name: &str) -> std::io::Result<File> {
+    atomup_fsio::open_at(dir, name, Want::Regular)
+}
+
+/// Reads a regular file of at most `limit` bytes, by path (a device-side
+/// path the caller chose: symlinks in it are followed, as an operator would
+/// expect). Opened so that it cannot block: a FIFO, device or socket is
+/// refused by type (see `atomup-fsio`).
+pub(crate) fn read_capped(path: &Path, limit: u64, what: &'static str) -> Result<Vec<u8>> {
+    let f = atomup_fsio::open(path, Want::Regular).map_err(io("open", path))?;
+    let len = f.metadata().map_err(io("stat", path))?.len();
+    if len > limit {
+        return Err(DeployError::TooLarge { what, limit });
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, limit + 1), &mut buf)
+        .map_err(io("read", path))?;
+    if buf.len() as u64 > limit {
+        return Err(DeployError::TooLarge { what, limit });
+    }
+    Ok(buf)
+}
+
 pub(crate) fn open_root(path: &Path) -> Result<OwnedFd> {
-    rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io("open directory", path)(e.into()))
+    atomup_fsio::open(path, Want::Directory)
+        .map(OwnedFd::from)
+        .map_err(io("open directory", path))
 }
 
 /// Opens directory `rel` (components separated by `/`) under `root` without
@@ -251,7 +285,11 @@ pub(crate) fn remove_entry(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<()
         let sub = rustix::fs::openat(
             dir,
             name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDONLY
+                | OFlags::DIRECTORY
+                | OFlags::NOFOLLOW
+                | OFlags::NONBLOCK
+                | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| io("open directory", path)(e.into()))?;

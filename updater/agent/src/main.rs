@@ -4,6 +4,7 @@
 mod bootopts;
 mod delta;
 mod slots;
+mod target;
 mod update;
 
 use std::error::Error;

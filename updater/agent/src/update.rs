@@ -15,6 +15,7 @@
 //! Re-running after a power cut is safe: downloads resume from the cache and
 //! the apply rewrites the (out-of-order) slot from scratch.
 
+use crate::target::{self, Protected, Target};
 use crate::{bootopts, Result};
 use atomup_board::Board;
 use atomup_bootctl::statedir::{SlotInfo, StateDir};
@@ -185,6 +186,34 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     };
     let state = atomup_bootctl::read(bl)?.state()?;
     let sd = StateDir::new(&o.state_dir);
+
+    // Rule (issue 11.1): the target is resolved, by device, inode and mount,
+    // before anything is written, and must not be the running system or its
+    // data: an update empties what it writes.
+    let spec = match (&target_device, &o.target_dir) {
+        (Some(dev), _) => Target::Device(dev.clone()),
+        (None, Some(dir)) => Target::Dir(dir.clone()),
+        (None, None) => unreachable!("checked above"),
+    };
+    let protect = Protected {
+        root: &o.from_root,
+        state_dir: &o.state_dir,
+        data_device: profile.as_ref().and_then(|p| p.data.as_deref()),
+    };
+    target::check(
+        &spec,
+        &protect,
+        &target::read_mounts()?,
+        &target::sysfs_disk_of,
+    )?;
+    // Rule: the env's own idea of the running system wins over a command line
+    // that names the other slot (a wrong `atomup.slot=`).
+    if state.primary_confirmed() == Some(target) {
+        return Err(format!(
+            "the env makes slot {target} the confirmed slot that boots next ({state}), but the booted slot is given as {booted}: refusing to overwrite slot {target}"
+        )
+        .into());
+    }
 
     // Never overwrite the fallback: while the running slot is itself on trial,
     // the other slot is the only confirmed one.

@@ -316,7 +316,7 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
     }
 }
 
-/// `atomup` with `args`, killed (and the test failed) after 60 s.
+/// `atomup` with `args`, killed (and the test failed) after 30 s.
 pub fn atomup_bounded<I, S>(args: I) -> Output
 where
     I: IntoIterator<Item = S>,
@@ -324,7 +324,7 @@ where
 {
     run_bounded(
         Command::new(crate::workspace_bin("atomup")).args(args),
-        Duration::from_secs(60),
+        Duration::from_secs(30),
     )
 }
 

@@ -245,3 +245,33 @@ fn traversal_paths_are_refused_before_the_network() {
     }
     assert!(s.nginx.requests().is_empty());
 }
+
+/// A FIFO planted in the cache (as a finished or a partial download) is
+/// refused by type at once, never waited on.
+#[test]
+fn fifo_in_the_cache_is_refused_without_blocking() {
+    let data = payload(10_000);
+    let s = site(&[("f", &data)]);
+    let e = expect_of(&data);
+    std::fs::create_dir_all(&s.cache).unwrap();
+    let name = atomup_fetch::hex(&e.sha256);
+    for planted in [name.clone(), format!("{name}.partial")] {
+        let fifo = s.cache.join(&planted);
+        atomup_tests::device::mkfifo(&fifo);
+        let (url, cache) = (s.nginx.url(), s.cache.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let f = Fetcher::new(&url, &cache, quick()).unwrap();
+            let _ = tx.send(
+                f.fetch_verified("f", e, &mut no_progress())
+                    .map_err(|e| format!("{e}: {}", std::error::Error::source(&e).unwrap())),
+            );
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("fetch blocked on a FIFO in the cache");
+        let err = got.unwrap_err();
+        assert!(err.contains("a FIFO, not a regular file"), "{err}");
+        std::fs::remove_file(&fifo).unwrap();
+    }
+}

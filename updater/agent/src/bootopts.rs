@@ -35,22 +35,31 @@ pub fn open_env(
     })
 }
 
-/// What the kernel command line says about this boot; `--booted-slot` overrides
-/// the slot (host use).
-pub fn booted(explicit: Option<Slot>) -> cmdline::Booted {
+/// Where the kernel command line is read from unless told otherwise.
+pub const CMDLINE: &str = "/proc/cmdline";
+
+/// What the kernel command line (`cmdline`, normally `/proc/cmdline`) says
+/// about this boot; `--booted-slot` overrides the slot (host use).
+pub fn booted(explicit: Option<Slot>, cmdline: &Path) -> Result<cmdline::Booted> {
     if let Some(s) = explicit {
-        return cmdline::Booted {
+        return Ok(cmdline::Booted {
             slot: Some(s),
             ..Default::default()
-        };
+        });
     }
-    std::fs::read_to_string("/proc/cmdline")
-        .map(|text| cmdline::parse(&text))
-        .unwrap_or_default()
+    match atomup_fsio::read_text_capped(cmdline, 64 * 1024) {
+        Ok(text) => Ok(cmdline::parse(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(cmdline::Booted::default()),
+        Err(e) => Err(format!(
+            "cannot read the kernel command line {}: {e}",
+            cmdline.display()
+        )
+        .into()),
+    }
 }
 
-pub fn require_booted(explicit: Option<Slot>) -> Result<Slot> {
-    booted(explicit).slot.ok_or_else(|| {
+pub fn require_booted(explicit: Option<Slot>, cmdline: &Path) -> Result<Slot> {
+    booted(explicit, cmdline)?.slot.ok_or_else(|| {
         "booted slot unknown: no atomup.slot= on the kernel command line (use --booted-slot)".into()
     })
 }

@@ -3,6 +3,7 @@
 
 mod bootopts;
 mod delta;
+mod inputs;
 mod slots;
 mod target;
 mod update;

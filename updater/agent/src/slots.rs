@@ -33,7 +33,8 @@ Boot-state options (all of the commands above):
                       relative paths resolve against the current directory)
   --env-image FILE    redundant U-Boot env in FILE at 0x80000 and 0x84000, 0x4000 each
   --grubenv PATH      GRUB env: PATH and PATH2 (sealed two-block scheme)
-  --booted-slot A|B   booted slot (default: atomup.slot= in /proc/cmdline)
+  --booted-slot A|B   booted slot (default: atomup.slot= in the kernel command line)
+  --cmdline FILE      where the kernel command line is read (default /proc/cmdline)
   --state-dir DIR     agent state (default /var/lib/atomup)
 env subcommands:
   env show
@@ -61,6 +62,7 @@ struct Opts {
     env_image: Option<PathBuf>,
     grubenv: Option<PathBuf>,
     booted: Option<Slot>,
+    cmdline: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     json: bool,
     slot: Option<Slot>,
@@ -92,6 +94,7 @@ fn parse(command: &str, args: &mut lexopt::Parser) -> Result<Opts> {
             Long("grubenv") => o.grubenv = Some(args.value()?.into()),
             Long("booted-slot") => o.booted = Some(slot_arg(args.value()?.string()?)?),
             Long("state-dir") => o.state_dir = Some(args.value()?.into()),
+            Long("cmdline") => o.cmdline = Some(args.value()?.into()),
             Long("json") if command == "status" => o.json = true,
             Long("checks") if command == "health" => o.checks = Some(args.value()?.into()),
             Long("timeout") if command == "health" => {
@@ -135,12 +138,18 @@ fn bootloader(o: &Opts) -> Result<Box<dyn Bootloader>> {
     )
 }
 
+fn cmdline_path(o: &Opts) -> PathBuf {
+    o.cmdline
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(bootopts::CMDLINE))
+}
+
 fn booted(o: &Opts) -> Result<cmdline::Booted> {
-    Ok(bootopts::booted(o.booted))
+    bootopts::booted(o.booted, &cmdline_path(o))
 }
 
 fn require_booted(o: &Opts) -> Result<Slot> {
-    bootopts::require_booted(o.booted)
+    bootopts::require_booted(o.booted, &cmdline_path(o))
 }
 
 fn state_dir_path(o: &Opts) -> PathBuf {
@@ -460,10 +469,11 @@ fn status(o: &Opts, bl: &mut dyn Bootloader) -> Result {
     let state = read.state()?;
     let sd = state_dir(o);
     let rollbacks = sd.rollbacks()?;
+    // An unreadable record fails the command: status never shows a guess.
     let rows: Vec<SlotRow> = Slot::ALL
         .iter()
-        .map(|&s| {
-            let info = sd.slot_info(s).ok().flatten();
+        .map(|&s| -> Result<SlotRow> {
+            let info = sd.slot_info(s)?;
             let (st, attempts) = if state.trial == Some(s) && state.order.contains(&s) {
                 ("trial", Some(state.left))
             } else if state.order.contains(&s) {
@@ -478,15 +488,15 @@ fn status(o: &Opts, bl: &mut dyn Bootloader) -> Result {
             } else {
                 ("-", None)
             };
-            SlotRow {
+            Ok(SlotRow {
                 slot: s,
                 booted: b.slot == Some(s),
                 state: st,
                 attempts,
                 info: info.unwrap_or_default(),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let fallback_pending = b
         .slot
         .map(|s| matches!(state.after_boot(s), BootOutcome::Fallback { .. }))

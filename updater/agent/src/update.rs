@@ -16,12 +16,10 @@
 //! the apply rewrites the (out-of-order) slot from scratch.
 
 use crate::target::{self, Protected, Target};
-use crate::{bootopts, Result};
-use atomup_board::Board;
+use crate::{bootopts, inputs, Result};
 use atomup_bootctl::statedir::{SlotInfo, StateDir};
 use atomup_fetch::{Expect, Fetcher, Options as FetchOptions};
 use atomup_ostree::delta::{Superblock, SuperblockFile};
-use atomup_ostree::sign::Trust;
 use atomup_ostree::ObjectId;
 use atomup_policy::slot::DEFAULT_ATTEMPTS;
 use atomup_policy::Slot;
@@ -50,7 +48,8 @@ Polls the server once; installs a due release into the inactive slot, on trial.
   --machine-id FILE     rollout seed source (default /etc/machine-id)
   --retry-backoff-ms N  pause before the n-th retry of a cut download is n*N ms (default 2000)
 Boot-state options: --env-config FILE | --env-image FILE | --grubenv PATH,
-  --booted-slot A|B, --state-dir DIR (default /var/lib/atomup)
+  --booted-slot A|B, --cmdline FILE (default /proc/cmdline),
+  --state-dir DIR (default /var/lib/atomup)
 ";
 
 /// Largest release metadata file fetched (the format caps the body at 64 KiB).
@@ -76,6 +75,7 @@ struct Opts {
     env_image: Option<PathBuf>,
     grubenv: Option<PathBuf>,
     booted: Option<Slot>,
+    cmdline: PathBuf,
     state_dir: PathBuf,
 }
 
@@ -101,6 +101,7 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
         env_image: None,
         grubenv: None,
         booted: None,
+        cmdline: bootopts::CMDLINE.into(),
         state_dir: "/var/lib/atomup".into(),
     };
     while let Some(arg) = args.next()? {
@@ -129,6 +130,7 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
                     Some(Slot::parse(&v).ok_or_else(|| format!("slot must be A or B, got `{v}`"))?);
             }
             Long("state-dir") => o.state_dir = args.value()?.into(),
+            Long("cmdline") => o.cmdline = args.value()?.into(),
             Long("help") | Short('h') => {
                 print!("{HELP}");
                 std::process::exit(0);
@@ -139,25 +141,11 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
     Ok(o)
 }
 
-/// The board profile: given, or the device's own when it ships one.
-fn board(o: &Opts) -> Result<Option<Board>> {
-    let path = match &o.board_conf {
-        Some(p) => p.clone(),
-        None if Path::new(atomup_board::DEFAULT_PATH).exists() => atomup_board::DEFAULT_PATH.into(),
-        None => return Ok(None),
-    };
-    let text =
-        fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(Some(Board::parse(&text).map_err(|e| {
-        format!("board profile {}: {e}", path.display())
-    })?))
-}
-
 pub fn run(args: &mut lexopt::Parser) -> Result {
     let o = parse(args)?;
     let server = o.server.as_deref().ok_or("--server URL is required")?;
     let channel = o.channel.as_deref().ok_or("--channel NAME is required")?;
-    let profile = board(&o)?;
+    let profile = inputs::board(o.board_conf.as_deref())?;
     let board = match (&o.board, &profile) {
         (Some(b), _) => b.as_str(),
         (None, Some(p)) => p.name.as_str(),
@@ -166,7 +154,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     if o.target_device.is_some() && o.target_dir.is_some() {
         return Err("give only one of --target-device DEV, --target-dir DIR".into());
     }
-    let trust = load_trust(&o.trusted, o.revoked.as_deref())?;
+    let trust = inputs::trust(&o.trusted, o.revoked.as_deref())?;
     let mut bl = bootopts::open_env(
         o.env_config.as_deref(),
         o.env_image.as_deref(),
@@ -174,7 +162,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         profile.as_ref().map(|p| &p.bootloader),
     )?;
     let bl = bl.as_mut();
-    let booted = bootopts::require_booted(o.booted)?;
+    let booted = bootopts::require_booted(o.booted, &o.cmdline)?;
     let target = !booted;
     let target_device = match (&o.target_device, &o.target_dir, &profile) {
         (Some(dev), _, _) => Some(dev.clone()),
@@ -237,6 +225,10 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
 
     let time_file = o.state_dir.join("trusted-time");
     let trusted_time = read_trusted_time(&time_file)?;
+    // Everything else the decision needs is read before the first request
+    // (which creates the download cache): unreadable state fails here.
+    let rollbacks = sd.rollbacks()?;
+    let seed = rollout::RolloutSeed::from_machine_id(&inputs::machine_id(&o.machine_id)?);
     let now = o.now.unwrap_or_else(system_now);
 
     // 1. Release metadata: fetched capped, verified before it is parsed.
@@ -267,8 +259,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     };
     // Rule: a release that rolled back on this device is never retried.
     let to_hex = to.to_hex();
-    if sd
-        .rollbacks()?
+    if rollbacks
         .iter()
         .any(|r| r.commit.as_deref() == Some(to_hex.as_str()))
     {
@@ -288,22 +279,18 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         return Ok(());
     }
     let effective_now = now.max(trusted_time);
-    if !o.ignore_rollout {
-        let seed =
-            rollout::RolloutSeed::from_machine_id(&fs::read(&o.machine_id).unwrap_or_default());
-        if !rollout::is_eligible(&release.waves, &seed, effective_now) {
-            match rollout::eligible_at(&release.waves, &seed) {
-                Some(t) => println!(
-                    "version {} is rolling out; this device's wave opens at {t}",
-                    release.version
-                ),
-                None => println!(
-                    "version {} is rolling out; this device is not in any wave yet",
-                    release.version
-                ),
-            }
-            return Ok(());
+    if !o.ignore_rollout && !rollout::is_eligible(&release.waves, &seed, effective_now) {
+        match rollout::eligible_at(&release.waves, &seed) {
+            Some(t) => println!(
+                "version {} is rolling out; this device's wave opens at {t}",
+                release.version
+            ),
+            None => println!(
+                "version {} is rolling out; this device is not in any wave yet",
+                release.version
+            ),
         }
+        return Ok(());
     }
 
     // 2. Downloads: every byte capped and digest-checked, resumable.
@@ -459,13 +446,6 @@ fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
     fs::hard_link(from, to).or_else(|_| fs::copy(from, to).map(|_| ()))
 }
 
-fn load_trust(trusted: &Path, revoked: Option<&Path>) -> Result<Trust> {
-    let read =
-        |p: &Path| fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-    let revoked = revoked.map(read).transpose()?;
-    Ok(Trust::from_key_files(&read(trusted)?, revoked.as_deref())?)
-}
-
 fn system_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -473,12 +453,12 @@ fn system_now() -> u64 {
 }
 
 fn read_trusted_time(path: &Path) -> Result<u64> {
-    match fs::read_to_string(path) {
-        Ok(s) => Ok(s
-            .trim()
-            .parse()
-            .map_err(|_| format!("{} is not a unix time", path.display()))?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+    match atomup_fsio::read_capped_opt(path, 4096) {
+        Ok(Some(b)) => Ok(std::str::from_utf8(&b)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| format!("{} is not a unix time", path.display()))?),
+        Ok(None) => Ok(0),
         Err(e) => Err(format!("cannot read {}: {e}", path.display()).into()),
     }
 }

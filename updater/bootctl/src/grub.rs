@@ -14,6 +14,10 @@ use atomup_bootenv::grubab::{self, Pair};
 use atomup_bootenv::Vars;
 use std::path::{Path, PathBuf};
 
+/// Largest grubenv file read: GRUB's own blocks are 1024 bytes; a bigger
+/// file is not one either side wrote and is refused rather than read whole.
+pub const MAX_FILE: u64 = 64 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct GrubEnv {
     files: [PathBuf; 2],
@@ -34,10 +38,10 @@ impl GrubEnv {
     }
 
     fn read_block(path: &Path) -> Result<Vec<u8>, BootctlError> {
-        match std::fs::read(path) {
-            Ok(b) => Ok(b),
-            // A missing block is simply not valid; the pair logic copes.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        // A missing block is simply not valid; the pair logic copes. Anything
+        // but a regular file of at most MAX_FILE bytes is refused.
+        match atomup_fsio::read_capped_opt(path, MAX_FILE) {
+            Ok(b) => Ok(b.unwrap_or_default()),
             Err(e) => Err(io_err(path, "reading grubenv")(e)),
         }
     }
@@ -57,7 +61,7 @@ impl GrubEnv {
         })?;
         let existing = std::fs::metadata(path).map(|m| m.len()).ok();
         if existing == Some(BLOCK_SIZE as u64) {
-            write_at(path, 0, &block, false)
+            write_at(path, 0, &block)
         } else {
             replace_file(path, &block)
         }

@@ -11,13 +11,16 @@
 //! A `format` above 1 is refused rather than misread; a file without
 //! `format` is read as version 1 (the only one so far).
 
-use crate::io::{io_err, replace_file};
+use crate::io::io_err;
 use crate::BootctlError;
 use atomup_policy::Slot;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const FORMAT: u32 = 1;
+/// Largest slot record read (a few short lines).
+pub const MAX_RECORD: u64 = 4096;
+/// Largest rollback list read: about ten thousand rollbacks.
+pub const MAX_ROLLBACKS: u64 = 1 << 20;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {
@@ -148,11 +151,11 @@ impl StateDir {
     /// The slot's record; `Ok(None)` when there is none yet.
     pub fn slot_info(&self, slot: Slot) -> Result<Option<SlotInfo>, BootctlError> {
         let path = self.slot_path(slot);
-        match std::fs::read(&path) {
-            Ok(b) => parse_slot_info(&b)
+        match atomup_fsio::read_capped_opt(&path, MAX_RECORD) {
+            Ok(Some(b)) => parse_slot_info(&b)
                 .map(Some)
                 .map_err(|source| BootctlError::Record { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Ok(None) => Ok(None),
             Err(e) => Err(io_err(&path, "reading the slot record")(e)),
         }
     }
@@ -161,50 +164,63 @@ impl StateDir {
         let path = self.slot_path(slot);
         let dir = self.root.join("slots");
         std::fs::create_dir_all(&dir).map_err(io_err(&dir, "creating the slot record dir"))?;
-        replace_file(&path, serialize_slot_info(info).as_bytes())
+        atomup_fsio::replace(&path, serialize_slot_info(info).as_bytes())
+            .map_err(io_err(&path, "writing the slot record"))
     }
 
     pub fn rollbacks(&self) -> Result<Vec<RollbackRecord>, BootctlError> {
         let path = self.rollbacks_path();
-        match std::fs::read(&path) {
-            Ok(b) => parse_rollbacks(&b).map_err(|source| BootctlError::Record { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        match atomup_fsio::read_capped_opt(&path, MAX_ROLLBACKS) {
+            Ok(Some(b)) => {
+                parse_rollbacks(&b).map_err(|source| BootctlError::Record { path, source })
+            }
+            Ok(None) => Ok(Vec::new()),
             Err(e) => Err(io_err(&path, "reading the rollback records")(e)),
         }
     }
 
-    /// Appends one rollback record and syncs it.
+    /// Adds one rollback record: the whole list is rewritten with
+    /// `atomup_fsio::replace`, so a power cut leaves the old list or the new
+    /// one, never a torn line that would make the list unreadable.
     pub fn record_rollback(&self, r: &RollbackRecord) -> Result<(), BootctlError> {
         let path = self.rollbacks_path();
+        let mut text = match atomup_fsio::read_capped_opt(&path, MAX_ROLLBACKS) {
+            Ok(Some(b)) => {
+                // Refuse to extend a list we cannot read (it fails closed).
+                parse_rollbacks(&b).map_err(|source| BootctlError::Record {
+                    path: path.clone(),
+                    source,
+                })?;
+                String::from_utf8(b).map_err(|_| BootctlError::Record {
+                    path: path.clone(),
+                    source: RecordError::NotUtf8,
+                })?
+            }
+            Ok(None) => String::new(),
+            Err(e) => return Err(io_err(&path, "reading the rollback records")(e)),
+        };
         std::fs::create_dir_all(&self.root)
             .map_err(io_err(&self.root, "creating the state dir"))?;
-        let fresh = !path.exists();
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path, "opening the rollback records"))?;
         let word = |v: &Option<String>| {
             v.as_deref()
                 .filter(|v| clean(v) && !v.contains(' '))
                 .unwrap_or("-")
                 .to_owned()
         };
-        let mut line = String::new();
-        if fresh {
-            line.push_str(&format!("format={FORMAT}\n"));
+        if text.is_empty() {
+            text.push_str(&format!("format={FORMAT}\n"));
+        } else if !text.ends_with('\n') {
+            text.push('\n');
         }
-        line.push_str(&format!(
+        text.push_str(&format!(
             "{} {} {} {}\n",
             r.at,
             r.slot,
             word(&r.commit),
             word(&r.version)
         ));
-        f.write_all(line.as_bytes())
-            .map_err(io_err(&path, "appending a rollback record"))?;
-        f.sync_all()
-            .map_err(io_err(&path, "syncing the rollback records"))
+        atomup_fsio::replace(&path, text.as_bytes())
+            .map_err(io_err(&path, "writing the rollback records"))
     }
 }
 

@@ -13,6 +13,9 @@ use atomup_bootenv::uboot::{self, FlagScheme, Layout, Redundant};
 use atomup_bootenv::{EnvDevice, FwEnvConfig, Vars};
 use std::path::{Path, PathBuf};
 
+/// Largest fw_env.config read (a few lines in practice).
+pub const MAX_CONFIG: u64 = 64 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct UbootEnv {
     devices: Vec<EnvDevice>,
@@ -22,7 +25,8 @@ pub struct UbootEnv {
 impl UbootEnv {
     /// Reads an fw_env.config; relative device paths resolve against `base`.
     pub fn from_config_file(path: &Path, base: &Path) -> Result<UbootEnv, BootctlError> {
-        let text = std::fs::read(path).map_err(crate::io::io_err(path, "reading fw_env.config"))?;
+        let text = atomup_fsio::read_capped(path, MAX_CONFIG)
+            .map_err(crate::io::io_err(path, "reading fw_env.config"))?;
         let cfg = FwEnvConfig::parse(&text).map_err(|source| BootctlError::Config {
             path: path.to_path_buf(),
             source,
@@ -114,7 +118,7 @@ impl UbootEnv {
                     source: source.into(),
                 }
             })?;
-        write_at(&self.path(d), d.offset, &bytes, true)
+        write_at(&self.path(d), d.offset, &bytes)
     }
 }
 
@@ -130,11 +134,7 @@ fn lock() -> Result<EnvLock, BootctlError> {
     if !path.parent().is_some_and(Path::exists) {
         return Ok(EnvLock(None)); // no /var/lock (initramfs, minimal rootfs): nobody to race
     }
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
+    let f = atomup_fsio::open_rw(path, true)
         .map_err(crate::io::io_err(path, "opening the env lock file"))?;
     rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| crate::io::io_err(path, "locking the env")(e.into()))?;

@@ -5,7 +5,7 @@
 //! so bytes that arrived once are never paid for twice. Memory is one buffer.
 
 use sha2::{Digest, Sha256};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -244,12 +244,8 @@ impl Fetcher {
         expect: Expect,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<(), FetchError> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(partial)
+        // Cannot block (a FIFO planted in the cache is refused by type).
+        let mut file = atomup_fsio::open_rw(partial, true)
             .map_err(io_err("opening partial download", partial))?;
         // Hash what is already there: the digest covers the whole file.
         let mut hasher = Sha256::new();
@@ -365,7 +361,8 @@ fn hash_prefix(file: &mut File, path: &Path, hasher: &mut Sha256) -> Result<u64,
 }
 
 fn hash_file(path: &Path) -> Result<(u64, [u8; 32]), FetchError> {
-    let mut file = File::open(path).map_err(io_err("opening cached download", path))?;
+    let mut file = atomup_fsio::open(path, atomup_fsio::Want::Regular)
+        .map_err(io_err("opening cached download", path))?;
     let mut hasher = Sha256::new();
     let size = hash_prefix(&mut file, path, &mut hasher)?;
     Ok((size, hasher.finalize().into()))

@@ -264,6 +264,18 @@ pub struct Untouched {
     slot_a: String,
     slot_b: String,
     state: String,
+    records: String,
+}
+
+/// A digest of the state directory without the download cache: the records,
+/// the trusted time and the metadata store.
+pub fn records_digest(state: &Path) -> String {
+    let snap: Vec<String> = crate::ostree_fixture::snapshot(state)
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with("cache"))
+        .map(|(p, e)| format!("{} {e:?}", p.display()))
+        .collect();
+    crate::ostree_fixture::hex(&<sha2::Sha256 as sha2::Digest>::digest(snap.join("\n")))
 }
 
 impl Untouched {
@@ -273,6 +285,7 @@ impl Untouched {
             slot_a: tree_digest(&d.slot_a),
             slot_b: tree_digest(&d.slot_b),
             state: tree_digest(&d.state),
+            records: records_digest(&d.state),
         }
     }
 
@@ -281,6 +294,13 @@ impl Untouched {
         assert!(fs::read(&d.env).unwrap() == self.env, "env changed");
         assert_eq!(tree_digest(&d.slot_a), self.slot_a, "slot A changed");
         assert_eq!(tree_digest(&d.slot_b), self.slot_b, "slot B changed");
+    }
+
+    /// Also the records, the trusted time and the metadata store are as
+    /// before (downloads into the cache may have happened).
+    pub fn assert_records_same(&self, d: &Device) {
+        self.assert_same(d);
+        assert_eq!(records_digest(&d.state), self.records, "records changed");
     }
 
     /// Also the state directory (records, trusted time, cache) is as before.

@@ -265,8 +265,10 @@ fn board_profile_naming_the_running_device_is_refused() {
     );
 }
 
-/// `atomup.slot=B` (here `--booted-slot B`) while A is what runs: the target
-/// becomes A, the device mounted as the running root.
+/// `atomup.slot=B` (here `--booted-slot B`) while A is what runs (picked by
+/// hand at the bootloader's console, say, so the env's order "B A" agrees
+/// with the wrong command line): the target becomes A, the device mounted as
+/// the running root.
 #[test]
 fn wrong_cmdline_slot_naming_the_running_device_is_refused() {
     if !require_root() {
@@ -274,6 +276,11 @@ fn wrong_cmdline_slot_naming_the_running_device_is_refused() {
     }
     let w = world(&[]);
     let d = provision(&w, "cmdline");
+    let set = atomup_tests::ostree_fixture::atomup(atomup_tests::device::env_args(
+        &d,
+        &["env", "set", "--order", "B A"],
+    ));
+    assert!(set.status.success(), "{}", text(&set));
     let fs_a = LoopFs::from_dir(&d.root.join("a.img"), &d.slot_a);
     let fs_b = LoopFs::from_dir(&d.root.join("b.img"), &d.slot_b);
     let live = d.root.join("live");

@@ -1,32 +1,42 @@
 //! `atomup update`: one poll of the update server, and if a release is due,
-//! its installation into the inactive slot. The order of steps is the safety
-//! argument (DESIGN "Slot state contract"):
+//! its installation into the inactive slot. It is a plan followed by I/O
+//! steps, and the order of the steps is the safety argument (DESIGN "Slot
+//! state contract"):
 //!
-//! 1. Everything untrusted is checked before the env or any slot is touched:
-//!    release metadata signature, channel/board, expiry, version, rollout,
-//!    never-retry list; every download is size-capped and digest-checked.
-//! 2. ONE env write takes the inactive slot out of the boot order. From here
+//! 1. Everything that needs no writing is checked before the first write:
+//!    flags and ranges, the device's own refusals (`atomup_policy::update::
+//!    preflight`), the target (`target.rs`: never the running root or the
+//!    data partition), the signed release metadata and the pure decision over
+//!    it (`atomup_policy::update::plan`: channel, board, expiry, version,
+//!    never-retry, pending trial, rollout), the download's size against the
+//!    free space, and, once downloaded (capped and digest-checked into the
+//!    cache, the only thing written so far), the delta superblock's signature
+//!    and from/to commits.
+//! 2. The trusted time and the target's record (`installing`) are written,
+//!    then ONE env write takes the target out of the boot order. From here
 //!    until step 4 a power cut boots the running, confirmed slot.
-//! 3. The delta is applied into the inactive slot and the written tree is
-//!    verified against the signed commit.
-//! 4. ONE env write puts the slot first in order, on trial. The bootloader
-//!    counts its attempts; `atomup mark-good` confirms it, or it falls back.
+//! 3. The delta is applied into the target and the written tree is verified
+//!    against the signed commit; everything is synced.
+//! 4. The target's record (commit, version) is written, then ONE env write
+//!    puts the slot first in order, on trial. The bootloader counts its
+//!    attempts; `atomup mark-good` confirms it, or it falls back.
 //!
 //! Re-running after a power cut is safe: downloads resume from the cache and
-//! the apply rewrites the (out-of-order) slot from scratch.
+//! the apply rewrites the (out-of-order) slot from scratch; a record written
+//! before a cut describes a slot that is not in the boot order.
 
 use crate::target::{self, Protected, Target};
 use crate::{bootopts, inputs, Result};
 use atomup_bootctl::statedir::{SlotInfo, StateDir};
 use atomup_fetch::{Expect, Fetcher, Options as FetchOptions};
 use atomup_ostree::delta::{Superblock, SuperblockFile};
+use atomup_ostree::sign::Trust;
 use atomup_ostree::ObjectId;
 use atomup_policy::slot::DEFAULT_ATTEMPTS;
+use atomup_policy::update::{self, Decision, Flags};
 use atomup_policy::Slot;
-use atomup_release::check::{
-    advance_trusted_time, check_release, verify_signed, DeviceFacts, Offer,
-};
-use atomup_release::{release_path, rollout, Delta};
+use atomup_release::check::verify_signed;
+use atomup_release::{release_path, rollout, Delta, Release};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -143,17 +153,23 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
 
 pub fn run(args: &mut lexopt::Parser) -> Result {
     let o = parse(args)?;
+    // 1. Flags and the device's own state: no network, no writes.
     let server = o.server.as_deref().ok_or("--server URL is required")?;
     let channel = o.channel.as_deref().ok_or("--channel NAME is required")?;
+    if o.target_device.is_some() && o.target_dir.is_some() {
+        return Err("give only one of --target-device DEV, --target-dir DIR".into());
+    }
+    let flags = Flags {
+        attempts: o.attempts,
+        allow_downgrade: o.allow_downgrade,
+        ignore_rollout: o.ignore_rollout,
+    };
     let profile = inputs::board(o.board_conf.as_deref())?;
     let board = match (&o.board, &profile) {
         (Some(b), _) => b.as_str(),
         (None, Some(p)) => p.name.as_str(),
         (None, None) => return Err("--board NAME is required (or a board profile)".into()),
     };
-    if o.target_device.is_some() && o.target_dir.is_some() {
-        return Err("give only one of --target-device DEV, --target-dir DIR".into());
-    }
     let trust = inputs::trust(&o.trusted, o.revoked.as_deref())?;
     let mut bl = bootopts::open_env(
         o.env_config.as_deref(),
@@ -163,26 +179,19 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     )?;
     let bl = bl.as_mut();
     let booted = bootopts::require_booted(o.booted, &o.cmdline)?;
-    let target = !booted;
-    let target_device = match (&o.target_device, &o.target_dir, &profile) {
-        (Some(dev), _, _) => Some(dev.clone()),
-        (None, Some(_), _) => None,
-        (None, None, Some(p)) => Some(p.slot_device(target).to_owned()),
+    let env = atomup_bootctl::read(bl)?.state()?;
+    let target = update::preflight(&env, booted, &flags)?;
+    let spec = match (&o.target_device, &o.target_dir, &profile) {
+        (Some(dev), _, _) => Target::Device(dev.clone()),
+        (None, Some(dir), _) => Target::Dir(dir.clone()),
+        (None, None, Some(p)) => Target::Device(p.slot_device(target).to_owned()),
         (None, None, None) => {
             return Err("give --target-device DEV, --target-dir DIR or a board profile".into())
         }
     };
-    let state = atomup_bootctl::read(bl)?.state()?;
-    let sd = StateDir::new(&o.state_dir);
-
     // Rule (issue 11.1): the target is resolved, by device, inode and mount,
     // before anything is written, and must not be the running system or its
     // data: an update empties what it writes.
-    let spec = match (&target_device, &o.target_dir) {
-        (Some(dev), _) => Target::Device(dev.clone()),
-        (None, Some(dir)) => Target::Dir(dir.clone()),
-        (None, None) => unreachable!("checked above"),
-    };
     let protect = Protected {
         root: &o.from_root,
         state_dir: &o.state_dir,
@@ -194,20 +203,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         &target::read_mounts()?,
         &target::sysfs_disk_of,
     )?;
-    // Rule: the env's own idea of the running system wins over a command line
-    // that names the other slot (a wrong `atomup.slot=`).
-    if state.primary_confirmed() == Some(target) {
-        return Err(format!(
-            "the env makes slot {target} the confirmed slot that boots next ({state}), but the booted slot is given as {booted}: refusing to overwrite slot {target}"
-        )
-        .into());
-    }
-
-    // Never overwrite the fallback: while the running slot is itself on trial,
-    // the other slot is the only confirmed one.
-    if state.trial == Some(booted) {
-        return Err(format!("slot {booted} is running on trial: confirm it (`atomup health` / `atomup mark-good`) before updating").into());
-    }
+    let sd = StateDir::new(&o.state_dir);
     let current = sd.slot_info(booted)?.unwrap_or_default();
     let current_commit = current.commit.as_deref().ok_or_else(|| {
         format!(
@@ -222,16 +218,23 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         .unwrap_or("0")
         .parse()
         .unwrap_or(0);
-
+    let target_commit = match sd.slot_info(target)?.and_then(|i| i.commit) {
+        Some(hex) => Some(ObjectId::from_hex(&hex)?.0),
+        None => None,
+    };
     let time_file = o.state_dir.join("trusted-time");
     let trusted_time = read_trusted_time(&time_file)?;
-    // Everything else the decision needs is read before the first request
-    // (which creates the download cache): unreadable state fails here.
-    let rollbacks = sd.rollbacks()?;
+    let rolled_back: Vec<[u8; 32]> = sd
+        .rollbacks()?
+        .iter()
+        .filter_map(|r| r.commit.as_deref().and_then(|c| ObjectId::from_hex(c).ok()))
+        .map(|id| id.0)
+        .collect();
     let seed = rollout::RolloutSeed::from_machine_id(&inputs::machine_id(&o.machine_id)?);
     let now = o.now.unwrap_or_else(system_now);
 
-    // 1. Release metadata: fetched capped, verified before it is parsed.
+    // 2. Release metadata, fetched capped and verified before it is parsed,
+    //    then the decision: everything a release decides is decided here.
     let cache = o.state_dir.join("cache");
     let fetch_opts = FetchOptions {
         backoff: std::time::Duration::from_millis(o.backoff_ms),
@@ -240,65 +243,62 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     let fetcher = Fetcher::new(server, &cache, fetch_opts)?;
     let bytes = fetcher.fetch_small(&release_path(channel, board), RELEASE_CAP)?;
     let verified = verify_signed(&bytes, &trust)?;
-    let facts = DeviceFacts {
+    let device = update::Device {
         channel,
         board,
-        current_version,
-        current_commit: current_commit.0,
+        booted,
+        env: &env,
+        booted_commit: current_commit.0,
+        booted_version: current_version,
+        target_commit,
+        rolled_back: &rolled_back,
         trusted_time,
-        allow_downgrade: o.allow_downgrade,
+        seed,
     };
-    let release = &verified.release;
-    let to = ObjectId(release.commit);
-    let delta = match check_release(&verified, &facts, now)? {
-        Offer::UpToDate => {
+    let plan = match update::plan(&verified, &device, &flags, now)? {
+        Decision::UpToDate => {
             println!("up to date: version {current_version} ({current_commit})");
             return Ok(());
         }
-        Offer::Update { delta } => delta,
-    };
-    // Rule: a release that rolled back on this device is never retried.
-    let to_hex = to.to_hex();
-    if rollbacks
-        .iter()
-        .any(|r| r.commit.as_deref() == Some(to_hex.as_str()))
-    {
-        return Err(format!(
-            "release {} ({to}) rolled back on this device before: not retrying it",
-            release.version
-        )
-        .into());
-    }
-    if state.trial == Some(target)
-        && sd.slot_info(target)?.and_then(|i| i.commit).as_deref() == Some(to_hex.as_str())
-    {
-        println!(
-            "version {} is installed in slot {target} on trial: reboot to try it",
-            release.version
-        );
-        return Ok(());
-    }
-    let effective_now = now.max(trusted_time);
-    if !o.ignore_rollout && !rollout::is_eligible(&release.waves, &seed, effective_now) {
-        match rollout::eligible_at(&release.waves, &seed) {
-            Some(t) => println!(
-                "version {} is rolling out; this device's wave opens at {t}",
-                release.version
-            ),
-            None => println!(
-                "version {} is rolling out; this device is not in any wave yet",
-                release.version
-            ),
+        Decision::PendingOnTrial { target } => {
+            println!(
+                "version {} is installed in slot {target} on trial: reboot to try it",
+                verified.release().version
+            );
+            return Ok(());
         }
-        return Ok(());
-    }
+        Decision::Waiting { opens_at: Some(t) } => {
+            println!(
+                "version {} is rolling out; this device's wave opens at {t}",
+                verified.release().version
+            );
+            return Ok(());
+        }
+        Decision::Waiting { opens_at: None } => {
+            println!(
+                "version {} is rolling out; this device is not in any wave yet",
+                verified.release().version
+            );
+            return Ok(());
+        }
+        Decision::Install(plan) => plan,
+    };
+    let to = ObjectId(plan.release.commit);
 
-    // 2. Downloads: every byte capped and digest-checked, resumable.
-    let delta_dir = download_delta(&fetcher, delta, &cache, &to)?;
-    write_trusted_time(&time_file, advance_trusted_time(&verified, trusted_time))?;
+    // 3. Downloads (the cache is the only thing written): every byte capped
+    //    and digest-checked, resumable; then the delta's own claims.
+    check_download_space(&cache, plan.delta)?;
+    let delta_dir = download_delta(&fetcher, plan.delta, &cache, &to)?;
+    check_superblock(
+        &delta_dir,
+        &trust,
+        plan.release,
+        plan.delta,
+        &current_commit,
+    )?;
 
-    // 3. ONE env write: the target leaves the boot order before it changes.
-    atomup_bootctl::write_state(bl, &state.install_start(target))?;
+    // 4. Execute the plan. Each step records first and writes the env last.
+    write_trusted_time(&time_file, plan.trusted_time)?;
     sd.write_slot_info(
         target,
         &SlotInfo {
@@ -306,16 +306,19 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
             ..Default::default()
         },
     )?;
+    // ONE env write: the target leaves the boot order before it changes.
+    atomup_bootctl::write_state(bl, &plan.start)?;
 
     let meta = o.state_dir.join("meta");
-    let mounted = match &target_device {
-        Some(dev) => Some(Mounted::new(dev, &o.state_dir.join("target"))?),
-        None => None,
+    let mounted = match &spec {
+        Target::Device(dev) => Some(Mounted::new(dev, &o.state_dir.join("target"))?),
+        Target::Dir(_) => None,
     };
-    let target_root = mounted.as_ref().map_or_else(
-        || o.target_dir.clone().expect("checked above"),
-        |m| m.dir.clone(),
-    );
+    let target_root = match (&mounted, &spec) {
+        (Some(m), _) => m.dir.clone(),
+        (None, Target::Dir(dir)) => dir.clone(),
+        (None, Target::Device(_)) => unreachable!("a device target is mounted"),
+    };
     // The slot is out of the boot order and about to be replaced whole: empty
     // it first, so a slot sized for one root never has to hold two (unchanged
     // files come from the active root, re-hashed, not from here).
@@ -323,8 +326,8 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     let stats = atomup_deploy::apply(&atomup_deploy::Options {
         delta: &delta_dir,
         target: &target_root,
-        from_root: delta.source_commit().map(|_| o.from_root.as_path()),
-        from_meta: delta.source_commit().map(|_| meta.as_path()),
+        from_root: plan.delta.source_commit().map(|_| o.from_root.as_path()),
+        from_meta: plan.delta.source_commit().map(|_| meta.as_path()),
         fallback_repo: None,
         meta_out: Some(&meta),
         trust: Some(&trust),
@@ -335,25 +338,96 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         m.unmount()?;
     }
 
-    // 4. ONE env write: the written, verified slot goes first, on trial.
-    let next = atomup_bootctl::read(bl)?
-        .state()?
-        .install_done(target, o.attempts)?;
     sd.write_slot_info(
         target,
         &SlotInfo {
-            commit: Some(to_hex.clone()),
-            version: Some(release.version.to_string()),
-            timestamp: Some(release.timestamp.to_string()),
+            commit: Some(to.to_hex()),
+            version: Some(plan.release.version.to_string()),
+            timestamp: Some(plan.release.timestamp.to_string()),
             status: None,
         },
     )?;
-    atomup_bootctl::write_state(bl, &next)?;
+    // ONE env write: the written, verified slot goes first, on trial.
+    atomup_bootctl::write_state(bl, &plan.done)?;
     let _ = fs::remove_dir_all(&delta_dir);
     println!(
         "installed version {} ({to}) into slot {target}: {} objects written, {} reused; slot {target} boots next on trial ({} attempts)",
-        release.version, stats.objects_written, stats.objects_reused, o.attempts
+        plan.release.version, stats.objects_written, stats.objects_reused, o.attempts
     );
+    Ok(())
+}
+
+/// Rule (issue 11.3): the download fits on the data partition, checked before
+/// it starts. What is already cached of the superblock counts; parts are
+/// counted whole (their names are known only from the superblock).
+fn check_download_space(cache: &Path, delta: &Delta) -> Result {
+    let sha = atomup_ostree::ObjectId(delta.superblock_sha256).to_hex();
+    let cached = |name: &str| fs::symlink_metadata(cache.join(name)).map_or(0, |m| m.len());
+    let have = cached(&sha).max(cached(&format!("{sha}.partial")));
+    let need = (delta.superblock_size + delta.parts_size).saturating_sub(have);
+    let st = rustix::fs::statvfs(cache).map_err(|e| format!("statvfs {}: {e}", cache.display()))?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if need > free {
+        return Err(format!(
+            "the delta needs {need} more bytes in {}, only {free} are free: nothing was written",
+            cache.display()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Rule (issue 11.3): the delta's own claims hold before the first write: its
+/// superblock is signed by a key this device trusts, leads to the release's
+/// commit and starts from the booted slot's commit (or from scratch, as the
+/// release says). Until the engine hands the agent a verified delta, this
+/// reads the downloaded superblock once more (it is small and capped).
+fn check_superblock(
+    delta_dir: &Path,
+    trust: &Trust,
+    release: &Release,
+    delta: &Delta,
+    booted_commit: &ObjectId,
+) -> Result {
+    let path = delta_dir.join("superblock");
+    let bytes = atomup_fsio::read_capped(&path, delta.superblock_size)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let file = SuperblockFile::parse(&bytes)?;
+    let dict = file.signatures.ok_or_else(|| {
+        format!(
+            "delta {} is not signed: devices install signed deltas only",
+            delta.path
+        )
+    })?;
+    trust
+        .verify(file.unsigned, atomup_ostree::sign::signatures(dict)?)
+        .map_err(|e| format!("delta {}: {e}", delta.path))?;
+    let sb = Superblock::parse(file.unsigned)?;
+    let to = ObjectId(release.commit);
+    if sb.to != to {
+        return Err(format!(
+            "delta {} leads to {}, the release names {to}",
+            delta.path, sb.to
+        )
+        .into());
+    }
+    let from = delta.source_commit().map(ObjectId);
+    if sb.from != from {
+        return Err(format!(
+            "delta {} starts from {}, the release says {}",
+            delta.path,
+            sb.from.map_or("scratch".into(), |f| f.to_hex()),
+            from.map_or("scratch".into(), |f| f.to_hex())
+        )
+        .into());
+    }
+    if let Some(f) = sb.from.filter(|f| f != booted_commit) {
+        return Err(format!(
+            "delta {} starts from {f}, the booted slot holds {booted_commit}",
+            delta.path
+        )
+        .into());
+    }
     Ok(())
 }
 

@@ -61,10 +61,18 @@ pub enum ReleaseError {
 }
 
 /// A release whose signature held; the only way to get a `Release` from
-/// untrusted bytes on a device.
+/// untrusted bytes on a device. Its field is private: a `Verified` exists
+/// only as the result of [`verify_signed`].
 #[derive(Debug)]
 pub struct Verified {
-    pub release: Release,
+    release: Release,
+}
+
+impl Verified {
+    /// The release whose signature held.
+    pub fn release(&self) -> &Release {
+        &self.release
+    }
 }
 
 /// Splits a signed release file and checks its signatures over the exact body

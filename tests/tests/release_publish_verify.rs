@@ -91,6 +91,7 @@ fn facts(commit: &str) -> DeviceFacts<'static> {
         current_version: 1,
         current_commit: ObjectId::from_hex(commit).unwrap().0,
         trusted_time: T0,
+        highest_version: 1,
         allow_downgrade: false,
     }
 }

@@ -7,6 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The commits the records name (typed: 64 lower-case hex digits).
+const GOOD: &str = "c0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ff";
+const BAD: &str = "bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0";
+
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("atomup-slot-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -86,9 +90,9 @@ fn update_life_on_a_uboot_disk_image() {
             "--slot",
             "B",
             "--commit",
-            "c0ffee",
+            GOOD,
             "--version",
-            "2.0",
+            "2",
             "--timestamp",
             "2026-11-22T00:00:00Z",
         ],
@@ -112,10 +116,12 @@ fn update_life_on_a_uboot_disk_image() {
     assert!(st.success());
     let json = ok(&["status", "--json"], &on_b);
     assert!(json.contains(r#""booted":"B""#), "{json}");
-    assert!(json.contains(r#"{"slot":"B","booted":true,"state":"trial","commit":"c0ffee","version":"2.0","timestamp":"2026-11-22T00:00:00Z","attempts_left":2}"#), "{json}");
+    assert!(json.contains(&format!(r#"{{"slot":"B","booted":true,"state":"trial","commit":"{GOOD}","version":2,"timestamp":1795305600,"attempts_left":2}}"#)), "{json}");
     let text = ok(&["status"], &on_b);
     assert!(
-        text.contains("● B") && text.contains("State: trial"),
+        text.contains("● B")
+            && text.contains("State: trial")
+            && text.contains("Timestamp: 2026-11-22T00:00:00Z"),
         "{text}"
     );
     ok(&["mark-good"], &on_b);
@@ -143,9 +149,9 @@ fn update_life_on_a_uboot_disk_image() {
             "--attempts",
             "1",
             "--commit",
-            "bad",
+            BAD,
             "--version",
-            "3.0",
+            "3",
         ],
         &on_b,
     );
@@ -168,7 +174,9 @@ fn update_life_on_a_uboot_disk_image() {
     );
     let json = ok(&["status", "--json"], &on_b);
     assert!(
-        json.contains(r#""rollbacks":[{"slot":"A","commit":"bad","version":"3.0","#),
+        json.contains(&format!(
+            r#""rollbacks":[{{"slot":"A","commit":"{BAD}","version":3,"#
+        )),
         "{json}"
     );
     assert!(

@@ -6,7 +6,7 @@
 //! disk images and plain files (tests, image builders).
 
 use crate::{bootopts, Result};
-use atomup_bootctl::statedir::{RollbackRecord, SlotInfo, StateDir};
+use atomup_bootctl::statedir::{rfc3339, RollbackRecord, SlotRecord, StateDir};
 use atomup_bootctl::{cmdline, Bootloader};
 use atomup_policy::slot::DEFAULT_ATTEMPTS;
 use atomup_policy::{BootOutcome, BootState, Slot};
@@ -202,11 +202,7 @@ pub fn run(command: &str, args: &mut lexopt::Parser) -> Result {
             atomup_bootctl::write_state(bl, &next)?;
             // Only where an agent state dir exists (not on a build host).
             if state_dir_path(&o).exists() {
-                let info = SlotInfo {
-                    status: Some("installing".into()),
-                    ..Default::default()
-                };
-                state_dir(&o).write_slot_info(x, &info)?;
+                state_dir(&o).write_slot_record(x, &SlotRecord::installing())?;
             }
             println!("install started into slot {x} ({next})");
             Ok(())
@@ -215,14 +211,8 @@ pub fn run(command: &str, args: &mut lexopt::Parser) -> Result {
             let x = o.slot.ok_or("install-done needs --slot A|B")?;
             let state = atomup_bootctl::read(bl)?.state()?;
             let next = state.install_done(x, o.attempts.unwrap_or(DEFAULT_ATTEMPTS))?;
-            if o.commit.is_some() || o.version.is_some() || o.timestamp.is_some() {
-                let info = SlotInfo {
-                    commit: o.commit.clone(),
-                    version: o.version.clone(),
-                    timestamp: o.timestamp.clone(),
-                    status: None,
-                };
-                state_dir(&o).write_slot_info(x, &info)?;
+            if let Some(record) = install_record(&o)? {
+                state_dir(&o).write_slot_record(x, &record)?;
             }
             atomup_bootctl::write_state(bl, &next)?;
             println!("install done into slot {x} ({next}); reboot to try it");
@@ -230,6 +220,50 @@ pub fn run(command: &str, args: &mut lexopt::Parser) -> Result {
         }
         "env" => env_cmd(&o, bl),
         other => Err(format!("unknown command `{other}`").into()),
+    }
+}
+
+/// The record `install-done` writes from `--commit`, `--version` (both or
+/// neither) and `--timestamp` (unix seconds or RFC 3339), typed as the
+/// records are.
+fn install_record(o: &Opts) -> Result<Option<SlotRecord>> {
+    use atomup_bootctl::statedir::{parse_commit, parse_rfc3339, parse_u64};
+    let timestamp =
+        match o.timestamp.as_deref() {
+            Some(t) => Some(parse_u64(t).or_else(|| parse_rfc3339(t)).ok_or_else(|| {
+                format!("--timestamp must be unix seconds or RFC 3339, got `{t}`")
+            })?),
+            None => None,
+        };
+    match (o.commit.as_deref(), o.version.as_deref()) {
+        (None, None) if timestamp.is_none() => Ok(None),
+        (Some(c), Some(v)) => {
+            let commit = parse_commit(c)
+                .ok_or_else(|| format!("--commit must be 64 lower-case hex digits, got `{c}`"))?;
+            let version = parse_u64(v)
+                .ok_or_else(|| format!("--version must be an unsigned integer, got `{v}`"))?;
+            Ok(Some(SlotRecord::installed(commit, version, timestamp)))
+        }
+        _ => Err("give --commit and --version together".into()),
+    }
+}
+
+/// The record of `slot` for a rollback entry. An unreadable record must not
+/// keep the rollback from being recorded (or the slot from leaving the
+/// order): the entry is then written without commit and version, and said so.
+fn rollback_of(o: &Opts, slot: Slot) -> RollbackRecord {
+    let record = match state_dir(o).slot_record(slot) {
+        Ok(r) => r.unwrap_or_default(),
+        Err(e) => {
+            log::warn!("slot {slot}: recording the rollback without its release: {e}");
+            SlotRecord::default()
+        }
+    };
+    RollbackRecord {
+        at: now(),
+        slot,
+        commit: record.commit(),
+        version: record.version(),
     }
 }
 
@@ -243,17 +277,7 @@ fn mark_bad(o: &Opts, bl: &mut dyn Bootloader) -> Result {
     // recorded before the env changes, so `update` never retries it whatever
     // the order of a power cut.
     if state.trial == Some(slot) && state_dir_path(o).exists() {
-        let info = state_dir(o)
-            .slot_info(slot)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        state_dir(o).record_rollback(&RollbackRecord {
-            at: now(),
-            slot,
-            commit: info.commit,
-            version: info.version,
-        })?;
+        state_dir(o).record_rollback(&rollback_of(o, slot))?;
     }
     atomup_bootctl::write_state(bl, &next)?;
     println!("slot {slot} marked bad ({next})");
@@ -368,18 +392,9 @@ fn mark_good(o: &Opts, bl: &mut dyn Bootloader) -> Result {
     let slot = require_booted(o)?;
     let mut state = atomup_bootctl::read(bl)?.state()?;
     if let BootOutcome::Fallback { failed, write } = state.after_boot(slot) {
-        let info = state_dir(o)
-            .slot_info(failed)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let rollback = rollback_of(o, failed);
         atomup_bootctl::write_state(bl, &write)?;
-        state_dir(o).record_rollback(&RollbackRecord {
-            at: now(),
-            slot: failed,
-            commit: info.commit,
-            version: info.version,
-        })?;
+        state_dir(o).record_rollback(&rollback)?;
         println!(
             "rollback detected: slot {failed} ran out of attempts, slot {slot} booted; recorded"
         );
@@ -459,7 +474,7 @@ struct SlotRow {
     booted: bool,
     state: &'static str,
     attempts: Option<u8>,
-    info: SlotInfo,
+    info: SlotRecord,
 }
 
 fn status(o: &Opts, bl: &mut dyn Bootloader) -> Result {
@@ -473,12 +488,12 @@ fn status(o: &Opts, bl: &mut dyn Bootloader) -> Result {
     let rows: Vec<SlotRow> = Slot::ALL
         .iter()
         .map(|&s| -> Result<SlotRow> {
-            let info = sd.slot_info(s)?;
+            let info = sd.slot_record(s)?;
             let (st, attempts) = if state.trial == Some(s) && state.order.contains(&s) {
                 ("trial", Some(state.left))
             } else if state.order.contains(&s) {
                 ("good", None)
-            } else if info.as_ref().and_then(|i| i.status.as_deref()) == Some("installing") {
+            } else if info.as_ref().is_some_and(|i| i.installing) {
                 ("installing", None)
             } else if info.is_some()
                 || state.trial == Some(s)
@@ -527,12 +542,18 @@ fn status(o: &Opts, bl: &mut dyn Bootloader) -> Result {
         }
     );
     for r in &rows {
-        let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         println!("{} {}", if r.booted { "●" } else { " " }, r.slot);
         println!("        State: {}", r.state);
-        println!("       Commit: {}", dash(&r.info.commit));
-        println!("      Version: {}", dash(&r.info.version));
-        println!("    Timestamp: {}", dash(&r.info.timestamp));
+        println!(
+            "       Commit: {}",
+            dash(r.info.commit().map(|c| c.to_hex()))
+        );
+        println!(
+            "      Version: {}",
+            dash(r.info.version().map(|v| v.to_string()))
+        );
+        println!("    Timestamp: {}", dash(r.info.timestamp.map(rfc3339)));
         println!(
             "     Attempts: {}",
             r.attempts.map_or("-".into(), |a| a.to_string())
@@ -550,8 +571,8 @@ fn status(o: &Opts, bl: &mut dyn Bootloader) -> Result {
         println!(
             "Rolled back: slot {} commit {} version {} (at {})",
             r.slot,
-            r.commit.as_deref().unwrap_or("-"),
-            r.version.as_deref().unwrap_or("-"),
+            r.commit.map_or("-".into(), |c| c.to_hex()),
+            r.version.map_or("-".into(), |v| v.to_string()),
             r.at
         );
     }
@@ -571,6 +592,10 @@ fn json_str(v: Option<&str>) -> String {
     }
     out.push('"');
     out
+}
+
+fn json_num(v: Option<u64>) -> String {
+    v.map_or("null".into(), |v| v.to_string())
 }
 
 fn status_json(
@@ -594,9 +619,9 @@ fn status_json(
                 r.slot,
                 r.booted,
                 json_str(Some(r.state)),
-                json_str(r.info.commit.as_deref()),
-                json_str(r.info.version.as_deref()),
-                json_str(r.info.timestamp.as_deref()),
+                json_str(r.info.commit().map(|c| c.to_hex()).as_deref()),
+                json_num(r.info.version()),
+                json_num(r.info.timestamp),
                 r.attempts.map_or("null".into(), |a| a.to_string())
             )
         })
@@ -607,14 +632,14 @@ fn status_json(
             format!(
                 "{{\"slot\":\"{}\",\"commit\":{},\"version\":{},\"at\":{}}}",
                 r.slot,
-                json_str(r.commit.as_deref()),
-                json_str(r.version.as_deref()),
+                json_str(r.commit.map(|c| c.to_hex()).as_deref()),
+                json_num(r.version),
                 r.at
             )
         })
         .collect();
     format!(
-        "{{\"format\":1,\"booted\":{},\"trial_boot\":{},\"fallback_boot\":{},\"env_valid\":{},\"order\":[{}],\"trial\":{},\"attempts_left\":{},\"fallback_pending\":{},\"slots\":[{}],\"rollbacks\":[{}]}}\n",
+        "{{\"format\":2,\"booted\":{},\"trial_boot\":{},\"fallback_boot\":{},\"env_valid\":{},\"order\":[{}],\"trial\":{},\"attempts_left\":{},\"fallback_pending\":{},\"slots\":[{}],\"rollbacks\":[{}]}}\n",
         json_str(b.slot.map(|s| s.letter())),
         b.trial,
         b.fallback,

@@ -27,7 +27,7 @@
 
 use crate::target::{self, Protected, Target};
 use crate::{bootopts, inputs, Result};
-use atomup_bootctl::statedir::{SlotInfo, StateDir};
+use atomup_bootctl::statedir::{SlotRecord, StateDir};
 use atomup_fetch::{Expect, Fetcher, Options as FetchOptions};
 use atomup_ostree::delta::{Superblock, SuperblockFile};
 use atomup_ostree::sign::Trust;
@@ -204,30 +204,28 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         &target::sysfs_disk_of,
     )?;
     let sd = StateDir::new(&o.state_dir);
-    let current = sd.slot_info(booted)?.unwrap_or_default();
-    let current_commit = current.commit.as_deref().ok_or_else(|| {
-        format!(
-            "no commit recorded for the running slot {booted} in {}",
-            o.state_dir.display()
-        )
-    })?;
-    let current_commit = ObjectId::from_hex(current_commit)?;
-    let current_version: u64 = current
-        .version
-        .as_deref()
-        .unwrap_or("0")
-        .parse()
-        .unwrap_or(0);
-    let target_commit = match sd.slot_info(target)?.and_then(|i| i.commit) {
-        Some(hex) => Some(ObjectId::from_hex(&hex)?.0),
-        None => None,
-    };
+    // Typed, strictly parsed records: an unreadable one fails here.
+    let current = sd
+        .slot_record(booted)?
+        .and_then(|r| r.installed)
+        .ok_or_else(|| {
+            format!(
+                "no commit and version recorded for the running slot {booted} in {}",
+                o.state_dir.display()
+            )
+        })?;
+    let (current_commit, current_version) = (current.commit, current.version);
+    let target_commit = sd
+        .slot_record(target)?
+        .and_then(|r| r.commit())
+        .map(|c| c.0);
+    let highest_version = sd.highest_version()?;
     let time_file = o.state_dir.join("trusted-time");
     let trusted_time = read_trusted_time(&time_file)?;
     let rolled_back: Vec<[u8; 32]> = sd
         .rollbacks()?
         .iter()
-        .filter_map(|r| r.commit.as_deref().and_then(|c| ObjectId::from_hex(c).ok()))
+        .filter_map(|r| r.commit)
         .map(|id| id.0)
         .collect();
     let seed = rollout::RolloutSeed::from_machine_id(&inputs::machine_id(&o.machine_id)?);
@@ -251,6 +249,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         booted_commit: current_commit.0,
         booted_version: current_version,
         target_commit,
+        highest_version,
         rolled_back: &rolled_back,
         trusted_time,
         seed,
@@ -299,13 +298,10 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
 
     // 4. Execute the plan. Each step records first and writes the env last.
     write_trusted_time(&time_file, plan.trusted_time)?;
-    sd.write_slot_info(
-        target,
-        &SlotInfo {
-            status: Some("installing".into()),
-            ..Default::default()
-        },
-    )?;
+    // Accepted from here on: a replay of anything older is refused even if
+    // this install never finishes.
+    sd.accept_version(plan.release.version)?;
+    sd.write_slot_record(target, &SlotRecord::installing())?;
     // ONE env write: the target leaves the boot order before it changes.
     atomup_bootctl::write_state(bl, &plan.start)?;
 
@@ -338,14 +334,9 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         m.unmount()?;
     }
 
-    sd.write_slot_info(
+    sd.write_slot_record(
         target,
-        &SlotInfo {
-            commit: Some(to.to_hex()),
-            version: Some(plan.release.version.to_string()),
-            timestamp: Some(plan.release.timestamp.to_string()),
-            status: None,
-        },
+        &SlotRecord::installed(to, plan.release.version, Some(plan.release.timestamp)),
     )?;
     // ONE env write: the written, verified slot goes first, on trial.
     atomup_bootctl::write_state(bl, &plan.done)?;

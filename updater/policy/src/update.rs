@@ -42,6 +42,9 @@ pub struct Device<'a> {
     pub booted_version: u64,
     /// The commit recorded for the other slot, if any.
     pub target_commit: Option<[u8; 32]>,
+    /// The highest version this device ever accepted (installed, pending or
+    /// rolled back).
+    pub highest_version: u64,
     /// Commits that rolled back on this device: never retried.
     pub rolled_back: &'a [[u8; 32]],
     /// Latest trusted time (release timestamps seen).
@@ -137,6 +140,7 @@ pub fn plan<'r>(
         current_version: device.booted_version,
         current_commit: device.booted_commit,
         trusted_time: device.trusted_time,
+        highest_version: device.highest_version,
         allow_downgrade: flags.allow_downgrade,
     };
     let delta = match check_release(verified, &facts, now).map_err(PlanError::Release)? {
@@ -173,7 +177,11 @@ pub fn plan<'r>(
         delta,
         start,
         done,
-        trusted_time: atomup_release::check::advance_trusted_time(verified, device.trusted_time),
+        trusted_time: atomup_release::check::advance_trusted_time(
+            verified,
+            device.trusted_time,
+            now,
+        ),
     }))
 }
 
@@ -251,6 +259,7 @@ mod tests {
             booted_commit: [0x11; 32],
             booted_version: 1,
             target_commit: None,
+            highest_version: 0,
             rolled_back,
             trusted_time: 1_700_000_100,
             seed: RolloutSeed([0; 32]),
@@ -270,6 +279,7 @@ mod tests {
         assert_eq!(p.target, B);
         assert_eq!(p.start, st(&[A], None, 0));
         assert_eq!(p.done, st(&[B, A], Some(B), 3));
+        // The release's timestamp is behind the trusted time: unchanged.
         assert_eq!(p.trusted_time, 1_700_000_100);
     }
 

@@ -14,6 +14,11 @@ pub const MAX_DELTAS: usize = 64;
 pub const MAX_WAVES: usize = 32;
 /// Rollout shares are in basis points: 10000 = the whole fleet.
 pub const FULL_SHARE: u16 = 10_000;
+/// Longest a release may be valid (`expires - timestamp`): 90 days, TUF's
+/// default for its targets role. It bounds how long a frozen (replayed)
+/// release keeps a device from hearing of a newer one, and how far one
+/// release can push a device's trusted time (see the crate README).
+pub const MAX_VALIDITY: u64 = 90 * 24 * 3600;
 
 /// Where a channel's current release for a board lives in a repository; the
 /// publisher writes it, devices fetch it. Earlier releases are kept beside it
@@ -108,6 +113,8 @@ pub enum FormatError {
     WavesUnordered,
     #[error("release expires before it was published")]
     ExpiresBeforeTimestamp,
+    #[error("release is valid for {0} s, more than the {MAX_VALIDITY} s allowed")]
+    ValidityTooLong(u64),
     #[error("release metadata is not in canonical form (spacing, order, case or leading zeros)")]
     NotCanonical,
 }
@@ -210,6 +217,9 @@ impl Release {
         }
         if self.expires <= self.timestamp {
             return Err(FormatError::ExpiresBeforeTimestamp);
+        }
+        if self.expires - self.timestamp > MAX_VALIDITY {
+            return Err(FormatError::ValidityTooLong(self.expires - self.timestamp));
         }
         if self.deltas.len() > MAX_DELTAS || self.waves.len() > MAX_WAVES {
             return Err(FormatError::TooMany(MAX_DELTAS.max(MAX_WAVES)));
@@ -521,6 +531,20 @@ pub(crate) mod tests {
         let r = sample();
         assert_eq!(r.delta_for(&[0x11; 32]).unwrap().path, "deltas/E+/xy_z-abc");
         assert_eq!(r.delta_for(&[0x22; 32]).unwrap().from, DeltaSource::Scratch);
+    }
+
+    /// A validity above 90 days is refused (publisher and device alike).
+    #[test]
+    fn validity_beyond_the_bound_is_refused() {
+        let mut r = sample();
+        r.expires = r.timestamp + MAX_VALIDITY;
+        assert_eq!(r.validate(), Ok(()));
+        r.expires += 1;
+        assert_eq!(
+            r.validate(),
+            Err(FormatError::ValidityTooLong(MAX_VALIDITY + 1))
+        );
+        assert!(Release::parse(r.to_canonical().as_bytes()).is_err());
     }
 
     /// Oversized input is refused before any parsing.

@@ -333,26 +333,70 @@ fn health(o: &Opts, bl: &mut dyn Bootloader) -> Result {
     }
 }
 
-/// Runs every executable in `dir`; Ok(count) if all exit 0 within `timeout`.
-/// The watchdog is fed only while a check is within its deadline.
+/// Whether a checks-directory entry is documentation, not a check: `README`
+/// or a name ending in `.md`, and a regular file. The only exceptions to
+/// "everything in the checks directory is a check" (see the README).
+fn is_documentation(name: &std::ffi::OsStr, entry: &std::fs::DirEntry) -> bool {
+    let name = name.as_encoded_bytes();
+    (name == b"README" || name.ends_with(b".md")) && entry.file_type().is_ok_and(|t| t.is_file())
+}
+
+/// Rule (issue 11.5): health fails closed. Every entry of the checks
+/// directory is a check that must run and pass, except documentation
+/// ([`is_documentation`]); anything else (not executable, a dangling
+/// symlink, a directory, a FIFO, ...) fails the trial with its name, instead
+/// of being skipped into "0 check(s) passed". A checks directory that does
+/// not exist means no checks: booting this far is the health check.
+fn list_checks(dir: &std::path::Path) -> std::result::Result<Vec<PathBuf>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(format!(
+                "reading the checks directory {}: {e}",
+                dir.display()
+            ))
+        }
+    };
+    let mut checks = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("reading {}: {e}", dir.display()))?;
+        let path = entry.path();
+        if is_documentation(&entry.file_name(), &entry) {
+            continue;
+        }
+        // Follows a symlink to what it names; a dangling one fails here.
+        let md = std::fs::metadata(&path)
+            .map_err(|e| format!("{}: not a runnable check ({e})", path.display()))?;
+        if !md.is_file() {
+            let t = rustix::fs::FileType::from_raw_mode(std::os::unix::fs::MetadataExt::mode(&md));
+            return Err(format!(
+                "{} is {}, not a runnable check",
+                path.display(),
+                atomup_fsio::type_name(t)
+            ));
+        }
+        if md.permissions().mode() & 0o111 == 0 {
+            return Err(format!(
+                "{} is not executable, not a runnable check",
+                path.display()
+            ));
+        }
+        checks.push(path);
+    }
+    Ok(checks)
+}
+
+/// Runs every check in `dir` ([`list_checks`]); Ok(count) if all exit 0
+/// within `timeout`. The watchdog is fed only while a check is within its
+/// deadline.
 fn run_checks(
     dir: &std::path::Path,
     timeout: std::time::Duration,
     mut watchdog: Option<atomup_board::watchdog::Watchdog>,
 ) -> std::result::Result<usize, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut checks: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.metadata()
-                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            })
-            .collect(),
-        // No checks shipped: booting to here is the health check.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(format!("reading {}: {e}", dir.display())),
-    };
+    let mut checks = list_checks(dir)?;
     checks.sort();
     for check in &checks {
         let mut child = std::process::Command::new(check)

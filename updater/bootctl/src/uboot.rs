@@ -15,6 +15,12 @@ use std::path::{Path, PathBuf};
 
 /// Largest fw_env.config read (a few lines in practice).
 pub const MAX_CONFIG: u64 = 64 * 1024;
+/// Largest env copy accepted (U-Boot's own are 8 KiB to 256 KiB). Reading an
+/// env of this size holds at most one copy plus 4 bytes per variable while
+/// it is parsed, then only its variables (see `read_current`).
+pub const MAX_ENV_SIZE: usize = 1 << 20;
+/// Piece size for streaming a copy through its CRC check.
+const CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct UbootEnv {
@@ -45,7 +51,7 @@ impl UbootEnv {
                 )));
             }
             if !usize::try_from(d.size)
-                .is_ok_and(|s| (uboot::MIN_COPY_SIZE..=16 << 20).contains(&s))
+                .is_ok_and(|s| (uboot::MIN_COPY_SIZE..=MAX_ENV_SIZE).contains(&s))
             {
                 return Err(BootctlError::Unsupported(format!("env size {:#x}", d.size)));
             }
@@ -92,7 +98,59 @@ impl UbootEnv {
         }
     }
 
-    /// Both copies parsed (redundant envs only).
+    /// The CRC and flags of one copy, streamed in pieces (never held whole).
+    fn check_copy(
+        &self,
+        d: &EnvDevice,
+        layout: Layout,
+    ) -> Result<Result<Option<u8>, uboot::UbootError>, BootctlError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.path(d);
+        let mut f = atomup_fsio::open(&path, atomup_fsio::Want::Storage)
+            .map_err(crate::io::io_err(&path, "opening env storage for reading"))?;
+        f.seek(SeekFrom::Start(d.offset))
+            .map_err(crate::io::io_err(&path, "seeking to the env copy"))?;
+        let mut check = uboot::CopyCheck::new(layout);
+        let mut buf = vec![0u8; CHUNK.min(Self::size(d))];
+        let mut left = Self::size(d);
+        while left > 0 {
+            let n = left.min(buf.len());
+            f.read_exact(&mut buf[..n])
+                .map_err(crate::io::io_err(&path, "reading the env copy"))?;
+            check.update(&buf[..n]);
+            left -= n;
+        }
+        Ok(check.finish())
+    }
+
+    /// The current copy: its index, variables and flags, or `None` when no
+    /// copy is valid. Bounded memory: each copy's CRC is checked streamed,
+    /// then only the copy that wins is read whole and parsed in place, so an
+    /// env of size S costs S (plus 4 bytes per variable while it is parsed)
+    /// instead of both copies and their parses. Same choice as
+    /// [`Redundant::parse`]: a copy whose data does not parse loses too.
+    pub fn read_current(&self) -> Result<Option<(usize, Vars, Option<u8>)>, BootctlError> {
+        let layout = self.layout();
+        let mut flags: Vec<Option<u8>> = Vec::with_capacity(2);
+        for d in &self.devices {
+            flags.push(self.check_copy(d, layout)?.ok().map(|f| f.unwrap_or(0)));
+        }
+        loop {
+            let current = match flags.as_slice() {
+                [only] => only.map(|_| 0),
+                [a, b] => uboot::current_index(*a, *b, FlagScheme::Incremental),
+                _ => None,
+            };
+            let Some(i) = current else { return Ok(None) };
+            match uboot::parse_copy_owned(self.read_raw(&self.devices[i])?, layout) {
+                Ok(c) => return Ok(Some((i, c.vars, c.flags))),
+                Err(_) => flags[i] = None,
+            }
+        }
+    }
+
+    /// Both copies parsed (redundant envs only; tests and diagnostics: this
+    /// holds both copies, `read_current` is the bounded read).
     pub fn read_redundant(&self) -> Result<Redundant, BootctlError> {
         match self.devices.as_slice() {
             [a, b] => Ok(Redundant::parse(
@@ -143,12 +201,7 @@ fn lock() -> Result<EnvLock, BootctlError> {
 
 impl Bootloader for UbootEnv {
     fn read(&mut self) -> Result<Option<Vars>, BootctlError> {
-        match self.devices.as_slice() {
-            [single] => Ok(uboot::parse_copy(&self.read_raw(single)?, Layout::Single)
-                .ok()
-                .map(|c| c.vars)),
-            _ => Ok(self.read_redundant()?.vars().cloned()),
-        }
+        Ok(self.read_current()?.map(|(_, vars, _)| vars))
     }
 
     fn write(&mut self, vars: &Vars) -> Result<(), BootctlError> {
@@ -156,8 +209,10 @@ impl Bootloader for UbootEnv {
         match self.devices.len() {
             1 => self.write_copy(0, vars, 0),
             _ => {
-                let r = self.read_redundant()?;
-                let (index, flags) = r.next_write(FlagScheme::Incremental);
+                let cur = self
+                    .read_current()?
+                    .map(|(i, _, flags)| (i, flags.unwrap_or(0)));
+                let (index, flags) = uboot::next_write(cur, FlagScheme::Incremental);
                 self.write_copy(index, vars, flags)
             }
         }

@@ -253,3 +253,103 @@ fn update_life_on_a_grubenv_pair() {
     let json = ok(&["status", "--json"], &on_b);
     assert!(json.contains(r#""order":["B","A"],"trial":null"#), "{json}");
 }
+
+/// Regression (issue 11.7): the slot commands ignored the board profile, so
+/// on a GRUB board with only `board.conf`, `mark-good` opened
+/// /etc/fw_env.config. They now find the env as `update` does.
+#[test]
+fn slot_commands_find_the_env_through_the_board_profile() {
+    let d = scratch("board");
+    let env = d.join("grubenv");
+    let env_s = env.to_str().unwrap();
+    let conf = d.join("board.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "board = pc\nbootloader = grub\nenv = {env_s}\nslot.A = /dev/null\nslot.B = /dev/null\n"
+        ),
+    )
+    .unwrap();
+    let conf_s = conf.to_str().unwrap();
+    let state = d.join("state");
+    let state_s = state.to_str().unwrap();
+    ok(&["env", "init", "--order", "A"], &["--grubenv", env_s]);
+    let on = |slot: &'static str| {
+        [
+            "--board-conf",
+            conf_s,
+            "--booted-slot",
+            slot,
+            "--state-dir",
+            state_s,
+        ]
+    };
+    ok(&["install-start", "--slot", "B"], &on("A"));
+    ok(&["install-done", "--slot", "B"], &on("A"));
+    assert!(ok(&["status"], &on("B")).contains("State: trial"));
+    assert!(ok(&["mark-good"], &on("B")).contains("slot B confirmed good"));
+    assert_eq!(
+        ok(&["env", "show"], &["--grubenv", env_s]),
+        "ATOMUP_ORDER=B A\nATOMUP_TRIAL=\nATOMUP_LEFT=0\n"
+    );
+}
+
+/// Record first, env last (issue 11.7): when a record cannot be written the
+/// env is not changed. `install-start` writes the target's record before it
+/// takes the slot out of the order; `mark-good` after a fallback records the
+/// rollback before it clears the exhausted trial (it wrote the env first,
+/// unlike `mark-bad`). A directory where the record goes makes the write
+/// fail for real.
+#[test]
+fn a_record_that_cannot_be_written_leaves_the_env_untouched() {
+    let d = scratch("record-first");
+    let (img, _) = atomup_tests::uboot::redundant_image(&d);
+    let (img_s, state) = (img.to_str().unwrap(), d.join("state"));
+    let state_s = state.to_str().unwrap();
+    let on = |slot: &'static str| {
+        [
+            "--env-image",
+            img_s,
+            "--state-dir",
+            state_s,
+            "--booted-slot",
+            slot,
+        ]
+    };
+    ok(&["env", "init", "--order", "A"], &on("A"));
+    std::fs::create_dir_all(state.join("slots/B")).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    fails(&["install-start", "--slot", "B"], &on("A"));
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "install-start wrote the env first"
+    );
+    std::fs::remove_dir(state.join("slots/B")).unwrap();
+
+    // A's trial ran out of attempts; B booted.
+    ok(
+        &[
+            "env", "set", "--order", "A B", "--trial", "A", "--left", "0",
+        ],
+        &on("B"),
+    );
+    std::fs::create_dir_all(state.join("rollbacks")).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    fails(&["mark-good"], &on("B"));
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "mark-good wrote the env before the rollback record"
+    );
+    std::fs::remove_dir(state.join("rollbacks")).unwrap();
+    assert!(ok(&["mark-good"], &on("B")).contains("rollback detected"));
+    // A cut between record and env repeats the detection: recorded once.
+    ok(
+        &[
+            "env", "set", "--order", "A B", "--trial", "A", "--left", "0",
+        ],
+        &on("B"),
+    );
+    ok(&["mark-good"], &on("B"));
+    let list = std::fs::read_to_string(state.join("rollbacks")).unwrap();
+    assert_eq!(list.lines().count(), 2, "{list}");
+}

@@ -29,10 +29,13 @@ const USAGE: &str = "\
 const OPTIONS: &str = "\
 Boot-state options (all of the commands above):
   --env-config FILE   U-Boot env described by an fw_env.config-format file
-                      (default /etc/fw_env.config; device paths may be image files,
-                      relative paths resolve against the current directory)
+                      (default: the board profile's env, else /etc/fw_env.config;
+                      device paths may be image files, relative paths resolve
+                      against the current directory)
   --env-image FILE    redundant U-Boot env in FILE at 0x80000 and 0x84000, 0x4000 each
   --grubenv PATH      GRUB env: PATH and PATH2 (sealed two-block scheme)
+  --board-conf FILE   board profile giving the env location (default
+                      /etc/atomup/board.conf when present)
   --booted-slot A|B   booted slot (default: atomup.slot= in the kernel command line)
   --cmdline FILE      where the kernel command line is read (default /proc/cmdline)
   --state-dir DIR     agent state (default /var/lib/atomup)
@@ -62,6 +65,7 @@ struct Opts {
     env_image: Option<PathBuf>,
     grubenv: Option<PathBuf>,
     booted: Option<Slot>,
+    board_conf: Option<PathBuf>,
     cmdline: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     json: bool,
@@ -95,6 +99,7 @@ fn parse(command: &str, args: &mut lexopt::Parser) -> Result<Opts> {
             Long("booted-slot") => o.booted = Some(slot_arg(args.value()?.string()?)?),
             Long("state-dir") => o.state_dir = Some(args.value()?.into()),
             Long("cmdline") => o.cmdline = Some(args.value()?.into()),
+            Long("board-conf") => o.board_conf = Some(args.value()?.into()),
             Long("json") if command == "status" => o.json = true,
             Long("checks") if command == "health" => o.checks = Some(args.value()?.into()),
             Long("timeout") if command == "health" => {
@@ -129,12 +134,15 @@ fn parse(command: &str, args: &mut lexopt::Parser) -> Result<Opts> {
     Ok(o)
 }
 
+/// The env, found as `update` finds it: a flag, else the board profile
+/// (`--board-conf`, or the device's own), else `/etc/fw_env.config`.
 fn bootloader(o: &Opts) -> Result<Box<dyn Bootloader>> {
+    let profile = crate::inputs::board(o.board_conf.as_deref())?;
     bootopts::open_env(
         o.env_config.as_deref(),
         o.env_image.as_deref(),
         o.grubenv.as_deref(),
-        None,
+        profile.as_ref().map(|p| &p.bootloader),
     )
 }
 
@@ -196,14 +204,16 @@ pub fn run(command: &str, args: &mut lexopt::Parser) -> Result {
         "install-start" => {
             let x = o.slot.ok_or("install-start needs --slot A|B")?;
             let state = atomup_bootctl::read(bl)?.state()?;
-            // The env write comes first: slot X leaves the boot order before
-            // anything in it changes.
             let next = state.install_start(x);
-            atomup_bootctl::write_state(bl, &next)?;
+            // Record first, env last: the record says "installing" before
+            // slot X leaves the boot order (a cut in between leaves a record
+            // for a slot still in the order, which status shows as good).
             // Only where an agent state dir exists (not on a build host).
             if state_dir_path(&o).exists() {
                 state_dir(&o).write_slot_record(x, &SlotRecord::installing())?;
             }
+            // Slot X leaves the boot order before anything in it changes.
+            atomup_bootctl::write_state(bl, &next)?;
             println!("install started into slot {x} ({next})");
             Ok(())
         }
@@ -436,9 +446,11 @@ fn mark_good(o: &Opts, bl: &mut dyn Bootloader) -> Result {
     let slot = require_booted(o)?;
     let mut state = atomup_bootctl::read(bl)?.state()?;
     if let BootOutcome::Fallback { failed, write } = state.after_boot(slot) {
-        let rollback = rollback_of(o, failed);
+        // Record first, env last: once the env no longer shows the
+        // exhausted trial, nothing would tell a later boot to record it. A
+        // cut after the record repeats it on the next boot (recorded once).
+        state_dir(o).record_rollback(&rollback_of(o, failed))?;
         atomup_bootctl::write_state(bl, &write)?;
-        state_dir(o).record_rollback(&rollback)?;
         println!(
             "rollback detected: slot {failed} ran out of attempts, slot {slot} booted; recorded"
         );

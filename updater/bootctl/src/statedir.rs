@@ -451,12 +451,21 @@ impl StateDir {
         }
     }
 
-    /// Adds one rollback record: the whole list is rewritten with
-    /// `atomup_fsio::replace`, so a power cut leaves the old list or the new
-    /// one, never a torn line that would make the list unreadable. A list
-    /// that cannot be read is not extended (it fails closed).
+    /// Adds one rollback record (unless it repeats the last one): the whole
+    /// list is rewritten with `atomup_fsio::replace`, so a power cut leaves
+    /// the old list or the new one, never a torn line that would make the
+    /// list unreadable. A list that cannot be read is not extended (it fails
+    /// closed).
     pub fn record_rollback(&self, r: &RollbackRecord) -> Result<(), BootctlError> {
         let mut list = self.rollbacks()?;
+        // The same rollback seen again (a power cut came between its record
+        // and the env write that clears it) is recorded once.
+        if list
+            .last()
+            .is_some_and(|l| (l.slot, l.commit, l.version) == (r.slot, r.commit, r.version))
+        {
+            return Ok(());
+        }
         list.push(*r);
         std::fs::create_dir_all(&self.root)
             .map_err(io_err(&self.root, "creating the state dir"))?;

@@ -255,3 +255,30 @@ fn publisher_refuses_unsigned_or_foreign_signed_deltas() {
     p.keys.sign_delta(&dir);
     assert!(release_cmd(&p, 2, &[]).status.success());
 }
+
+/// Regression (issue 11.7): `atomup-publish sign` replaced the superblock
+/// through a temporary name it followed if it was a symlink, without any
+/// fsync; it uses `atomup_fsio::replace` now, as `release` does.
+#[test]
+fn signing_never_follows_a_symlink_at_the_temporary_name() {
+    let p = publish_two_versions();
+    let id2 = ObjectId::from_hex(&p.v2).unwrap();
+    let dir = p
+        .repo
+        .path
+        .join(atomup_ostree::delta::delta_path(None, &id2));
+    let victim = p.dir.join("victim");
+    std::fs::write(&victim, b"keep").unwrap();
+    for tmp in ["superblock.atomup-tmp", "superblock.tmp"] {
+        std::os::unix::fs::symlink(&victim, dir.join(tmp)).unwrap();
+    }
+    let out = Command::new(atomup_tests::workspace_bin("atomup-publish"))
+        .args(["sign", "--key"])
+        .arg(&p.keys.secret)
+        .arg("--delta")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "signed through a planted symlink");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+}

@@ -195,3 +195,26 @@ fn device_waits_for_its_rollout_wave() {
     assert!(out.status.success(), "{}", text(&out));
     assert_same_tree(&d.slot_b, &checkout(&w, &w.v2));
 }
+
+/// Regression (issue 11.7): the trusted time was replaced by a hand-written
+/// helper that followed a symlink planted at its temporary name (and did not
+/// fsync the directory); it is `atomup_fsio::replace` now, which never does.
+/// The refusal comes before the first env write.
+#[test]
+fn trusted_time_write_never_follows_a_symlink_at_its_temp_name() {
+    let w = world(&[]);
+    let d = provision(&w, "tmplink");
+    let victim = w.dir.join("victim");
+    fs::write(&victim, b"keep\n").unwrap();
+    std::os::unix::fs::symlink(&victim, d.state.join("trusted-time.tmp")).unwrap();
+    let before = Untouched::snap(&d);
+    let out = update(&w, &d, &w.nginx.url(), "A", &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(
+        fs::read(&victim).unwrap(),
+        b"keep\n",
+        "the write followed the symlink"
+    );
+    before.assert_same(&d);
+    assert!(text(&out).contains("trusted-time"), "{}", text(&out));
+}

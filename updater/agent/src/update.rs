@@ -528,17 +528,12 @@ fn read_trusted_time(path: &Path) -> Result<u64> {
     }
 }
 
-/// Replaces the trusted-time file atomically (temp, fsync, rename).
+/// Replaces the trusted-time file with `atomup_fsio::replace`: the old time
+/// or the new one after a power cut, durable once this returns (it used to
+/// skip the directory fsync, and followed a symlink planted at its temp name).
 fn write_trusted_time(path: &Path, t: u64) -> Result {
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut f = fs::File::create(&tmp)?;
-        writeln!(f, "{t}")?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    Ok(())
+    atomup_fsio::replace(path, format!("{t}\n").as_bytes())
+        .map_err(|e| format!("writing {}: {e}", path.display()).into())
 }
 
 /// The inactive slot's filesystem, mounted read-write only while it is written

@@ -4,6 +4,7 @@
 mod bootopts;
 mod delta;
 mod inputs;
+mod logger;
 mod slots;
 mod target;
 mod update;
@@ -17,6 +18,7 @@ const USAGE: &str = "\
 atomup — atomic A/B updates for embedded Linux devices
 
 Usage: atomup <command> [options]
+       atomup --log-level LEVEL <command> [options]
 
 Commands:
   help                 show this text
@@ -33,7 +35,9 @@ Commands:
   delta apply          apply a static delta into a directory and verify it
   delta show           describe a static delta (from/to, parts, signed?)
 
-Run `atomup <command> --help` for a command's options.
+Run `atomup <command> --help` for a command's options. Messages from the libraries
+(download retries, ...) go to stderr at --log-level or $ATOMUP_LOG (off, error, warn,
+info, debug, trace; default warn).
 ";
 
 fn main() -> ExitCode {
@@ -49,15 +53,20 @@ fn main() -> ExitCode {
 
 fn run(args: &mut lexopt::Parser) -> Result {
     use lexopt::prelude::*;
-    let command = match args.next()? {
-        Some(Value(cmd)) => cmd.string()?,
-        Some(Long("help") | Short('h')) | None => {
-            print!("{USAGE}");
-            return Ok(());
+    let mut log_level = None;
+    let command = loop {
+        match args.next()? {
+            Some(Long("log-level")) => log_level = Some(args.value()?.string()?),
+            Some(Value(cmd)) => break cmd.string()?,
+            Some(Long("help") | Short('h')) | None => {
+                print!("{USAGE}");
+                return Ok(());
+            }
+            Some(Long("version") | Short('V')) => break "version".to_owned(),
+            Some(other) => return Err(other.unexpected().into()),
         }
-        Some(Long("version") | Short('V')) => "version".to_owned(),
-        Some(other) => return Err(other.unexpected().into()),
     };
+    logger::init(log_level.as_deref())?;
     match command.as_str() {
         "help" => print!("{USAGE}"),
         "version" => println!("atomup {}", env!("CARGO_PKG_VERSION")),

@@ -57,6 +57,8 @@ Polls the server once; installs a due release into the inactive slot, on trial.
                         the latest trusted time)
   --machine-id FILE     rollout seed source (default /etc/machine-id)
   --retry-backoff-ms N  pause before the n-th retry of a cut download is n*N ms (default 2000)
+  --idle-timeout S      a connection that delivers nothing for S seconds counts as cut
+                        and is retried (default 60; each retry is logged on stderr)
 Boot-state options: --env-config FILE | --env-image FILE | --grubenv PATH,
   --booted-slot A|B, --cmdline FILE (default /proc/cmdline),
   --state-dir DIR (default /var/lib/atomup)
@@ -81,6 +83,7 @@ struct Opts {
     now: Option<u64>,
     machine_id: PathBuf,
     backoff_ms: u64,
+    idle_timeout_s: u64,
     env_config: Option<PathBuf>,
     env_image: Option<PathBuf>,
     grubenv: Option<PathBuf>,
@@ -107,6 +110,7 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
         now: None,
         machine_id: "/etc/machine-id".into(),
         backoff_ms: 2000,
+        idle_timeout_s: 60,
         env_config: None,
         env_image: None,
         grubenv: None,
@@ -131,6 +135,7 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
             Long("now") => o.now = Some(args.value()?.parse()?),
             Long("machine-id") => o.machine_id = args.value()?.into(),
             Long("retry-backoff-ms") => o.backoff_ms = args.value()?.parse()?,
+            Long("idle-timeout") => o.idle_timeout_s = args.value()?.parse()?,
             Long("env-config") => o.env_config = Some(args.value()?.into()),
             Long("env-image") => o.env_image = Some(args.value()?.into()),
             Long("grubenv") => o.grubenv = Some(args.value()?.into()),
@@ -236,6 +241,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     let cache = o.state_dir.join("cache");
     let fetch_opts = FetchOptions {
         backoff: std::time::Duration::from_millis(o.backoff_ms),
+        idle_timeout: std::time::Duration::from_secs(o.idle_timeout_s),
         ..FetchOptions::default()
     };
     let fetcher = Fetcher::new(server, &cache, fetch_opts)?;

@@ -26,8 +26,14 @@ pub struct Options {
     /// Pause before the n-th retry is `backoff * n`.
     pub backoff: Duration,
     pub connect_timeout: Duration,
-    /// A connection that delivers nothing for this long counts as cut.
-    pub read_timeout: Duration,
+    /// Idle timeout: a connection that delivers nothing for this long (while
+    /// waiting for the response or between two reads of its body) counts as
+    /// cut; a slow link that keeps delivering is never cut by it.
+    pub idle_timeout: Duration,
+    /// Overall cap on one attempt's body: a server that trickles a byte
+    /// just often enough to defeat the idle timeout is cut here, and the
+    /// next attempt resumes from what arrived. `None`: no cap.
+    pub attempt_deadline: Option<Duration>,
 }
 
 impl Default for Options {
@@ -36,7 +42,8 @@ impl Default for Options {
             attempts: 8,
             backoff: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(20),
-            read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            attempt_deadline: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -107,11 +114,15 @@ impl Fetcher {
     /// and finished payloads across reboots (on the data partition).
     pub fn new(base: &str, cache: &Path, opts: Options) -> Result<Self, FetchError> {
         fs::create_dir_all(cache).map_err(io_err("creating cache directory", cache))?;
+        // ureq's recv_body timeout is a deadline for the whole body (the
+        // README promised an idle one): idleness is per_read, and the whole
+        // body gets only the attempt's overall cap.
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(opts.connect_timeout))
-            .timeout_recv_body(Some(opts.read_timeout))
-            .timeout_recv_response(Some(opts.read_timeout))
+            .timeout_per_read(Some(opts.idle_timeout))
+            .timeout_recv_response(Some(opts.idle_timeout))
+            .timeout_recv_body(opts.attempt_deadline)
             .build()
             .new_agent();
         Ok(Fetcher {

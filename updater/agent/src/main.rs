@@ -3,10 +3,13 @@
 
 mod bootopts;
 mod delta;
+mod envcmd;
+mod health;
 mod inputs;
 mod logger;
-mod slots;
+mod status;
 mod target;
+mod transitions;
 mod update;
 
 use std::error::Error;
@@ -72,7 +75,10 @@ fn run(args: &mut lexopt::Parser) -> Result {
         "version" => println!("atomup {}", env!("CARGO_PKG_VERSION")),
         "delta" => delta::run(args)?,
         "update" => update::run(args)?,
-        cmd if slots::handles(cmd) => slots::run(cmd, args)?,
+        "status" => status::run(args)?,
+        "health" => health::run(args)?,
+        "env" => envcmd::run(args)?,
+        cmd if transitions::handles(cmd) => transitions::run(cmd, args)?,
         other => return Err(format!("unknown command `{other}` (see `atomup --help`)").into()),
     }
     Ok(())

@@ -25,16 +25,16 @@
 //! the apply rewrites the (out-of-order) slot from scratch; a record written
 //! before a cut describes a slot that is not in the boot order.
 
+use crate::bootopts::{BootOpts, OPTIONS};
 use crate::target::{self, Protected, Target};
-use crate::{bootopts, inputs, Result};
-use atomup_bootctl::statedir::{SlotRecord, StateDir};
+use crate::{inputs, Result};
+use atomup_bootctl::statedir::SlotRecord;
 use atomup_fetch::{Expect, Fetcher, Options as FetchOptions};
 use atomup_ostree::delta::{Superblock, SuperblockFile};
 use atomup_ostree::sign::Trust;
 use atomup_ostree::ObjectId;
 use atomup_policy::slot::DEFAULT_ATTEMPTS;
 use atomup_policy::update::{self, Decision, Flags};
-use atomup_policy::Slot;
 use atomup_release::check::verify_signed;
 use atomup_release::{release_path, rollout, Delta, Release};
 use std::fs;
@@ -59,9 +59,6 @@ Polls the server once; installs a due release into the inactive slot, on trial.
   --retry-backoff-ms N  pause before the n-th retry of a cut download is n*N ms (default 2000)
   --idle-timeout S      a connection that delivers nothing for S seconds counts as cut
                         and is retried (default 60; each retry is logged on stderr)
-Boot-state options: --env-config FILE | --env-image FILE | --grubenv PATH,
-  --booted-slot A|B, --cmdline FILE (default /proc/cmdline),
-  --state-dir DIR (default /var/lib/atomup)
 ";
 
 /// Largest release metadata file fetched (the format caps the body at 64 KiB).
@@ -71,7 +68,6 @@ struct Opts {
     server: Option<String>,
     channel: Option<String>,
     board: Option<String>,
-    board_conf: Option<PathBuf>,
     trusted: PathBuf,
     revoked: Option<PathBuf>,
     target_device: Option<PathBuf>,
@@ -84,12 +80,7 @@ struct Opts {
     machine_id: PathBuf,
     backoff_ms: u64,
     idle_timeout_s: u64,
-    env_config: Option<PathBuf>,
-    env_image: Option<PathBuf>,
-    grubenv: Option<PathBuf>,
-    booted: Option<Slot>,
-    cmdline: PathBuf,
-    state_dir: PathBuf,
+    boot: BootOpts,
 }
 
 fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
@@ -98,7 +89,6 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
         server: None,
         channel: None,
         board: None,
-        board_conf: None,
         trusted: "/etc/atomup/trusted.pub".into(),
         revoked: None,
         target_device: None,
@@ -111,19 +101,13 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
         machine_id: "/etc/machine-id".into(),
         backoff_ms: 2000,
         idle_timeout_s: 60,
-        env_config: None,
-        env_image: None,
-        grubenv: None,
-        booted: None,
-        cmdline: bootopts::CMDLINE.into(),
-        state_dir: "/var/lib/atomup".into(),
+        boot: BootOpts::default(),
     };
     while let Some(arg) = args.next()? {
         match arg {
             Long("server") => o.server = Some(args.value()?.string()?),
             Long("channel") => o.channel = Some(args.value()?.string()?),
             Long("board") => o.board = Some(args.value()?.string()?),
-            Long("board-conf") => o.board_conf = Some(args.value()?.into()),
             Long("trusted-keys") => o.trusted = args.value()?.into(),
             Long("revoked-keys") => o.revoked = Some(args.value()?.into()),
             Long("target-device") => o.target_device = Some(args.value()?.into()),
@@ -136,19 +120,15 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
             Long("machine-id") => o.machine_id = args.value()?.into(),
             Long("retry-backoff-ms") => o.backoff_ms = args.value()?.parse()?,
             Long("idle-timeout") => o.idle_timeout_s = args.value()?.parse()?,
-            Long("env-config") => o.env_config = Some(args.value()?.into()),
-            Long("env-image") => o.env_image = Some(args.value()?.into()),
-            Long("grubenv") => o.grubenv = Some(args.value()?.into()),
-            Long("booted-slot") => {
-                let v = args.value()?.string()?;
-                o.booted =
-                    Some(Slot::parse(&v).ok_or_else(|| format!("slot must be A or B, got `{v}`"))?);
-            }
-            Long("state-dir") => o.state_dir = args.value()?.into(),
-            Long("cmdline") => o.cmdline = args.value()?.into(),
             Long("help") | Short('h') => {
-                print!("{HELP}");
+                print!("{HELP}{OPTIONS}");
                 std::process::exit(0);
+            }
+            Long(name) => {
+                let name = name.to_owned();
+                if !o.boot.take(&name, args)? {
+                    return Err(format!("invalid option '--{name}'").into());
+                }
             }
             other => return Err(other.unexpected().into()),
         }
@@ -169,22 +149,20 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         allow_downgrade: o.allow_downgrade,
         ignore_rollout: o.ignore_rollout,
     };
-    let profile = inputs::board(o.board_conf.as_deref())?;
+    let profile = o.boot.board()?;
     let board = match (&o.board, &profile) {
         (Some(b), _) => b.as_str(),
         (None, Some(p)) => p.name.as_str(),
         (None, None) => return Err("--board NAME is required (or a board profile)".into()),
     };
     let trust = inputs::trust(&o.trusted, o.revoked.as_deref())?;
-    let mut bl = bootopts::open_env(
-        o.env_config.as_deref(),
-        o.env_image.as_deref(),
-        o.grubenv.as_deref(),
-        profile.as_ref().map(|p| &p.bootloader),
-    )?;
+    let mut bl = o.boot.open_env(profile.as_ref())?;
     let bl = bl.as_mut();
-    let booted = bootopts::require_booted(o.booted, &o.cmdline)?;
-    let env = atomup_bootctl::read(bl)?.state()?;
+    let booted = o.boot.require_booted()?;
+    // Read for planning only: the snapshot (and the env lock) is dropped at
+    // once; each env write below loads the env again under the lock and
+    // checks that it is still what the plan was made from.
+    let env = atomup_bootctl::load(bl)?.state()?;
     let target = update::preflight(&env, booted, &flags)?;
     let spec = match (&o.target_device, &o.target_dir, &profile) {
         (Some(dev), _, _) => Target::Device(dev.clone()),
@@ -199,7 +177,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     // data: an update empties what it writes.
     let protect = Protected {
         root: &o.from_root,
-        state_dir: &o.state_dir,
+        state_dir: &o.boot.state_dir,
         data_device: profile.as_ref().and_then(|p| p.data.as_deref()),
     };
     target::check(
@@ -208,7 +186,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         &target::read_mounts()?,
         &target::sysfs_disk_of,
     )?;
-    let sd = StateDir::new(&o.state_dir);
+    let sd = o.boot.state();
     // Typed, strictly parsed records: an unreadable one fails here.
     let current = sd
         .slot_record(booted)?
@@ -216,7 +194,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         .ok_or_else(|| {
             format!(
                 "no commit and version recorded for the running slot {booted} in {}",
-                o.state_dir.display()
+                o.boot.state_dir.display()
             )
         })?;
     let (current_commit, current_version) = (current.commit, current.version);
@@ -225,7 +203,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         .and_then(|r| r.commit())
         .map(|c| c.0);
     let highest_version = sd.highest_version()?;
-    let time_file = o.state_dir.join("trusted-time");
+    let time_file = o.boot.state_dir.join("trusted-time");
     let trusted_time = read_trusted_time(&time_file)?;
     let rolled_back: Vec<[u8; 32]> = sd
         .rollbacks()?
@@ -238,7 +216,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
 
     // 2. Release metadata, fetched capped and verified before it is parsed,
     //    then the decision: everything a release decides is decided here.
-    let cache = o.state_dir.join("cache");
+    let cache = o.boot.state_dir.join("cache");
     let fetch_opts = FetchOptions {
         backoff: std::time::Duration::from_millis(o.backoff_ms),
         idle_timeout: std::time::Duration::from_secs(o.idle_timeout_s),
@@ -302,18 +280,28 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         &current_commit,
     )?;
 
-    // 4. Execute the plan. Each step records first and writes the env last.
+    // 4. Execute the plan. Each step loads the env once (under its lock),
+    //    records first and writes the env last.
+    let mut snap = atomup_bootctl::load(bl)?;
+    if snap.state()? != env {
+        return Err(format!(
+            "the env changed while the update was prepared ({} instead of {env}): nothing was installed, try again",
+            snap.state()?
+        )
+        .into());
+    }
     write_trusted_time(&time_file, plan.trusted_time)?;
     // Accepted from here on: a replay of anything older is refused even if
     // this install never finishes.
     sd.accept_version(plan.release.version)?;
     sd.write_slot_record(target, &SlotRecord::installing())?;
     // ONE env write: the target leaves the boot order before it changes.
-    atomup_bootctl::write_state(bl, &plan.start)?;
+    atomup_bootctl::store_state(bl, &mut snap, &plan.start)?;
+    drop(snap);
 
-    let meta = o.state_dir.join("meta");
+    let meta = o.boot.state_dir.join("meta");
     let mounted = match &spec {
-        Target::Device(dev) => Some(Mounted::new(dev, &o.state_dir.join("target"))?),
+        Target::Device(dev) => Some(Mounted::new(dev, &o.boot.state_dir.join("target"))?),
         Target::Dir(_) => None,
     };
     let target_root = match (&mounted, &spec) {
@@ -340,12 +328,21 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         m.unmount()?;
     }
 
+    let mut snap = atomup_bootctl::load(bl)?;
+    if snap.state()? != plan.start {
+        return Err(format!(
+            "the env changed while slot {target} was written ({} instead of {}): slot {target} stays out of the boot order",
+            snap.state()?,
+            plan.start
+        )
+        .into());
+    }
     sd.write_slot_record(
         target,
         &SlotRecord::installed(to, plan.release.version, Some(plan.release.timestamp)),
     )?;
     // ONE env write: the written, verified slot goes first, on trial.
-    atomup_bootctl::write_state(bl, &plan.done)?;
+    atomup_bootctl::store_state(bl, &mut snap, &plan.done)?;
     let _ = fs::remove_dir_all(&delta_dir);
     println!(
         "installed version {} ({to}) into slot {target}: {} objects written, {} reused; slot {target} boots next on trial ({} attempts)",

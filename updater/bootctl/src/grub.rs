@@ -8,9 +8,9 @@
 //! is never touched either way.
 
 use crate::io::{io_err, replace_file, write_at};
-use crate::{BootctlError, Bootloader};
+use crate::{lock, BootctlError, Bootloader, Next, Snapshot};
 use atomup_bootenv::grub::BLOCK_SIZE;
-use atomup_bootenv::grubab::{self, Pair};
+use atomup_bootenv::grubab::{self, Pair, SchemeError};
 use atomup_bootenv::Vars;
 use std::path::{Path, PathBuf};
 
@@ -35,6 +35,14 @@ impl GrubEnv {
 
     pub fn files(&self) -> &[PathBuf; 2] {
         &self.files
+    }
+
+    /// The directory of the two blocks (what the snapshot locks).
+    fn dir(&self) -> PathBuf {
+        match self.files[0].parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
     }
 
     fn read_block(path: &Path) -> Result<Vec<u8>, BootctlError> {
@@ -69,16 +77,41 @@ impl GrubEnv {
 }
 
 impl Bootloader for GrubEnv {
-    fn read(&mut self) -> Result<Option<Vars>, BootctlError> {
-        Ok(self.read_pair()?.current().map(|s| s.vars.clone()))
+    /// Reads both blocks once under a lock on their directory; the next
+    /// store goes to the non-current block with a SEQ above both.
+    fn load(&mut self) -> Result<Snapshot, BootctlError> {
+        let lock = lock::lock_dir(&self.dir())?;
+        let mut pair = self.read_pair()?;
+        let (index, seq) = pair.next_write();
+        let vars = match pair.current {
+            Some(i) => std::mem::replace(&mut pair.files[i], Err(SchemeError::SealMismatch))
+                .ok()
+                .map(|s| s.vars),
+            None => None,
+        };
+        Ok(Snapshot {
+            vars,
+            next: Next::GrubBlock { index, seq },
+            _lock: lock,
+        })
     }
 
-    fn write(&mut self, vars: &Vars) -> Result<(), BootctlError> {
-        let (index, seq) = self.read_pair()?.next_write();
-        self.write_block(index, vars, seq)
+    fn store(&mut self, snap: &mut Snapshot, vars: Vars) -> Result<(), BootctlError> {
+        let Next::GrubBlock { index, seq } = snap.next else {
+            return Err(Snapshot::wrong_backend());
+        };
+        self.write_block(index, &vars, seq)?;
+        // The block just written has the highest SEQ: it is current.
+        snap.next = Next::GrubBlock {
+            index: 1 - index,
+            seq: seq.saturating_add(1),
+        };
+        snap.vars = Some(vars);
+        Ok(())
     }
 
     fn init(&mut self, vars: &Vars) -> Result<(), BootctlError> {
+        let _lock = lock::lock_dir(&self.dir())?;
         self.write_block(1, vars, 0)?;
         self.write_block(0, vars, 1)
     }

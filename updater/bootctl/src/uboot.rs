@@ -8,7 +8,7 @@
 //! copy cannot be made crash-safe and is supported for existing boards only.
 
 use crate::io::{read_at, write_at};
-use crate::{BootctlError, Bootloader};
+use crate::{lock, BootctlError, Bootloader, Next, Snapshot};
 use atomup_bootenv::uboot::{self, FlagScheme, Layout, Redundant};
 use atomup_bootenv::{EnvDevice, FwEnvConfig, Vars};
 use std::path::{Path, PathBuf};
@@ -180,46 +180,47 @@ impl UbootEnv {
     }
 }
 
-/// libubootenv's lock file: holding it while we read-modify-write keeps a
-/// concurrent `fw_setenv` from picking the same target copy.
+/// libubootenv's lock file: a snapshot holds it from load to store, so a
+/// concurrent `fw_setenv` cannot pick the same target copy.
 const LOCK_FILE: &str = "/var/lock/fw_printenv.lock";
 
-/// Held for the duration of one env write; dropped = unlocked.
-struct EnvLock(#[allow(dead_code)] Option<std::fs::File>);
-
-fn lock() -> Result<EnvLock, BootctlError> {
-    let path = Path::new(LOCK_FILE);
-    if !path.parent().is_some_and(Path::exists) {
-        return Ok(EnvLock(None)); // no /var/lock (initramfs, minimal rootfs): nobody to race
-    }
-    let f = atomup_fsio::open_rw(path, true)
-        .map_err(crate::io::io_err(path, "opening the env lock file"))?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| crate::io::io_err(path, "locking the env")(e.into()))?;
-    Ok(EnvLock(Some(f)))
-}
-
 impl Bootloader for UbootEnv {
-    fn read(&mut self) -> Result<Option<Vars>, BootctlError> {
-        Ok(self.read_current()?.map(|(_, vars, _)| vars))
+    /// Reads the current copy once ([`UbootEnv::read_current`]) under the
+    /// lock; the next store goes to the other copy with flags + 1 (single
+    /// copy: in place).
+    fn load(&mut self) -> Result<Snapshot, BootctlError> {
+        let lock = lock::lock_file(Path::new(LOCK_FILE))?;
+        let current = self.read_current()?;
+        let (index, flags) = match self.devices.len() {
+            1 => (0, 0),
+            _ => uboot::next_write(
+                current.as_ref().map(|(i, _, f)| (*i, f.unwrap_or(0))),
+                FlagScheme::Incremental,
+            ),
+        };
+        Ok(Snapshot {
+            vars: current.map(|(_, vars, _)| vars),
+            next: Next::UbootCopy { index, flags },
+            _lock: lock,
+        })
     }
 
-    fn write(&mut self, vars: &Vars) -> Result<(), BootctlError> {
-        let _lock = lock()?;
-        match self.devices.len() {
-            1 => self.write_copy(0, vars, 0),
-            _ => {
-                let cur = self
-                    .read_current()?
-                    .map(|(i, _, flags)| (i, flags.unwrap_or(0)));
-                let (index, flags) = uboot::next_write(cur, FlagScheme::Incremental);
-                self.write_copy(index, vars, flags)
-            }
+    fn store(&mut self, snap: &mut Snapshot, vars: Vars) -> Result<(), BootctlError> {
+        let Next::UbootCopy { index, flags } = snap.next else {
+            return Err(Snapshot::wrong_backend());
+        };
+        self.write_copy(index, &vars, flags)?;
+        // The copy just written is current now; the next store goes to the other.
+        if self.devices.len() == 2 {
+            let (index, flags) = uboot::next_write(Some((index, flags)), FlagScheme::Incremental);
+            snap.next = Next::UbootCopy { index, flags };
         }
+        snap.vars = Some(vars);
+        Ok(())
     }
 
     fn init(&mut self, vars: &Vars) -> Result<(), BootctlError> {
-        let _lock = lock()?;
+        let _lock = lock::lock_file(Path::new(LOCK_FILE))?;
         if self.devices.len() == 2 {
             // Older copy first: a cut between the two leaves copy 2 valid.
             self.write_copy(1, vars, 0)?;

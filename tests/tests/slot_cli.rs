@@ -43,6 +43,14 @@ fn fails(args: &[&str], env: &[&str]) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
+/// `atomup status --json`, parsed by a real JSON parser (one document,
+/// nothing after it).
+fn status_json(env: &[&str]) -> serde_json::Value {
+    let text = ok(&["status", "--json"], env);
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {text}"))
+}
+
 fn printenv(cfg: &Path, name: &str) -> String {
     atomup_tests::uboot::fw_printenv(cfg)
         .into_iter()
@@ -114,9 +122,15 @@ fn update_life_on_a_uboot_disk_image() {
         .status()
         .unwrap();
     assert!(st.success());
-    let json = ok(&["status", "--json"], &on_b);
-    assert!(json.contains(r#""booted":"B""#), "{json}");
-    assert!(json.contains(&format!(r#"{{"slot":"B","booted":true,"state":"trial","commit":"{GOOD}","version":2,"timestamp":1795305600,"attempts_left":2}}"#)), "{json}");
+    let json = status_json(&on_b);
+    assert_eq!(json["format"], 2, "{json}");
+    assert_eq!(json["booted"], "B", "{json}");
+    assert_eq!(
+        json["slots"][1],
+        serde_json::json!({"slot": "B", "booted": true, "state": "trial", "commit": GOOD,
+            "version": 2, "timestamp": 1_795_305_600u64, "attempts_left": 2}),
+        "{json}"
+    );
     let text = ok(&["status"], &on_b);
     assert!(
         text.contains("● B")
@@ -162,7 +176,7 @@ fn update_life_on_a_uboot_disk_image() {
         .status()
         .unwrap();
     assert!(st.success());
-    assert!(ok(&["status", "--json"], &on_b).contains(r#""fallback_pending":true"#));
+    assert_eq!(status_json(&on_b)["fallback_pending"], true);
     let out = ok(&["mark-good"], &on_b);
     assert!(out.contains("rollback detected"), "{out}");
     assert_eq!(
@@ -172,15 +186,26 @@ fn update_life_on_a_uboot_disk_image() {
         ),
         ("B".into(), String::new())
     );
-    let json = ok(&["status", "--json"], &on_b);
-    assert!(
-        json.contains(&format!(
-            r#""rollbacks":[{{"slot":"A","commit":"{BAD}","version":3,"#
-        )),
+    let json = status_json(&on_b);
+    let rollbacks = json["rollbacks"].as_array().unwrap();
+    assert_eq!(rollbacks.len(), 1, "{json}");
+    assert_eq!(
+        (
+            &rollbacks[0]["slot"],
+            &rollbacks[0]["commit"],
+            &rollbacks[0]["version"]
+        ),
+        (&"A".into(), &BAD.into(), &3.into()),
         "{json}"
     );
-    assert!(
-        json.contains(r#"{"slot":"A","booted":false,"state":"bad""#),
+    assert!(rollbacks[0]["at"].is_u64(), "{json}");
+    assert_eq!(
+        (
+            &json["slots"][0]["slot"],
+            &json["slots"][0]["booted"],
+            &json["slots"][0]["state"]
+        ),
+        (&"A".into(), &false.into(), &"bad".into()),
         "{json}"
     );
 
@@ -250,8 +275,9 @@ fn update_life_on_a_grubenv_pair() {
         "{}",
         list(&env)
     );
-    let json = ok(&["status", "--json"], &on_b);
-    assert!(json.contains(r#""order":["B","A"],"trial":null"#), "{json}");
+    let json = status_json(&on_b);
+    assert_eq!(json["order"], serde_json::json!(["B", "A"]), "{json}");
+    assert!(json["trial"].is_null(), "{json}");
 }
 
 /// Regression (issue 11.7): the slot commands ignored the board profile, so

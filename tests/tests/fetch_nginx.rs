@@ -124,7 +124,7 @@ fn partial_from_an_earlier_run_is_continued() {
     let half = data.len() / 2;
     std::fs::write(
         s.cache
-            .join(format!("{}.partial", atomup_fetch::hex(&e.sha256))),
+            .join(format!("{}.partial", atomup_ostree::hex::encode(&e.sha256))),
         &data[..half],
     )
     .unwrap();
@@ -146,7 +146,7 @@ fn damaged_partial_is_discarded_on_digest_mismatch() {
     std::fs::create_dir_all(&s.cache).unwrap();
     let partial = s
         .cache
-        .join(format!("{}.partial", atomup_fetch::hex(&e.sha256)));
+        .join(format!("{}.partial", atomup_ostree::hex::encode(&e.sha256)));
     std::fs::write(&partial, vec![0u8; 1000]).unwrap();
     let f = Fetcher::new(&s.nginx.url(), &s.cache, quick()).unwrap();
     let err = f.fetch_verified("p/1", e, &mut no_progress()).unwrap_err();
@@ -255,7 +255,7 @@ fn fifo_in_the_cache_is_refused_without_blocking() {
     let s = site(&[("f", &data)]);
     let e = expect_of(&data);
     std::fs::create_dir_all(&s.cache).unwrap();
-    let name = atomup_fetch::hex(&e.sha256);
+    let name = atomup_ostree::hex::encode(&e.sha256);
     for planted in [name.clone(), format!("{name}.partial")] {
         let fifo = s.cache.join(&planted);
         atomup_tests::device::mkfifo(&fifo);

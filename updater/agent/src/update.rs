@@ -355,7 +355,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
 /// it starts. What is already cached of the superblock counts; parts are
 /// counted whole (their names are known only from the superblock).
 fn check_download_space(cache: &Path, delta: &Delta) -> Result {
-    let sha = atomup_ostree::ObjectId(delta.superblock_sha256).to_hex();
+    let sha = atomup_ostree::hex::encode(&delta.superblock_sha256);
     let cached = |name: &str| fs::symlink_metadata(cache.join(name)).map_or(0, |m| m.len());
     let have = cached(&sha).max(cached(&format!("{sha}.partial")));
     let need = (delta.superblock_size + delta.parts_size).saturating_sub(have);

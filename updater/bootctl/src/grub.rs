@@ -1,5 +1,5 @@
 //! GRUB env storage: the two sealed grubenv blocks of the scheme in
-//! `atomup_bootenv::grubab`. The agent overwrites the NON-current block in
+//! `atomup_bootenv::grub_pair`. The agent overwrites the NON-current block in
 //! place (1024 bytes, fsync), exactly as GRUB's own `save_env` does; the
 //! scheme makes that safe, and in-place keeps the file's clusters where
 //! GRUB's blocklist write expects them. On FAT a rename is not atomic (a cut
@@ -10,7 +10,7 @@
 use crate::io::{io_err, replace_file, write_at};
 use crate::{lock, BootctlError, Bootloader, Next, Snapshot};
 use atomup_bootenv::grub::BLOCK_SIZE;
-use atomup_bootenv::grubab::{self, Pair, SchemeError};
+use atomup_bootenv::grub_pair::{self, Pair, SchemeError};
 use atomup_bootenv::Vars;
 use std::path::{Path, PathBuf};
 
@@ -50,7 +50,7 @@ impl GrubEnv {
         // but a regular file of at most MAX_FILE bytes is refused.
         match atomup_fsio::read_capped_opt(path, MAX_FILE) {
             Ok(b) => Ok(b.unwrap_or_default()),
-            Err(e) => Err(io_err(path, "reading grubenv")(e)),
+            Err(e) => Err(io_err("reading grubenv", path)(e)),
         }
     }
 
@@ -63,10 +63,11 @@ impl GrubEnv {
 
     fn write_block(&self, index: usize, vars: &Vars, seq: u64) -> Result<(), BootctlError> {
         let path = &self.files[index % 2];
-        let block = grubab::serialize_sealed(vars, seq).map_err(|source| BootctlError::Format {
-            what: "serializing grubenv",
-            source: source.into(),
-        })?;
+        let block =
+            grub_pair::serialize_sealed(vars, seq).map_err(|source| BootctlError::Format {
+                what: "serializing grubenv",
+                source: source.into(),
+            })?;
         let existing = std::fs::metadata(path).map(|m| m.len()).ok();
         if existing == Some(BLOCK_SIZE as u64) {
             write_at(path, 0, &block)

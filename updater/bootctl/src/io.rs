@@ -8,9 +8,12 @@ use crate::BootctlError;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+/// The workspace's one I/O error convention (as `atomup-fetch`'s): what was
+/// being done and to which path, the `io::Error` as the source, printed once
+/// by the binary's error chain.
 pub(crate) fn io_err<'a>(
-    path: &'a Path,
     what: &'static str,
+    path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> BootctlError + 'a {
     move |source| BootctlError::Io {
         path: path.to_path_buf(),
@@ -23,12 +26,12 @@ pub(crate) fn io_err<'a>(
 /// character device).
 pub(crate) fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, BootctlError> {
     let mut f = atomup_fsio::open(path, atomup_fsio::Want::Storage)
-        .map_err(io_err(path, "opening env storage for reading"))?;
+        .map_err(io_err("opening env storage for reading", path))?;
     f.seek(SeekFrom::Start(offset))
-        .map_err(io_err(path, "seeking to the env copy"))?;
+        .map_err(io_err("seeking to the env copy", path))?;
     let mut buf = vec![0u8; len];
     f.read_exact(&mut buf)
-        .map_err(io_err(path, "reading the env copy"))?;
+        .map_err(io_err("reading the env copy", path))?;
     Ok(buf)
 }
 
@@ -37,22 +40,22 @@ pub(crate) fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, B
 /// cut.
 pub(crate) fn write_at(path: &Path, offset: u64, data: &[u8]) -> Result<(), BootctlError> {
     let mut f = atomup_fsio::open_storage_rw(path)
-        .map_err(io_err(path, "opening env storage for writing"))?;
+        .map_err(io_err("opening env storage for writing", path))?;
     f.seek(SeekFrom::Start(offset))
-        .map_err(io_err(path, "seeking to the env copy"))?;
+        .map_err(io_err("seeking to the env copy", path))?;
     if let Some(n) = crate::failpoint::next_write() {
         let n = n.min(data.len());
         f.write_all(&data[..n])
-            .map_err(io_err(path, "writing the env copy"))?;
-        f.sync_all().map_err(io_err(path, "syncing the env copy"))?;
+            .map_err(io_err("writing the env copy", path))?;
+        f.sync_all().map_err(io_err("syncing the env copy", path))?;
         return Err(BootctlError::Injected {
             path: path.to_path_buf(),
             written: n,
         });
     }
     f.write_all(data)
-        .map_err(io_err(path, "writing the env copy"))?;
-    f.sync_all().map_err(io_err(path, "syncing the env copy"))
+        .map_err(io_err("writing the env copy", path))?;
+    f.sync_all().map_err(io_err("syncing the env copy", path))
 }
 
 /// Replaces a whole file with `atomup_fsio::replace` (temp, fsync, rename,
@@ -63,16 +66,16 @@ pub(crate) fn replace_file(path: &Path, data: &[u8]) -> Result<(), BootctlError>
     if let Some(n) = crate::failpoint::next_write() {
         let tmp = atomup_fsio::temp_path(path);
         let mut f =
-            atomup_fsio::open_rw(&tmp, true).map_err(io_err(&tmp, "opening the new file"))?;
+            atomup_fsio::open_rw(&tmp, true).map_err(io_err("opening the new file", &tmp))?;
         f.set_len(0)
-            .map_err(io_err(&tmp, "truncating the new file"))?;
+            .map_err(io_err("truncating the new file", &tmp))?;
         f.write_all(&data[..n.min(data.len())])
-            .map_err(io_err(&tmp, "writing the new file"))?;
-        f.sync_all().map_err(io_err(&tmp, "syncing the new file"))?;
+            .map_err(io_err("writing the new file", &tmp))?;
+        f.sync_all().map_err(io_err("syncing the new file", &tmp))?;
         return Err(BootctlError::Injected {
             path: tmp,
             written: n.min(data.len()),
         });
     }
-    atomup_fsio::replace(path, data).map_err(io_err(path, "replacing the file"))
+    atomup_fsio::replace(path, data).map_err(io_err("replacing the file", path))
 }

@@ -31,10 +31,10 @@ pub use uboot::UbootEnv;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootctlError {
-    #[error("{what} ({path})")]
+    #[error("{what} {}", path.display())]
     Io {
-        path: PathBuf,
         what: &'static str,
+        path: PathBuf,
         source: std::io::Error,
     },
     #[error("invalid env config {path}")]

@@ -32,7 +32,7 @@ fn flock(f: File, path: &Path) -> Result<EnvLock, BootctlError> {
                     path: path.to_path_buf(),
                 })
             }
-            Err(e) => return Err(io_err(path, "locking the env")(e.into())),
+            Err(e) => return Err(io_err("locking the env", path)(e.into())),
         }
     }
 }
@@ -43,7 +43,7 @@ pub(crate) fn lock_file(path: &Path) -> Result<Option<EnvLock>, BootctlError> {
     if !path.parent().is_some_and(Path::exists) {
         return Ok(None);
     }
-    let f = atomup_fsio::open_rw(path, true).map_err(io_err(path, "opening the env lock file"))?;
+    let f = atomup_fsio::open_rw(path, true).map_err(io_err("opening the env lock file", path))?;
     flock(f, path).map(Some)
 }
 
@@ -52,6 +52,6 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<Option<EnvLock>, BootctlError> {
     match atomup_fsio::open(dir, atomup_fsio::Want::Directory) {
         Ok(f) => flock(f, dir).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(dir, "opening the env directory")(e)),
+        Err(e) => Err(io_err("opening the env directory", dir)(e)),
     }
 }

@@ -120,10 +120,9 @@ pub fn parse_u64(s: &str) -> Option<u64> {
 
 /// A commit id: exactly 64 lower-case hex digits.
 pub fn parse_commit(s: &str) -> Option<ObjectId> {
-    if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return None;
-    }
-    ObjectId::from_hex(s).ok()
+    let mut id = ObjectId::default();
+    atomup_ostree::hex::decode_lower(s, &mut id.0)?;
+    Some(id)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
@@ -417,7 +416,7 @@ impl StateDir {
         cap: u64,
         what: &'static str,
     ) -> Result<Option<Vec<u8>>, BootctlError> {
-        atomup_fsio::read_capped_opt(path, cap).map_err(io_err(path, what))
+        atomup_fsio::read_capped_opt(path, cap).map_err(io_err(what, path))
     }
 
     fn record<T>(path: PathBuf, r: Result<T, RecordError>) -> Result<T, BootctlError> {
@@ -438,9 +437,9 @@ impl StateDir {
     pub fn write_slot_record(&self, slot: Slot, r: &SlotRecord) -> Result<(), BootctlError> {
         let path = self.slot_path(slot);
         let dir = self.root.join("slots");
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir, "creating the slot record dir"))?;
+        std::fs::create_dir_all(&dir).map_err(io_err("creating the slot record dir", &dir))?;
         atomup_fsio::replace(&path, serialize_slot_record(r).as_bytes())
-            .map_err(io_err(&path, "writing the slot record"))
+            .map_err(io_err("writing the slot record", &path))
     }
 
     pub fn rollbacks(&self) -> Result<Vec<RollbackRecord>, BootctlError> {
@@ -468,10 +467,10 @@ impl StateDir {
         }
         list.push(*r);
         std::fs::create_dir_all(&self.root)
-            .map_err(io_err(&self.root, "creating the state dir"))?;
+            .map_err(io_err("creating the state dir", &self.root))?;
         let path = self.root.join("rollbacks");
         atomup_fsio::replace(&path, serialize_rollbacks(&list).as_bytes())
-            .map_err(io_err(&path, "writing the rollback records"))
+            .map_err(io_err("writing the rollback records", &path))
     }
 
     /// The highest release version this device has ever accepted: the
@@ -502,7 +501,7 @@ impl StateDir {
             &path,
             format!("format={FORMAT}\nversion={highest}\n").as_bytes(),
         )
-        .map_err(io_err(&path, "writing the accepted version"))
+        .map_err(io_err("writing the accepted version", &path))
     }
 }
 

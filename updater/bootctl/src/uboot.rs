@@ -32,7 +32,7 @@ impl UbootEnv {
     /// Reads an fw_env.config; relative device paths resolve against `base`.
     pub fn from_config_file(path: &Path, base: &Path) -> Result<UbootEnv, BootctlError> {
         let text = atomup_fsio::read_capped(path, MAX_CONFIG)
-            .map_err(crate::io::io_err(path, "reading fw_env.config"))?;
+            .map_err(crate::io::io_err("reading fw_env.config", path))?;
         let cfg = FwEnvConfig::parse(&text).map_err(|source| BootctlError::Config {
             path: path.to_path_buf(),
             source,
@@ -107,16 +107,16 @@ impl UbootEnv {
         use std::io::{Read, Seek, SeekFrom};
         let path = self.path(d);
         let mut f = atomup_fsio::open(&path, atomup_fsio::Want::Storage)
-            .map_err(crate::io::io_err(&path, "opening env storage for reading"))?;
+            .map_err(crate::io::io_err("opening env storage for reading", &path))?;
         f.seek(SeekFrom::Start(d.offset))
-            .map_err(crate::io::io_err(&path, "seeking to the env copy"))?;
+            .map_err(crate::io::io_err("seeking to the env copy", &path))?;
         let mut check = uboot::CopyCheck::new(layout);
         let mut buf = vec![0u8; CHUNK.min(Self::size(d))];
         let mut left = Self::size(d);
         while left > 0 {
             let n = left.min(buf.len());
             f.read_exact(&mut buf[..n])
-                .map_err(crate::io::io_err(&path, "reading the env copy"))?;
+                .map_err(crate::io::io_err("reading the env copy", &path))?;
             check.update(&buf[..n]);
             left -= n;
         }

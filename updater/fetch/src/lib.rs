@@ -93,6 +93,8 @@ impl FetchError {
     }
 }
 
+/// The workspace's one I/O error convention (as `atomup-bootctl`'s): what was
+/// being done and to which path, the `io::Error` as the source.
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FetchError + 'a {
     move |source| FetchError::Io {
         what,
@@ -193,7 +195,7 @@ impl Fetcher {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<PathBuf, FetchError> {
         let url = self.url(rel)?;
-        let name = hex(&expect.sha256);
+        let name = atomup_ostree::hex::encode(&expect.sha256);
         let done = self.cache.join(&name);
         let partial = self.cache.join(format!("{name}.partial"));
         if done.exists() {
@@ -383,8 +385,4 @@ fn sync_dir(dir: &Path) -> Result<(), FetchError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("syncing cache directory", dir))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -9,6 +9,7 @@ pub mod delta;
 pub mod error;
 pub mod execute;
 pub mod gvariant;
+pub mod hex;
 pub mod object;
 pub mod sign;
 #[cfg(feature = "encode")]

@@ -6,9 +6,8 @@
 use atomup_bootenv::Vars;
 use std::fmt;
 
-pub const VAR_ORDER: &str = "ATOMUP_ORDER";
-pub const VAR_TRIAL: &str = "ATOMUP_TRIAL";
-pub const VAR_LEFT: &str = "ATOMUP_LEFT";
+/// The contract's variable names, defined once in `atomup-bootenv`.
+pub use atomup_bootenv::names::{LEFT as VAR_LEFT, ORDER as VAR_ORDER, TRIAL as VAR_TRIAL};
 /// Attempts a new slot gets at install done unless told otherwise.
 pub const DEFAULT_ATTEMPTS: u8 = 3;
 /// `ATOMUP_LEFT` is one decimal digit: the GRUB script decrements by comparison.

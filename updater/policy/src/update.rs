@@ -152,7 +152,7 @@ pub fn plan<'r>(
     if device.rolled_back.contains(&release.commit) {
         return Err(PlanError::RolledBack {
             version: release.version,
-            commit: hex(&release.commit),
+            commit: atomup_ostree::hex::encode(&release.commit),
         });
     }
     // Rule: installed and waiting for its trial boot: nothing to redo.
@@ -183,10 +183,6 @@ pub fn plan<'r>(
             now,
         ),
     }))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

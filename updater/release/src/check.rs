@@ -150,19 +150,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn parse_hex64(s: &str) -> Option<[u8; 64]> {
-    let b = s.as_bytes();
-    if b.len() != 128 {
-        return None;
-    }
     let mut out = [0u8; 64];
-    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
-        let d = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        };
-        *o = (d(pair[0])? << 4) | d(pair[1])?;
-    }
+    atomup_ostree::hex::decode_lower(s, &mut out)?;
     Some(out)
 }
 

@@ -319,31 +319,13 @@ fn parse_u64(s: &str) -> Option<u64> {
 }
 
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    let bytes = s.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        *o = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
-    }
+    atomup_ostree::hex::decode_lower(s, &mut out)?;
     Some(out)
 }
 
-fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    }
-}
-
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    atomup_ostree::hex::encode(bytes)
 }
 
 /// A repository-relative path of plain names: no absolute path, no `.`/`..`,

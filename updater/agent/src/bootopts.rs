@@ -4,7 +4,8 @@
 //! commands always open the same env, see the same booted slot and use the
 //! same records.
 
-use crate::{inputs, Result};
+use crate::error::Result;
+use crate::inputs;
 use atomup_board::{Board, Bootloader as BoardBootloader};
 use atomup_bootctl::statedir::StateDir;
 use atomup_bootctl::{cmdline, Bootloader, GrubEnv, UbootEnv};

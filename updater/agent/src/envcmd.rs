@@ -4,7 +4,7 @@
 //! the new state in ONE write, keeping every other variable.
 
 use crate::bootopts::{BootOpts, OPTIONS};
-use crate::Result;
+use crate::error::Result;
 use atomup_bootctl::Bootloader;
 use atomup_policy::{BootState, Slot};
 

@@ -6,8 +6,8 @@
 //! boot only the fallback bookkeeping of `mark-good` runs.
 
 use crate::bootopts::{BootOpts, OPTIONS};
+use crate::error::Result;
 use crate::transitions;
-use crate::Result;
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\

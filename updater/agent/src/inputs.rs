@@ -5,7 +5,7 @@
 //! with a size cap, and a missing, oversized or wrong-type file is a clear
 //! error naming the file and its purpose.
 
-use crate::Result;
+use crate::error::Result;
 use atomup_board::Board;
 use atomup_ostree::sign::Trust;
 use std::path::Path;

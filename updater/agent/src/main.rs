@@ -4,6 +4,7 @@
 mod bootopts;
 mod delta;
 mod envcmd;
+mod error;
 mod health;
 mod inputs;
 mod logger;
@@ -15,7 +16,7 @@ mod update;
 use std::error::Error;
 use std::process::ExitCode;
 
-type Result<T = ()> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
+use error::Result;
 
 const USAGE: &str = "\
 atomup — atomic A/B updates for embedded Linux devices

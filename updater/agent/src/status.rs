@@ -5,7 +5,7 @@
 //! the tests read it back with a real JSON parser.
 
 use crate::bootopts::{BootOpts, OPTIONS};
-use crate::Result;
+use crate::error::Result;
 use atomup_bootctl::cmdline;
 use atomup_bootctl::statedir::{rfc3339, RollbackRecord, SlotRecord};
 use atomup_policy::{BootOutcome, BootState, Slot};

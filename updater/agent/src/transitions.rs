@@ -7,7 +7,7 @@
 //! repeated by the next run), never an env state nobody recorded.
 
 use crate::bootopts::{slot_arg, BootOpts, OPTIONS};
-use crate::Result;
+use crate::error::Result;
 use atomup_bootctl::statedir::{
     parse_commit, parse_rfc3339, parse_u64, RollbackRecord, SlotRecord,
 };

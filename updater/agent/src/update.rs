@@ -26,8 +26,9 @@
 //! before a cut describes a slot that is not in the boot order.
 
 use crate::bootopts::{BootOpts, OPTIONS};
+use crate::error::Result;
+use crate::inputs;
 use crate::target::{self, Protected, Target};
-use crate::{inputs, Result};
 use atomup_bootctl::statedir::SlotRecord;
 use atomup_fetch::{Expect, Fetcher, Options as FetchOptions};
 use atomup_ostree::delta::{Superblock, SuperblockFile};

@@ -148,3 +148,39 @@ fn attempts_out_of_range_are_refused_before_the_first_write() {
         "--attempts must be 1..=9, got 10",
     );
 }
+
+/// The download is checked against the free space of the data partition
+/// before it starts: a cache that cannot hold the delta gets nothing written
+/// into it (it used to fill up with a partial file until ENOSPC).
+#[test]
+fn a_download_larger_than_the_free_space_is_refused_before_it_starts() {
+    if !atomup_tests::device::require_root() {
+        return;
+    }
+    let w = world(&[]);
+    let d = provision(&w, "nospace");
+    let cache = d.state.join("cache");
+    fs::create_dir_all(&cache).unwrap();
+    let before = Untouched::snap(&d);
+    let mut args: Vec<std::ffi::OsString> = vec![atomup_tests::workspace_bin("atomup").into()];
+    args.extend(atomup_tests::device::update_args(
+        &w,
+        &d,
+        &w.nginx.url(),
+        "A",
+        &[],
+    ));
+    let script = format!(
+        "mount -t tmpfs -o size=4k tmpfs {c}\nrc=0; \"$@\" || rc=$?\necho CACHE:$(ls -A {c})\nexit $rc",
+        c = cache.display()
+    );
+    let out = atomup_tests::device::in_mount_ns(&script, &args);
+    assert!(!out.status.success(), "not refused: {}", text(&out));
+    before.assert_records_same(&d);
+    assert!(text(&out).contains("more bytes in"), "{}", text(&out));
+    assert!(
+        text(&out).contains("CACHE:\n"),
+        "the cache was written: {}",
+        text(&out)
+    );
+}

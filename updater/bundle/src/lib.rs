@@ -348,5 +348,17 @@ impl<W: Write> Writer<W> {
     }
 }
 
+/// Fuzz/corpus entry point: arbitrary bytes as one header block and as a
+/// whole bundle; must never panic.
+pub fn fuzz(data: &[u8]) {
+    let mut h = [0u8; BLOCK];
+    let n = data.len().min(BLOCK);
+    h[..n].copy_from_slice(&data[..n]);
+    let _ = parse_header(&h, 0);
+    let mut c = std::io::Cursor::new(data);
+    let _ = first(&mut c);
+    let _ = scan(&mut c);
+}
+
 #[cfg(test)]
 mod tests;

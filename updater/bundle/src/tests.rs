@@ -1,13 +1,9 @@
 use super::*;
 use std::io::Cursor;
-use std::path::PathBuf;
 use std::process::Command;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("atomup-bundle-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn scratch(name: &str) -> atomup_scratch::ScratchDir {
+    atomup_scratch::ScratchDir::new(&format!("bundle-{name}"))
 }
 
 const LONG: &str = "deltas/Ab/CdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefghijk-\

@@ -642,5 +642,18 @@ pub fn load(dirs: &[&Path]) -> Result<Layered, ConfigError> {
     Ok(layered)
 }
 
+/// Fuzz/corpus entry point: arbitrary bytes as one drop-in file, then the
+/// whole validation; must never panic.
+pub fn fuzz(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let mut l = Layered::default();
+        if l.add_text(Path::new("/fuzz.toml"), text).is_ok() {
+            if let Ok(loaded) = l.finish() {
+                let _ = loaded.listing();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

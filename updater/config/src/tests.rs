@@ -1,10 +1,7 @@
 use super::*;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("atomup-config-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn scratch(name: &str) -> atomup_scratch::ScratchDir {
+    atomup_scratch::ScratchDir::new(&format!("config-{name}"))
 }
 
 fn layered(files: &[(&str, &str)]) -> Result<Loaded, ConfigError> {

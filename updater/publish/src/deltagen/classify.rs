@@ -143,6 +143,11 @@ pub fn pieces(data: &[u8]) -> Vec<Piece> {
             kind,
         }]
     };
+    // A raw arm64 Linux kernel ("Image": magic "ARM\x64" at offset 56, per
+    // the kernel's arm64 booting.rst) is machine code from end to end.
+    if data.len() >= MIN_SPLIT_FILE && data.get(56..60) == Some(b"ARM\x64") {
+        return whole(Kind::Code(Bcj::Arm64));
+    }
     if data.len() < MIN_SPLIT_FILE || !data.starts_with(b"\x7fELF") {
         return whole(if data.starts_with(b"\x7fELF") {
             Kind::Generic
@@ -544,6 +549,23 @@ pub(crate) mod tests {
             let p = pieces(&d);
             assert!(covers(&p, d.len()), "flip at {i}");
         }
+    }
+
+    /// A raw arm64 kernel Image (not ELF) is code for the ARM64 BCJ filter.
+    #[test]
+    fn arm64_kernel_image_is_code() {
+        let mut img = vec![0u8; 8192];
+        img[56..60].copy_from_slice(b"ARM\x64");
+        assert_eq!(
+            pieces(&img),
+            vec![Piece {
+                start: 0,
+                end: 8192,
+                kind: Kind::Code(Bcj::Arm64)
+            }]
+        );
+        img[56] = b'X';
+        assert_eq!(pieces(&img)[0].kind, Kind::Generic);
     }
 
     /// Compressed formats are stored, text is text, other bytes generic.

@@ -17,7 +17,9 @@ fn tree(entries: &[(&str, Kind, u8)]) -> Tree {
         .collect()
 }
 
-use Kind::{Dir as D, File as F, Symlink as L};
+// A symlink is a content object like a file (see `Kind`); `L` marks the
+// entries the scenarios mean as symlinks, whose checksums (tags) differ.
+use Kind::{Dir as D, File as F, File as L};
 
 fn none(_: &str) -> bool {
     false

@@ -112,7 +112,7 @@ fn update_life_on_a_uboot_disk_image() {
     assert!(st.success());
     let json = ok(&["status", "--json"], &on_b);
     assert!(json.contains(r#""booted":"B""#), "{json}");
-    assert!(json.contains(r#"{"slot":"B","booted":true,"state":"trial","commit":"c0ffee","version":"2.0","timestamp":"2026-11-22T00:00:00Z","attempts_left":2}"#), "{json}");
+    assert!(json.contains(r#"{"slot":"B","booted":true,"state":"trial","commit":"c0ffee","version":"2.0","timestamp":"2026-11-22T00:00:00Z","attempts_left":2,"etc_merge":null}"#), "{json}");
     let text = ok(&["status"], &on_b);
     assert!(
         text.contains("● B") && text.contains("State: trial"),

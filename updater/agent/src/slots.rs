@@ -451,6 +451,8 @@ struct SlotRow {
     state: &'static str,
     attempts: Option<u8>,
     info: SlotInfo,
+    /// The merge record of the slot's /etc layer (the last merge into it).
+    etc: Option<atomup_etc::record::MergeRecord>,
 }
 
 fn status(o: &Opts, bl: &mut dyn Bootloader) -> Result {
@@ -484,6 +486,7 @@ fn status(o: &Opts, bl: &mut dyn Bootloader) -> Result {
                 state: st,
                 attempts,
                 info: info.unwrap_or_default(),
+                etc: crate::etc::last_merge(&state_dir_path(o), s).ok().flatten(),
             }
         })
         .collect();
@@ -527,6 +530,12 @@ fn status(o: &Opts, bl: &mut dyn Bootloader) -> Result {
             "     Attempts: {}",
             r.attempts.map_or("-".into(), |a| a.to_string())
         );
+        if let Some(e) = &r.etc {
+            println!("         /etc: {}", e.summary());
+            for c in &e.conflicts {
+                println!("               conflict (kept the device's): {c}");
+            }
+        }
     }
     if fallback_pending {
         println!(
@@ -563,6 +572,28 @@ fn json_str(v: Option<&str>) -> String {
     out
 }
 
+/// The counts of a slot's last /etc merge, and its conflict list.
+fn etc_json(r: Option<&atomup_etc::record::MergeRecord>) -> String {
+    let Some(r) = r else { return "null".into() };
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|p| json_str(Some(p)))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        "{{\"to\":{},\"modified\":{},\"removed\":{},\"added\":{},\"conflicts\":{},\"forced\":{},\"skipped\":{},\"conflict_paths\":[{}]}}",
+        json_str(r.to.map(|id| id.to_hex()).as_deref()),
+        r.modified,
+        r.removed,
+        r.added,
+        r.conflicts.len(),
+        r.forced.len(),
+        r.skipped.len(),
+        list(&r.conflicts)
+    )
+}
+
 fn status_json(
     b: &cmdline::Booted,
     env_valid: bool,
@@ -580,14 +611,15 @@ fn status_json(
         .iter()
         .map(|r| {
             format!(
-                "{{\"slot\":\"{}\",\"booted\":{},\"state\":{},\"commit\":{},\"version\":{},\"timestamp\":{},\"attempts_left\":{}}}",
+                "{{\"slot\":\"{}\",\"booted\":{},\"state\":{},\"commit\":{},\"version\":{},\"timestamp\":{},\"attempts_left\":{},\"etc_merge\":{}}}",
                 r.slot,
                 r.booted,
                 json_str(Some(r.state)),
                 json_str(r.info.commit.as_deref()),
                 json_str(r.info.version.as_deref()),
                 json_str(r.info.timestamp.as_deref()),
-                r.attempts.map_or("null".into(), |a| a.to_string())
+                r.attempts.map_or("null".into(), |a| a.to_string()),
+                etc_json(r.etc.as_ref())
             )
         })
         .collect();

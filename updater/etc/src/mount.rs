@@ -3,7 +3,8 @@
 //! layer on the data partition. What the device then writes to `/etc`
 //! lands in the layer. A slot without a layer (the factory slot on its
 //! first boot, or a device that had none before) gets an empty one first:
-//! the vendor defaults as they are.
+//! the vendor defaults as they are. Also the other side of it: the running
+//! slot's own tree, below the overlay ([`slot_view`]), for the delta engine.
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +50,64 @@ pub fn mount(root: &Path, state_dir: &Path, slot: Slot) -> Result<Mounted> {
     Ok(Mounted {
         target: etc,
         options,
+    })
+}
+
+/// The running root as its slot holds it: where `<root>/etc` is our
+/// overlay, the files under it are the device's, not the commit's, and the
+/// delta engine, which reads unchanged objects from the running root and
+/// re-hashes them, must see the slot's own `/etc`. So a detached clone of
+/// `<root>`'s mount without its submounts (`open_tree(OPEN_TREE_CLONE)`,
+/// not recursive: the overlay on `/etc` is not in it) is opened, and the
+/// engine reads through `/proc/self/fd/N`. Nothing is attached anywhere and
+/// nothing is left behind: the clone goes with its descriptor. Where `/etc`
+/// is not an overlay the root is used as it is.
+#[derive(Debug)]
+pub struct SlotView {
+    _clone: Option<std::os::fd::OwnedFd>,
+    path: PathBuf,
+}
+
+impl SlotView {
+    /// The path to read the slot's own tree from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether `/etc` was an overlay (the view is a clone).
+    pub fn is_clone(&self) -> bool {
+        self._clone.is_some()
+    }
+}
+
+/// The slot's own tree under `root` (see [`SlotView`]).
+pub fn slot_view(root: &Path) -> Result<SlotView> {
+    let etc = root.join("etc");
+    let overlaid = match rustix::fs::statfs(&etc) {
+        #[allow(clippy::unnecessary_cast)]
+        Ok(st) => st.f_type as i64 == OVERLAY_MAGIC,
+        Err(_) => false,
+    };
+    if !overlaid {
+        return Ok(SlotView {
+            _clone: None,
+            path: root.to_owned(),
+        });
+    }
+    use rustix::mount::OpenTreeFlags;
+    let fd = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        root,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(errno("open the slot's own tree (open_tree) at", root))?;
+    let path = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ));
+    Ok(SlotView {
+        _clone: Some(fd),
+        path,
     })
 }
 

@@ -46,3 +46,8 @@ fn superblock_corpus_replays_without_panic() {
 fn part_payload_corpus_replays_without_panic() {
     replay("part_payload", atomup_ostree::fuzz::payload);
 }
+
+#[test]
+fn etc_lists_corpus_replays_without_panic() {
+    replay("etc_lists", atomup_etc::fuzz::lists);
+}

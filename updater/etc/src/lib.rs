@@ -28,3 +28,21 @@ pub mod walk;
 pub use carry::{carry, config_diff, read_owned, Carried, Carry, ConfigDiff};
 pub use error::{EtcError, Result};
 pub use merge::{diff, merge, upper, Change, Entry, Kind, Merged, Report, Tree, Upper};
+
+/// Fuzz/corpus entry points: each takes arbitrary bytes and must never panic.
+pub mod fuzz {
+    use crate::owned::Owned;
+    use crate::record::MergeRecord;
+
+    /// The vendor-owned list and the merge record over the same bytes; a
+    /// record that parses must round-trip.
+    pub fn lists(data: &[u8]) {
+        if let Ok(o) = Owned::parse(data) {
+            let _ = o.owns("a/b");
+        }
+        if let Ok(r) = MergeRecord::parse(data) {
+            let again = MergeRecord::parse(r.serialize().as_bytes());
+            assert_eq!(again.as_ref(), Ok(&r), "record round trip");
+        }
+    }
+}

@@ -173,6 +173,7 @@ fn write_layer(
     let mut w = Writer {
         upper: upper_fd,
         upper_path: upper_path.clone(),
+        current: None,
         dirs: Vec::new(),
         created: HashMap::new(),
         metas: HashMap::new(),
@@ -229,8 +230,9 @@ fn write_layer(
 
 /// Where a directory of the upper layer gets its metadata from.
 enum DirSource {
-    /// The same directory in the running `/etc` (a directory the merge copies).
-    Current(PathBuf),
+    /// The same directory in the running `/etc` (a directory the merge
+    /// copies): its path relative to it, and the full path for messages.
+    Current(String, PathBuf),
     /// A dirmeta of the new defaults (a directory the plan only passes through).
     Meta(ObjectId),
 }
@@ -238,6 +240,8 @@ enum DirSource {
 struct Writer {
     upper: OwnedFd,
     upper_path: PathBuf,
+    /// The running `/etc`, once [`Writer::fill`] opened it.
+    current: Option<OwnedFd>,
     /// Directories created, in creation order (parents first), with the
     /// identity their metadata must hash to.
     dirs: Vec<(String, DirSource, ObjectId)>,
@@ -258,6 +262,7 @@ impl Writer {
             })?;
             self.copy(&cur, plan.current, p, want.kind, want.id)?;
         }
+        self.current = Some(cur);
         for p in &plan.upper.whiteout {
             self.parents(p, plan)?;
             let (dir, name) = fsutil::walk_parent(&self.upper, p)
@@ -331,8 +336,11 @@ impl Writer {
             (Kind::Dir, FileType::Directory) => {
                 hit("create a directory")?;
                 mkdir(&ddir, name, &dst_path)?;
-                self.dirs
-                    .push((p.to_owned(), DirSource::Current(src_path.clone()), id));
+                self.dirs.push((
+                    p.to_owned(),
+                    DirSource::Current(p.to_owned(), src_path.clone()),
+                    id,
+                ));
                 self.created.insert(p.to_owned(), Kind::Dir);
                 return Ok(());
             }
@@ -410,9 +418,13 @@ impl Writer {
                     .get(m)
                     .cloned()
                     .ok_or_else(|| EtcError::Changed { path: path.clone() })?,
-                DirSource::Current(src) => {
-                    let fd = atomup_fsio::open(src, Want::Directory)
-                        .map_err(io("open directory", src))?;
+                DirSource::Current(rel, src) => {
+                    // Read without following a symlink, as the walk did.
+                    let cur = self
+                        .current
+                        .as_ref()
+                        .ok_or_else(|| EtcError::Changed { path: src.clone() })?;
+                    let fd = fsutil::walk_dir(cur, rel).map_err(errno("open directory", src))?;
                     let st = rustix::fs::fstat(&fd).map_err(errno("stat", src))?;
                     DirAttrs {
                         uid: st.st_uid,
@@ -428,7 +440,7 @@ impl Writer {
             if got != *id {
                 return Err(EtcError::Changed {
                     path: match source {
-                        DirSource::Current(src) => src.clone(),
+                        DirSource::Current(_, src) => src.clone(),
                         DirSource::Meta(_) => path,
                     },
                 });

@@ -224,6 +224,9 @@ fn world(name: &str) -> World {
     fs::set_permissions(current.join("ssh/key"), fs::Permissions::from_mode(0o644)).unwrap(); // mode only
     set_xattr(&current.join("hosts"), "user.site", "tagged"); // xattr only
     fs::remove_dir_all(current.join("cron.d")).unwrap(); // a whole directory
+    write(&current, "site.d/10.conf", "x=1\n", 0o600); // a directory added
+    fs::set_permissions(current.join("site.d"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(current.join("ssh"), fs::Permissions::from_mode(0o700)).unwrap(); // a directory's mode
     fs::remove_file(current.join("hosts.link")).unwrap();
     std::os::unix::fs::symlink("motd", current.join("hosts.link")).unwrap(); // retargeted
     rustix::fs::mknodat(
@@ -268,6 +271,8 @@ fn expected(w: &World) -> BTreeMap<String, String> {
     for f in ["motd", "both.conf", "mine.conf", "ssh/key", "hosts"] {
         cp_a(&w.current.join(f), &exp.join(f));
     }
+    cp_a(&w.current.join("site.d"), &exp.join("site.d"));
+    fs::set_permissions(exp.join("ssh"), fs::Permissions::from_mode(0o700)).unwrap();
     fs::remove_file(exp.join("gone-by-device")).unwrap();
     fs::remove_dir_all(exp.join("cron.d")).unwrap();
     fs::remove_file(exp.join("hosts.link")).unwrap();
@@ -278,8 +283,10 @@ fn expected(w: &World) -> BTreeMap<String, String> {
 }
 
 /// Every rule, from disk to a mounted overlay: the device's modifications,
-/// additions, deletions (of a file and of a directory the vendor added to),
-/// a mode-only and an xattr-only change and a retargeted symlink are kept;
+/// additions (a directory with its own mode among them), deletions (of a
+/// file and of a directory the vendor added to), a mode-only change on a
+/// file and on a directory, an xattr-only change and a retargeted symlink
+/// are kept;
 /// untouched paths follow the new defaults; a both-changed file keeps the
 /// device's version as a conflict; a vendor-owned file takes the new
 /// default; a FIFO is not carried (and never opened); the record says so.
@@ -290,7 +297,7 @@ fn the_merged_layer_mounts_as_exactly_what_the_rules_say() {
     let c = carry_into(&w, Slot::B).unwrap();
     assert_eq!(
         c.summary(),
-        "6 modified, 3 removed, 1 added, 1 conflicts (kept the device's), \
+        "7 modified, 3 removed, 3 added, 1 conflicts (kept the device's), \
          1 reset to the vendor's default, 1 not carried (special files)",
         "{:#?}",
         c.report
@@ -329,6 +336,9 @@ fn the_merged_layer_mounts_as_exactly_what_the_rules_say() {
             "A mine.conf",
             "M motd",
             "M owned.conf",
+            "A site.d",
+            "A site.d/10.conf",
+            "M ssh",
             "M ssh/key"
         ]
     );
@@ -341,13 +351,14 @@ fn a_second_merge_replaces_the_layer_whole() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let w = world("again");
     carry_into(&w, Slot::B).unwrap();
-    // The device reverts its motd and drops mine.conf before updating again.
+    // The device reverts its motd and drops its additions before updating again.
     write(&w.current, "motd", "welcome v1\n", 0o644);
     fs::remove_file(w.current.join("mine.conf")).unwrap();
+    fs::remove_dir_all(w.current.join("site.d")).unwrap();
     let c = carry_into(&w, Slot::B).unwrap();
     assert!(c.report.added.is_empty() && !c.report.modified.contains(&"motd".to_owned()));
     let view = overlay_view(&w.root2.join("etc"), &w.state, Slot::B, &w.s.0);
-    assert!(!view.contains_key("mine.conf"));
+    assert!(!view.contains_key("mine.conf") && !view.contains_key("site.d"));
     assert!(view["motd"].contains("welcome v1"), "{}", view["motd"]);
     let names: Vec<_> = fs::read_dir(w.state.join("etc"))
         .unwrap()

@@ -60,11 +60,52 @@ if [ -z "$device_bin" ]; then
 fi
 
 rm -rf "$work"; mkdir -p "$work"; work=$(cd "$work" && pwd)
-port=
+# The server first: its port goes into the product trees. Another demo (or test)
+# may pick the same free port at the same moment, so a port counts as ours only
+# once our nginx is up on it; if nginx could not bind, the next port is tried.
+repo=$work/repo
+mkdir -p "$repo"
+port= nginx_pid=
+trap 'kill $nginx_pid 2>/dev/null || true' EXIT
+token="demo-$$-$RANDOM$RANDOM"
+echo "$token" >"$repo/.demo-token"
+get_token() { # $1 = port: the body of /.demo-token as served there, or nothing
+    (exec 3<>"/dev/tcp/127.0.0.1/$1" &&
+        printf 'GET /.demo-token HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3 &&
+        timeout 2 cat <&3 | tail -n 1) 2>/dev/null
+}
 for p in $(seq 18080 18180); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { port=$p; break; }
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
+    port=$p
+    mkdir -p "$work/nginx/tmp"
+    cat >"$work/nginx/nginx.conf" <<CONF
+daemon off; master_process off; worker_processes 1; pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 64; }
+http {
+  log_format demo '\$status \$body_bytes_sent \$request_uri';
+  access_log $work/nginx/access.log demo;
+  default_type application/octet-stream;
+  client_body_temp_path $work/nginx/tmp/b; proxy_temp_path $work/nginx/tmp/p;
+  fastcgi_temp_path $work/nginx/tmp/f; uwsgi_temp_path $work/nginx/tmp/u; scgi_temp_path $work/nginx/tmp/s;
+  server { listen 127.0.0.1:$port; root $repo; }
+}
+CONF
+    nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" </dev/null &
+    nginx_pid=$!
+    # Ours once it serves our token (nginx retries a busy port for seconds
+    # before it gives up, while another server answers on it).
+    for _ in $(seq 50); do
+        kill -0 "$nginx_pid" 2>/dev/null || break
+        [ "$(get_token "$port")" = "$token" ] && break 2
+        sleep 0.1
+    done
+    kill "$nginx_pid" 2>/dev/null || true
+    wait "$nginx_pid" 2>/dev/null || true
+    port= nginx_pid=
 done
-[ -n "$port" ] || { echo "demo: no free port" >&2; exit 1; }
+[ -n "$port" ] || { echo "demo: no free port for nginx" >&2; exit 1; }
+echo "server: nginx on 127.0.0.1:$port serving $repo"
 
 say "vendor: product trees v1 (good), v2 (good), v3 (fails its health check)"
 "$here/build-image.sh" --rootfs-out "$work/base" --init "$here/guest/device-init.sh" --guest-bin "$device_bin"
@@ -100,7 +141,6 @@ make_tree() { # $1 = version, $2 = health exit status, $3 = "bad-init" for a rel
 make_tree 1 0; make_tree 2 0; make_tree 3 1; make_tree 4 0 bad-init
 board=qemu-virt; [ "$bootloader" = uboot ] || board=qemu-virt-grub
 
-repo=$work/repo
 "$publish" init --repo "$repo" >/dev/null
 commit() { "$publish" commit --repo "$repo" --tree "$work/tree-v$1" --branch "os/$board" --subject "v$1" \
     --owner-uid 0 --owner-gid 0 --quiet; }
@@ -143,25 +183,6 @@ env_cmd() { # $@ = atomup env arguments
 }
 env_cmd init --order A
 
-say "server: nginx on 127.0.0.1:$port serving $repo"
-mkdir -p "$work/nginx/tmp"
-cat >"$work/nginx/nginx.conf" <<CONF
-daemon off; master_process off; worker_processes 1; pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 64; }
-http {
-  log_format demo '\$status \$body_bytes_sent \$request_uri';
-  access_log $work/nginx/access.log demo;
-  default_type application/octet-stream;
-  client_body_temp_path $work/nginx/tmp/b; proxy_temp_path $work/nginx/tmp/p;
-  fastcgi_temp_path $work/nginx/tmp/f; uwsgi_temp_path $work/nginx/tmp/u; scgi_temp_path $work/nginx/tmp/s;
-  server { listen 127.0.0.1:$port; root $repo; }
-}
-CONF
-nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" </dev/null &
-nginx_pid=$!
-trap 'kill $nginx_pid 2>/dev/null || true' EXIT
-for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 
 run_vm() { # $1 = log name
     local start rc=0

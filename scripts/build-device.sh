@@ -16,6 +16,13 @@ case "$info" in
     *) echo "build-device: $bin is not a static aarch64 ELF: $info" >&2; exit 1 ;;
 esac
 qemu-aarch64-static "$bin" --help >/dev/null
+# Fault injection never reaches the device: its trigger variable must not be
+# in the binary (atomup-bootctl's `failpoints` feature also refuses to build
+# without debug assertions; this catches any other way in).
+if grep -q -a ATOMUP_FAILPOINT "$bin"; then
+    echo "build-device: FAIL: $bin contains fault-injection code (ATOMUP_FAILPOINT)" >&2
+    exit 1
+fi
 
 size=$(stat -c %s "$bin")
 awk -v b="$bin" -v i="$info" -v s="$size" -v m="$budget" 'BEGIN {

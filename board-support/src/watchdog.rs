@@ -3,8 +3,9 @@
 //! health check runs under it, so a hang resets the board and the bootloader
 //! counts the attempt — nobody has to be there.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 /// Dropped without `disarm` (an error path), the device is closed without the
@@ -14,9 +15,18 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    /// Arms the watchdog: from now on the board resets unless fed.
+    /// Arms the watchdog: from now on the board resets unless fed. The open
+    /// cannot block (a FIFO in its place would hang the health check it is
+    /// meant to guard) and refuses anything but a character device (or a
+    /// regular file, for tests).
     pub fn arm(device: &Path) -> std::io::Result<Watchdog> {
-        let file = OpenOptions::new().write(true).open(device)?;
+        let file = atomup_fsio::open_storage_rw(device)?;
+        if file.metadata()?.file_type().is_block_device() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a block device, not a watchdog",
+            ));
+        }
         Ok(Watchdog { file: Some(file) })
     }
 

@@ -2,6 +2,7 @@
 //! the real peer tools the tests use as oracles.
 
 pub mod delta_craft;
+pub mod device;
 pub mod nginx;
 pub mod ostree_fixture;
 pub mod uboot;

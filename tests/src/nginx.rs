@@ -167,3 +167,54 @@ fn relay(client: TcpStream, upstream: u16, limit: u64, counter: &AtomicU64) {
     let _ = c_write.shutdown(Shutdown::Both);
     let _ = s_read.shutdown(Shutdown::Both);
 }
+
+/// A hand-written HTTP server on loopback for link timing: every request is
+/// answered `200` with `body`, `chunk` bytes at a time with `pause` before
+/// each (after the headers): a slow but live link, a trickle, or, with a
+/// long pause, a server that stalls after its headers.
+pub struct Trickle {
+    pub port: u16,
+}
+
+impl Trickle {
+    pub fn start(body: Vec<u8>, chunk: usize, pause: Duration) -> Trickle {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = Arc::new(body);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let body = body.clone();
+                std::thread::spawn(move || {
+                    // The request: read up to the blank line.
+                    let mut req = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !req.ends_with(b"\r\n\r\n") {
+                        match client.read(&mut b) {
+                            Ok(1) => req.push(b[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    if client.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    for piece in body.chunks(chunk.max(1)) {
+                        std::thread::sleep(pause);
+                        if client.write_all(piece).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Trickle { port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}

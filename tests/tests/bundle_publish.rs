@@ -55,12 +55,9 @@ fn three_releases() -> Fleet {
         for from in froms {
             let from_id = from.as_deref().map(|f| ObjectId::from_hex(f).unwrap());
             let rel = atomup_ostree::delta::delta_path(from_id.as_ref(), &to);
-            repo.delta(
-                from.as_deref(),
-                &c,
-                &["--min-fallback-size=0"],
-                &repo.path.join(rel),
-            );
+            let dir = repo.path.join(rel);
+            repo.delta(from.as_deref(), &c, &["--min-fallback-size=0"], &dir);
+            keys.sign_delta(&dir);
         }
         let key = keys.secret.to_str().unwrap().to_owned();
         ok(publish(

@@ -93,3 +93,10 @@ fn run_demo(grub: bool, loader_name: &str) {
 fn device_updates_confirms_and_rolls_back_bad_releases_on_uboot() {
     run_demo(false, "U-Boot");
 }
+
+/// The same cycle on the GRUB/EFI board: AAVMF, GRUB reading the sealed
+/// grubenv pair, the device writing it on its ESP through the board profile.
+#[test]
+fn device_updates_confirms_and_rolls_back_bad_releases_on_grub() {
+    run_demo(true, "GRUB");
+}

@@ -3,7 +3,7 @@
 //! style in-place decrement of the sealed pair is picked up by our reader.
 
 use atomup_bootctl::{Bootloader, GrubEnv};
-use atomup_bootenv::grubab::{self, Pair};
+use atomup_bootenv::grub_pair::{self, Pair};
 use atomup_bootenv::{grub, Vars};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -159,5 +159,5 @@ fn sealed_blocks_are_plain_grubenv_and_a_grub_style_decrement_wins() {
     assert!(editenv(&f1, &["list"]).starts_with("ATOMUP_SEQ=2\n"));
     let p = Pair::parse(&std::fs::read(&f1).unwrap(), &std::fs::read(&f2).unwrap());
     assert_eq!((p.current, p.next_write()), (Some(0), (1, 3)));
-    assert!(grubab::parse_sealed(&std::fs::read(&f2).unwrap()).is_ok());
+    assert!(grub_pair::parse_sealed(&std::fs::read(&f2).unwrap()).is_ok());
 }

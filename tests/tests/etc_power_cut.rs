@@ -51,6 +51,7 @@ fn restore(from: &Path, to: &Path) {
 fn a_cut_at_every_merge_write_leaves_the_slot_unbootable_or_its_etc_complete() {
     atomup_tests::require_tool("ostree");
     atomup_tests::require_tool("unshare");
+    atomup_tests::device::require_root();
     let dir = ScratchDir::new("etc-power-cut");
     let repo = Repo::init(dir.join("repo"), "archive");
     let t = TreeBuilder::new(dir.join("tree"));

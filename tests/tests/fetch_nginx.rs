@@ -2,7 +2,7 @@
 //! Range resume over a link that cuts, and clear errors for bad answers.
 
 use atomup_fetch::{Expect, FetchError, Fetcher, Options};
-use atomup_tests::nginx::{FlakyProxy, Nginx};
+use atomup_tests::nginx::{FlakyProxy, Nginx, Trickle};
 use atomup_tests::ostree_fixture::ScratchDir;
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -13,7 +13,8 @@ fn quick() -> Options {
         attempts: 5,
         backoff: Duration::from_millis(10),
         connect_timeout: Duration::from_secs(5),
-        read_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(5),
+        attempt_deadline: None,
     }
 }
 
@@ -123,7 +124,7 @@ fn partial_from_an_earlier_run_is_continued() {
     let half = data.len() / 2;
     std::fs::write(
         s.cache
-            .join(format!("{}.partial", atomup_fetch::hex(&e.sha256))),
+            .join(format!("{}.partial", atomup_ostree::hex::encode(&e.sha256))),
         &data[..half],
     )
     .unwrap();
@@ -145,7 +146,7 @@ fn damaged_partial_is_discarded_on_digest_mismatch() {
     std::fs::create_dir_all(&s.cache).unwrap();
     let partial = s
         .cache
-        .join(format!("{}.partial", atomup_fetch::hex(&e.sha256)));
+        .join(format!("{}.partial", atomup_ostree::hex::encode(&e.sha256)));
     std::fs::write(&partial, vec![0u8; 1000]).unwrap();
     let f = Fetcher::new(&s.nginx.url(), &s.cache, quick()).unwrap();
     let err = f.fetch_verified("p/1", e, &mut no_progress()).unwrap_err();
@@ -244,4 +245,102 @@ fn traversal_paths_are_refused_before_the_network() {
         );
     }
     assert!(s.nginx.requests().is_empty());
+}
+
+/// A FIFO planted in the cache (as a finished or a partial download) is
+/// refused by type at once, never waited on.
+#[test]
+fn fifo_in_the_cache_is_refused_without_blocking() {
+    let data = payload(10_000);
+    let s = site(&[("f", &data)]);
+    let e = expect_of(&data);
+    std::fs::create_dir_all(&s.cache).unwrap();
+    let name = atomup_ostree::hex::encode(&e.sha256);
+    for planted in [name.clone(), format!("{name}.partial")] {
+        let fifo = s.cache.join(&planted);
+        atomup_tests::device::mkfifo(&fifo);
+        let (url, cache) = (s.nginx.url(), s.cache.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let f = Fetcher::new(&url, &cache, quick()).unwrap();
+            let _ = tx.send(
+                f.fetch_verified("f", e, &mut no_progress())
+                    .map_err(|e| format!("{e}: {}", std::error::Error::source(&e).unwrap())),
+            );
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("fetch blocked on a FIFO in the cache");
+        let err = got.unwrap_err();
+        assert!(err.contains("a FIFO, not a regular file"), "{err}");
+        std::fs::remove_file(&fifo).unwrap();
+    }
+}
+
+fn link_opts(idle: Duration, deadline: Option<Duration>, attempts: u32) -> Options {
+    Options {
+        attempts,
+        backoff: Duration::from_millis(10),
+        connect_timeout: Duration::from_secs(5),
+        idle_timeout: idle,
+        attempt_deadline: deadline,
+    }
+}
+
+/// Runs a download on its own thread and fails the test if it does not end
+/// within 30 s (a regression must not hang CI).
+fn fetch_bounded(
+    url: String,
+    cache: std::path::PathBuf,
+    opts: Options,
+    e: Expect,
+) -> Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let f = Fetcher::new(&url, &cache, opts).unwrap();
+        let _ = tx.send(
+            f.fetch_verified("p", e, &mut no_progress())
+                .map(|_| ())
+                .map_err(|e| format!("{e}")),
+        );
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the download did not end within 30 s")
+}
+
+/// Regression (issue 11.7): the body timeout was a deadline for the whole
+/// body where the README promises an idle one, so a slow link that keeps
+/// delivering (here 3 s for a body, a piece every 150 ms) was cut at 1 s.
+#[test]
+fn a_slow_link_that_keeps_delivering_is_not_cut_by_the_idle_timeout() {
+    let data = payload(2000);
+    let server = Trickle::start(data.clone(), 100, Duration::from_millis(150));
+    let tmp = ScratchDir::new("fetch-slow");
+    let opts = link_opts(Duration::from_secs(1), None, 1);
+    let got = fetch_bounded(server.url(), tmp.join("cache"), opts, expect_of(&data));
+    assert_eq!(got, Ok(()));
+}
+
+/// A server that stalls after its headers is cut after the idle timeout and
+/// retried, then given up on: the download fails in bounded time.
+#[test]
+fn a_stalled_server_is_cut_after_the_idle_timeout_and_given_up_on() {
+    let data = payload(1000);
+    let server = Trickle::start(data.clone(), 10, Duration::from_secs(3600));
+    let tmp = ScratchDir::new("fetch-stall");
+    let opts = link_opts(Duration::from_secs(1), None, 2);
+    let err = fetch_bounded(server.url(), tmp.join("cache"), opts, expect_of(&data)).unwrap_err();
+    assert!(err.contains("gave up after 2 attempts"), "{err}");
+}
+
+/// A trickle fast enough to beat the idle timeout is cut by the attempt's
+/// overall deadline.
+#[test]
+fn a_trickle_that_beats_the_idle_timeout_is_cut_by_the_attempt_deadline() {
+    let data = payload(200);
+    let server = Trickle::start(data.clone(), 1, Duration::from_millis(100));
+    let tmp = ScratchDir::new("fetch-trickle");
+    let opts = link_opts(Duration::from_secs(1), Some(Duration::from_secs(1)), 1);
+    let err = fetch_bounded(server.url(), tmp.join("cache"), opts, expect_of(&data)).unwrap_err();
+    assert!(err.contains("gave up after 1 attempts"), "{err}");
 }

@@ -62,8 +62,12 @@ fn prune_keeps_the_newest_releases_and_frees_the_rest() {
             "--quiet",
         ]);
         let c = c.trim().to_owned();
+        let sign = |delta: String| {
+            let d = repo.join(delta.trim());
+            publish(&["sign", "--key", key, "--delta", d.to_str().unwrap()]);
+        };
         if v > 1 {
-            publish(&[
+            sign(publish(&[
                 "delta",
                 "--repo",
                 r,
@@ -72,9 +76,17 @@ fn prune_keeps_the_newest_releases_and_frees_the_rest() {
                 "--from",
                 commits.last().unwrap(),
                 "--quiet",
-            ]);
+            ]));
         }
-        publish(&["delta", "--repo", r, "--to", &c, "--scratch", "--quiet"]);
+        sign(publish(&[
+            "delta",
+            "--repo",
+            r,
+            "--to",
+            &c,
+            "--scratch",
+            "--quiet",
+        ]));
         publish(&[
             "release",
             "--repo",

@@ -45,16 +45,17 @@ fn publish_two_versions() -> Published {
         ObjectId::from_hex(&v1).unwrap(),
         ObjectId::from_hex(&v2).unwrap(),
     );
+    let keys = Keys::generate(&dir.join("keys"), "vendor");
     for from in [Some(&id1), None] {
         let rel = atomup_ostree::delta::delta_path(from, &id2);
         repo.delta(
             from.map(|_| v1.as_str()),
             &v2,
             &["--min-fallback-size=0"],
-            &repo.path.join(rel),
+            &repo.path.join(&rel),
         );
+        keys.sign_delta(&repo.path.join(rel));
     }
-    let keys = Keys::generate(&dir.join("keys"), "vendor");
     Published {
         dir,
         repo,
@@ -90,6 +91,7 @@ fn facts(commit: &str) -> DeviceFacts<'static> {
         current_version: 1,
         current_commit: ObjectId::from_hex(commit).unwrap().0,
         trusted_time: T0,
+        highest_version: 1,
         allow_downgrade: false,
     }
 }
@@ -116,7 +118,7 @@ fn device_finds_its_delta_through_signed_metadata_over_http() {
         .fetch_small(&release_path("stable", "qemu-virt"), 70_000)
         .unwrap();
     let verified = verify_signed(&bytes, &trust(&p.keys.public)).unwrap();
-    let r = &verified.release;
+    let r = verified.release();
     assert_eq!((r.version, r.waves.len(), r.deltas.len()), (2, 2, 2));
     assert_eq!(r.waves[0].share, 1000);
 
@@ -215,4 +217,68 @@ fn release_without_a_delta_is_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A signed release never names an unsigned delta, nor one signed by another
+/// key than the release's (devices would refuse it after downloading it).
+#[test]
+fn publisher_refuses_unsigned_or_foreign_signed_deltas() {
+    let p = publish_two_versions();
+    let id2 = ObjectId::from_hex(&p.v2).unwrap();
+    let dir = p
+        .repo
+        .path
+        .join(atomup_ostree::delta::delta_path(None, &id2));
+    let sb = dir.join("superblock");
+    let signed = std::fs::read(&sb).unwrap();
+    let unsigned = atomup_ostree::delta::SuperblockFile::parse(&signed)
+        .unwrap()
+        .unsigned
+        .to_vec();
+    std::fs::write(&sb, &unsigned).unwrap();
+    let out = release_cmd(&p, 2, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not signed: sign it"), "{err}");
+    let other = Keys::generate(&p.dir.join("keys"), "other");
+    other.sign_delta(&dir);
+    let out = release_cmd(&p, 2, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not signed by the release key"), "{err}");
+    assert!(!p
+        .repo
+        .path
+        .join(release_path("stable", "qemu-virt"))
+        .exists());
+    // Signed by the release key too (a rotation signs with both): accepted.
+    p.keys.sign_delta(&dir);
+    assert!(release_cmd(&p, 2, &[]).status.success());
+}
+
+/// Regression (issue 11.7): `atomup-publish sign` replaced the superblock
+/// through a temporary name it followed if it was a symlink, without any
+/// fsync; it uses `atomup_fsio::replace` now, as `release` does.
+#[test]
+fn signing_never_follows_a_symlink_at_the_temporary_name() {
+    let p = publish_two_versions();
+    let id2 = ObjectId::from_hex(&p.v2).unwrap();
+    let dir = p
+        .repo
+        .path
+        .join(atomup_ostree::delta::delta_path(None, &id2));
+    let victim = p.dir.join("victim");
+    std::fs::write(&victim, b"keep").unwrap();
+    for tmp in ["superblock.atomup-tmp", "superblock.tmp"] {
+        std::os::unix::fs::symlink(&victim, dir.join(tmp)).unwrap();
+    }
+    let out = Command::new(atomup_tests::workspace_bin("atomup-publish"))
+        .args(["sign", "--key"])
+        .arg(&p.keys.secret)
+        .arg("--delta")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "signed through a planted symlink");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
 }

@@ -7,6 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The commits the records name (typed: 64 lower-case hex digits).
+const GOOD: &str = "c0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ff";
+const BAD: &str = "bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0";
+
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("atomup-slot-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -37,6 +41,14 @@ fn fails(args: &[&str], env: &[&str]) -> String {
     let out = atomup(args, env);
     assert!(!out.status.success(), "atomup {args:?} should fail");
     String::from_utf8(out.stderr).unwrap()
+}
+
+/// `atomup status --json`, parsed by a real JSON parser (one document,
+/// nothing after it).
+fn status_json(env: &[&str]) -> serde_json::Value {
+    let text = ok(&["status", "--json"], env);
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {text}"))
 }
 
 fn printenv(cfg: &Path, name: &str) -> String {
@@ -86,9 +98,9 @@ fn update_life_on_a_uboot_disk_image() {
             "--slot",
             "B",
             "--commit",
-            "c0ffee",
+            GOOD,
             "--version",
-            "2.0",
+            "2",
             "--timestamp",
             "2026-11-22T00:00:00Z",
         ],
@@ -110,12 +122,21 @@ fn update_life_on_a_uboot_disk_image() {
         .status()
         .unwrap();
     assert!(st.success());
-    let json = ok(&["status", "--json"], &on_b);
-    assert!(json.contains(r#""booted":"B""#), "{json}");
-    assert!(json.contains(r#"{"slot":"B","booted":true,"state":"trial","commit":"c0ffee","version":"2.0","timestamp":"2026-11-22T00:00:00Z","attempts_left":2,"etc_merge":null}"#), "{json}");
+    let json = status_json(&on_b);
+    assert_eq!(json["format"], 2, "{json}");
+    assert_eq!(json["booted"], "B", "{json}");
+    assert_eq!(
+        json["slots"][1],
+        serde_json::json!({"slot": "B", "booted": true, "state": "trial", "commit": GOOD,
+            "version": 2, "timestamp": 1_795_305_600u64, "attempts_left": 2,
+            "etc_merge": null}),
+        "{json}"
+    );
     let text = ok(&["status"], &on_b);
     assert!(
-        text.contains("● B") && text.contains("State: trial"),
+        text.contains("● B")
+            && text.contains("State: trial")
+            && text.contains("Timestamp: 2026-11-22T00:00:00Z"),
         "{text}"
     );
     ok(&["mark-good"], &on_b);
@@ -143,9 +164,9 @@ fn update_life_on_a_uboot_disk_image() {
             "--attempts",
             "1",
             "--commit",
-            "bad",
+            BAD,
             "--version",
-            "3.0",
+            "3",
         ],
         &on_b,
     );
@@ -156,7 +177,7 @@ fn update_life_on_a_uboot_disk_image() {
         .status()
         .unwrap();
     assert!(st.success());
-    assert!(ok(&["status", "--json"], &on_b).contains(r#""fallback_pending":true"#));
+    assert_eq!(status_json(&on_b)["fallback_pending"], true);
     let out = ok(&["mark-good"], &on_b);
     assert!(out.contains("rollback detected"), "{out}");
     assert_eq!(
@@ -166,13 +187,26 @@ fn update_life_on_a_uboot_disk_image() {
         ),
         ("B".into(), String::new())
     );
-    let json = ok(&["status", "--json"], &on_b);
-    assert!(
-        json.contains(r#""rollbacks":[{"slot":"A","commit":"bad","version":"3.0","#),
+    let json = status_json(&on_b);
+    let rollbacks = json["rollbacks"].as_array().unwrap();
+    assert_eq!(rollbacks.len(), 1, "{json}");
+    assert_eq!(
+        (
+            &rollbacks[0]["slot"],
+            &rollbacks[0]["commit"],
+            &rollbacks[0]["version"]
+        ),
+        (&"A".into(), &BAD.into(), &3.into()),
         "{json}"
     );
-    assert!(
-        json.contains(r#"{"slot":"A","booted":false,"state":"bad""#),
+    assert!(rollbacks[0]["at"].is_u64(), "{json}");
+    assert_eq!(
+        (
+            &json["slots"][0]["slot"],
+            &json["slots"][0]["booted"],
+            &json["slots"][0]["state"]
+        ),
+        (&"A".into(), &false.into(), &"bad".into()),
         "{json}"
     );
 
@@ -242,6 +276,107 @@ fn update_life_on_a_grubenv_pair() {
         "{}",
         list(&env)
     );
-    let json = ok(&["status", "--json"], &on_b);
-    assert!(json.contains(r#""order":["B","A"],"trial":null"#), "{json}");
+    let json = status_json(&on_b);
+    assert_eq!(json["order"], serde_json::json!(["B", "A"]), "{json}");
+    assert!(json["trial"].is_null(), "{json}");
+}
+
+/// Regression (issue 11.7): the slot commands ignored the board profile, so
+/// on a GRUB board with only `board.conf`, `mark-good` opened
+/// /etc/fw_env.config. They now find the env as `update` does.
+#[test]
+fn slot_commands_find_the_env_through_the_board_profile() {
+    let d = scratch("board");
+    let env = d.join("grubenv");
+    let env_s = env.to_str().unwrap();
+    let conf = d.join("board.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "board = pc\nbootloader = grub\nenv = {env_s}\nslot.A = /dev/null\nslot.B = /dev/null\n"
+        ),
+    )
+    .unwrap();
+    let conf_s = conf.to_str().unwrap();
+    let state = d.join("state");
+    let state_s = state.to_str().unwrap();
+    ok(&["env", "init", "--order", "A"], &["--grubenv", env_s]);
+    let on = |slot: &'static str| {
+        [
+            "--board-conf",
+            conf_s,
+            "--booted-slot",
+            slot,
+            "--state-dir",
+            state_s,
+        ]
+    };
+    ok(&["install-start", "--slot", "B"], &on("A"));
+    ok(&["install-done", "--slot", "B"], &on("A"));
+    assert!(ok(&["status"], &on("B")).contains("State: trial"));
+    assert!(ok(&["mark-good"], &on("B")).contains("slot B confirmed good"));
+    assert_eq!(
+        ok(&["env", "show"], &["--grubenv", env_s]),
+        "ATOMUP_ORDER=B A\nATOMUP_TRIAL=\nATOMUP_LEFT=0\n"
+    );
+}
+
+/// Record first, env last (issue 11.7): when a record cannot be written the
+/// env is not changed. `install-start` writes the target's record before it
+/// takes the slot out of the order; `mark-good` after a fallback records the
+/// rollback before it clears the exhausted trial (it wrote the env first,
+/// unlike `mark-bad`). A directory where the record goes makes the write
+/// fail for real.
+#[test]
+fn a_record_that_cannot_be_written_leaves_the_env_untouched() {
+    let d = scratch("record-first");
+    let (img, _) = atomup_tests::uboot::redundant_image(&d);
+    let (img_s, state) = (img.to_str().unwrap(), d.join("state"));
+    let state_s = state.to_str().unwrap();
+    let on = |slot: &'static str| {
+        [
+            "--env-image",
+            img_s,
+            "--state-dir",
+            state_s,
+            "--booted-slot",
+            slot,
+        ]
+    };
+    ok(&["env", "init", "--order", "A"], &on("A"));
+    std::fs::create_dir_all(state.join("slots/B")).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    fails(&["install-start", "--slot", "B"], &on("A"));
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "install-start wrote the env first"
+    );
+    std::fs::remove_dir(state.join("slots/B")).unwrap();
+
+    // A's trial ran out of attempts; B booted.
+    ok(
+        &[
+            "env", "set", "--order", "A B", "--trial", "A", "--left", "0",
+        ],
+        &on("B"),
+    );
+    std::fs::create_dir_all(state.join("rollbacks")).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    fails(&["mark-good"], &on("B"));
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "mark-good wrote the env before the rollback record"
+    );
+    std::fs::remove_dir(state.join("rollbacks")).unwrap();
+    assert!(ok(&["mark-good"], &on("B")).contains("rollback detected"));
+    // A cut between record and env repeats the detection: recorded once.
+    ok(
+        &[
+            "env", "set", "--order", "A B", "--trial", "A", "--left", "0",
+        ],
+        &on("B"),
+    );
+    ok(&["mark-good"], &on("B"));
+    let list = std::fs::read_to_string(state.join("rollbacks")).unwrap();
+    assert_eq!(list.lines().count(), 2, "{list}");
 }

@@ -9,33 +9,35 @@
 //! atomup's state directory. Needs root (mounts, whiteouts).
 
 use atomup_ostree::ObjectId;
+use atomup_tests::device::{
+    env_args, in_mount_ns, mkfifo, provision, release, require_root, text, update_base_args,
+    Device, World, T0,
+};
 use atomup_tests::nginx::Nginx;
 use atomup_tests::ostree_fixture::{
-    assert_same_tree, atomup, run_ok, snapshot, tree_digest_with_times, Apply, Keys, Repo,
-    ScratchDir, TreeBuilder,
+    assert_same_tree, atomup, run_ok, snapshot, tree_digest_with_times, Repo, ScratchDir,
+    TreeBuilder,
 };
+use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-const T0: u64 = 1_767_225_600; // 2026-01-01, the first release's timestamp
-
-struct World {
-    dir: ScratchDir,
-    repo: Repo,
-    keys: Keys,
-    v: [String; 3],
-    nginx: Nginx,
+/// The host device fixture's world (v1, v2) and a third release.
+struct Etc {
+    w: World,
+    v3: String,
 }
 
 /// v1, v2 and v3 of a product. v2 changes some defaults (one the device
 /// will change too), adds some (one into a directory the device will
 /// delete), removes one, and owns `owned.conf`; v3 changes more, `motd`
-/// among them.
-fn world(name: &str) -> World {
+/// among them. Signed deltas scratch→v1, v1→v2, v2→v3; release 2.
+fn world(name: &str) -> Etc {
     atomup_tests::require_tool("ostree");
     atomup_tests::require_tool("unshare");
+    require_root();
     let dir = ScratchDir::new(name);
     let repo = Repo::init(dir.join("repo"), "archive");
     let t = TreeBuilder::new(dir.join("tree"));
@@ -69,120 +71,51 @@ fn world(name: &str) -> World {
         .file("etc/three.conf", b"new in v3\n", 0o644)
         .file("usr/bin/app", b"app v3\n", 0o755);
     let v3 = repo.commit(&t.root, "v3");
-    let keys = Keys::generate(&dir.join("keys"), "vendor");
-    let ids: Vec<ObjectId> = [&v1, &v2, &v3]
-        .iter()
-        .map(|h| ObjectId::from_hex(h).unwrap())
-        .collect();
+    let keys = atomup_tests::ostree_fixture::Keys::generate(&dir.join("keys"), "vendor");
+    let hex = [&v1, &v2, &v3];
+    let ids: Vec<ObjectId> = hex.iter().map(|h| ObjectId::from_hex(h).unwrap()).collect();
     for (from, to) in [(None, 0), (Some(0), 1), (Some(1), 2)] {
         let d = repo.path.join(atomup_ostree::delta::delta_path(
             from.map(|i| &ids[i]),
             &ids[to],
         ));
-        let hex = [&v1, &v2, &v3];
         repo.delta(from.map(|i| hex[i].as_str()), hex[to], &[], &d);
         keys.sign_delta(&d);
     }
+    release(&repo, &keys, 2, &v2, T0, &[]);
     let nginx = Nginx::serve(&repo.path, dir.path());
-    let w = World {
-        dir,
-        repo,
-        keys,
-        v: [v1, v2, v3],
-        nginx,
-    };
-    release(&w, 2);
-    w
-}
-
-fn release(w: &World, version: usize) {
-    let mut cmd = Command::new(atomup_tests::workspace_bin("atomup-publish"));
-    cmd.args(["release", "--repo"])
-        .arg(&w.repo.path)
-        .arg("--key")
-        .arg(&w.keys.secret);
-    cmd.args(["--channel", "stable", "--board", "qemu-virt"]);
-    cmd.args(["--version", &version.to_string(), "--to", &w.v[version - 1]]);
-    cmd.args(["--timestamp", &(T0 + version as u64).to_string()]);
-    cmd.args(["--expires-in-days", "30"]);
-    run_ok(&mut cmd);
-}
-
-struct Device {
-    root: PathBuf,
-    state: PathBuf,
-    env: PathBuf,
-    slot_a: PathBuf,
-    slot_b: PathBuf,
-}
-
-impl Device {
-    fn slot(&self, s: &str) -> &Path {
-        if s == "A" {
-            &self.slot_a
-        } else {
-            &self.slot_b
-        }
+    Etc {
+        w: World {
+            dir,
+            repo,
+            keys,
+            v1,
+            v2,
+            nginx,
+        },
+        v3,
     }
 }
 
 /// A device with v1 in slot A as a factory image has it (no /etc layer
 /// yet), and a data partition (`var/`) holding more than atomup's state.
-fn provision(w: &World) -> Device {
-    let root = w.dir.join("device");
-    let d = Device {
-        state: root.join("var/lib/atomup"),
-        env: root.join("disk.img"),
-        slot_a: root.join("slot-a"),
-        slot_b: root.join("slot-b"),
-        root,
-    };
-    fs::create_dir_all(&d.slot_a).unwrap();
-    fs::create_dir_all(&d.slot_b).unwrap();
-    let id1 = ObjectId::from_hex(&w.v[0]).unwrap();
-    Apply {
-        delta: w
-            .repo
-            .path
-            .join(atomup_ostree::delta::delta_path(None, &id1)),
-        to: d.slot_a.clone(),
-        meta_out: Some(d.state.join("meta")),
-        trusted: Some(w.keys.public.clone()),
-        ..Default::default()
-    }
-    .run_ok();
-    fs::create_dir_all(d.state.join("slots")).unwrap();
-    fs::write(
-        d.state.join("slots/A"),
-        format!("format=1\ncommit={}\nversion=1\n", w.v[0]),
-    )
-    .unwrap();
-    fs::write(d.state.join("machine-id"), "etc-device\n").unwrap();
-    fs::File::create(&d.env).unwrap().set_len(1 << 20).unwrap();
-    ok(atomup(args(&d, &["env", "init", "--order", "A"])));
-    // The rest of the data partition: the device's own.
+fn device(e: &Etc) -> Device {
+    let d = provision(&e.w, "device");
     let var = TreeBuilder::new(d.root.join("var"));
     var.file("log/messages", b"boot 1\n", 0o640)
         .file("lib/app/db", &[7u8; 10_000], 0o600)
         .dir("spool/empty", 0o1777)
         .symlink("run", "/run");
-    atomup_tests::ostree_fixture::make_fifo(&d.root.join("var/lib/app/socket-ish"));
+    mkfifo(&d.root.join("var/lib/app/socket-ish"));
     d
 }
 
-fn args(d: &Device, cmd: &[&str]) -> Vec<std::ffi::OsString> {
-    let mut a: Vec<std::ffi::OsString> = cmd.iter().map(Into::into).collect();
-    a.extend(["--env-image".into(), d.env.clone().into()]);
-    a.extend(["--state-dir".into(), d.state.clone().into()]);
-    a
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+fn slot<'a>(d: &'a Device, s: &str) -> &'a Path {
+    if s == "A" {
+        &d.slot_a
+    } else {
+        &d.slot_b
+    }
 }
 
 fn ok(out: Output) -> String {
@@ -192,39 +125,37 @@ fn ok(out: Output) -> String {
 
 /// Runs `script` (sh) as the device booted from `slot` sees the world: in a
 /// private mount namespace where `atomup etc mount` has put the slot's
-/// overlay on its /etc. `$ETC` is that /etc, `$ATOMUP` the binary.
-fn on_device(d: &Device, slot: &str, script: &str) -> Output {
+/// overlay on its /etc (`$ETC`; `$ATOMUP` is the binary, `$STATE` the
+/// state dir); `args` are `"$@"`.
+fn on_device(d: &Device, slot_name: &str, script: &str, args: &[OsString]) -> Output {
     let atomup = atomup_tests::workspace_bin("atomup");
-    let root = d.slot(slot);
-    let full = format!(
-        "set -eu\n\"$ATOMUP\" etc mount --slot {slot} --root \"$ROOT\" --state-dir \"$STATE\" >/dev/null\n{script}"
-    );
-    Command::new("unshare")
-        .args(["-m", "sh", "-c", &full])
-        .env("ATOMUP", atomup)
-        .env("ROOT", root)
-        .env("ETC", root.join("etc"))
-        .env("STATE", &d.state)
-        .output()
-        .unwrap()
+    let root = slot(d, slot_name);
+    in_mount_ns(
+        &format!(
+            "ATOMUP={atomup} ROOT={root} ETC={root}/etc STATE={state}\n\
+             \"$ATOMUP\" etc mount --slot {slot_name} --root \"$ROOT\" --state-dir \"$STATE\" >/dev/null\n\
+             {script}",
+            atomup = atomup.display(),
+            root = root.display(),
+            state = d.state.display(),
+        ),
+        args,
+    )
 }
 
 /// `atomup update` on the device booted from `slot`, its running /etc the
 /// overlay (the default `--etc` is `FROM-ROOT/etc`).
-fn update(w: &World, d: &Device, slot: &str) -> String {
-    let other = if slot == "A" { "B" } else { "A" };
-    let script = format!(
-        "\"$ATOMUP\" update --server {} --channel stable --board qemu-virt \
-         --env-image {} --state-dir \"$STATE\" --booted-slot {slot} \
-         --trusted-keys {} --from-root \"$ROOT\" --target-dir {} \
-         --machine-id \"$STATE/machine-id\" --now {} --retry-backoff-ms 20",
-        w.nginx.url(),
-        d.env.display(),
-        w.keys.public.display(),
-        d.slot(other).display(),
-        T0 + 60
-    );
-    ok(on_device(d, slot, &script))
+fn update(e: &Etc, d: &Device, booted: &str) -> String {
+    let other = if booted == "A" { "B" } else { "A" };
+    let mut a: Vec<OsString> = vec![atomup_tests::workspace_bin("atomup").into()];
+    a.extend(update_base_args(&e.w, d, &e.w.nginx.url(), booted));
+    a.extend([
+        "--from-root".into(),
+        slot(d, booted).into(),
+        "--target-dir".into(),
+        slot(d, other).into(),
+    ]);
+    ok(on_device(d, booted, "exec \"$@\"", &a))
 }
 
 /// The /etc slot `slot` boots with: its overlay mounted as at boot, copied
@@ -235,6 +166,7 @@ fn view(d: &Device, slot: &str, out: &Path) {
         d,
         slot,
         &format!("cp -a \"$ETC\" {}", out.display()),
+        &[],
     ));
 }
 
@@ -296,15 +228,16 @@ fn read(p: &Path) -> String {
 /// that carries everything on again.
 #[test]
 fn device_etc_changes_survive_two_updates_exactly_by_the_rules() {
-    let w = world("update-etc");
-    let d = provision(&w);
+    let e = world("update-etc");
+    let (w, d) = (&e.w, device(&e));
 
     // Booted A (v1): the first mount creates A's empty layer; the device edits.
-    ok(on_device(&d, "A", &script(&[FIRST_EDITS], false)));
+    ok(on_device(&d, "A", &script(&[FIRST_EDITS], false), &[]));
     let diff = ok(on_device(
         &d,
         "A",
         "\"$ATOMUP\" config-diff --etc \"$ETC\" --booted-slot A --state-dir \"$STATE\"",
+        &[],
     ));
     for line in [
         "M    both.conf",
@@ -326,7 +259,7 @@ fn device_etc_changes_survive_two_updates_exactly_by_the_rules() {
     let layer_a = d.state.join("etc/A/upper");
     let layer_a_before = tree_digest_with_times(&layer_a);
     let slot_a_before = tree_digest_with_times(&d.slot_a);
-    let out = update(&w, &d, "A");
+    let out = update(&e, &d, "A");
     assert!(out.contains("into slot B"), "{out}");
     assert!(
         out.contains(
@@ -350,7 +283,7 @@ fn device_etc_changes_survive_two_updates_exactly_by_the_rules() {
     let got = w.dir.join("view-b");
     let want = w.dir.join("want-b");
     view(&d, "B", &got);
-    expected(&w, &w.v[1], &[FIRST_EDITS], &want);
+    expected(w, &w.v2, &[FIRST_EDITS], &want);
     assert_same_tree(&got, &want);
     assert_eq!(
         read(&got.join("both.conf")),
@@ -372,25 +305,25 @@ fn device_etc_changes_survive_two_updates_exactly_by_the_rules() {
         "mode-only change carried"
     );
 
-    let status = ok(atomup(args(
-        &d,
-        &["status", "--json", "--booted-slot", "A"],
-    )));
-    assert!(
-        status.contains(r#""etc_merge":{"to":""#)
-            && status.contains(
-                r#""modified":5,"removed":3,"added":1,"conflicts":1,"forced":1,"skipped":1,"conflict_paths":["both.conf"]}"#
-            ),
+    // `status --json`, read back by a real JSON parser: B's last merge.
+    let out = atomup(env_args(&d, &["status", "--json", "--booted-slot", "A"]));
+    assert!(out.status.success(), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["slots"][1]["etc_merge"],
+        serde_json::json!({"to": w.v2, "modified": 5, "removed": 3, "added": 1,
+            "conflicts": 1, "forced": 1, "skipped": 1, "conflict_paths": ["both.conf"]}),
         "{status}"
     );
+    assert_eq!(status["slots"][0]["etc_merge"], serde_json::Value::Null);
     let conflicts = read(&d.state.join("etc/B/merge"));
     assert!(conflicts.contains("\nconflict both.conf\n"), "{conflicts}");
 
     // B boots and is confirmed; the device edits again; v3 is released.
-    ok(atomup(args(&d, &["mark-good", "--booted-slot", "B"])));
-    ok(on_device(&d, "B", &script(&[SECOND_EDITS], false)));
-    release(&w, 3);
-    let out = update(&w, &d, "B");
+    ok(atomup(env_args(&d, &["mark-good", "--booted-slot", "B"])));
+    ok(on_device(&d, "B", &script(&[SECOND_EDITS], false), &[]));
+    release(&w.repo, &w.keys, 3, &e.v3, T0 + 1, &[]);
+    let out = update(&e, &d, "B");
     assert!(out.contains("into slot A"), "{out}");
     assert!(
         out.contains("/etc: 4 modified, 4 removed, 2 added, 1 conflicts (kept the device's)\n"),
@@ -399,7 +332,7 @@ fn device_etc_changes_survive_two_updates_exactly_by_the_rules() {
     let got = w.dir.join("view-a");
     let want = w.dir.join("want-a");
     view(&d, "A", &got);
-    expected(&w, &w.v[2], &[FIRST_EDITS, SECOND_EDITS], &want);
+    expected(w, &e.v3, &[FIRST_EDITS, SECOND_EDITS], &want);
     assert_same_tree(&got, &want);
     assert_eq!(
         read(&got.join("motd")),
@@ -465,12 +398,12 @@ fn data_partition(d: &Device) -> Vec<String> {
 /// mode, owner, content, mtime and ctime after it.
 #[test]
 fn an_update_writes_nothing_on_the_data_partition_but_its_state_dir() {
-    let w = world("update-var");
-    let d = provision(&w);
-    ok(on_device(&d, "A", &script(&[FIRST_EDITS], false)));
+    let e = world("update-var");
+    let d = device(&e);
+    ok(on_device(&d, "A", &script(&[FIRST_EDITS], false), &[]));
     let before = data_partition(&d);
     assert!(before.len() >= 7, "{before:#?}");
-    let out = update(&w, &d, "A");
+    let out = update(&e, &d, "A");
     assert!(
         out.contains("into slot B") && out.contains("/etc: "),
         "{out}"

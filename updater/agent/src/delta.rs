@@ -8,7 +8,7 @@ use std::time::Instant;
 use atomup_deploy::{Options, VerifiedDelta};
 use atomup_ostree::sign::Trust;
 
-use crate::Result;
+use crate::error::Result;
 
 pub const HELP: &str = "\
 Usage:

@@ -3,8 +3,8 @@
 //! running defaults), and the merge `update` runs after the new slot is
 //! verified and before the install-done env write ([`merge_into`]).
 
-use crate::{bootopts, Result};
-use atomup_bootctl::statedir::StateDir;
+use crate::bootopts::{slot_arg, BootOpts};
+use crate::error::Result;
 use atomup_etc::layer::read_record;
 use atomup_etc::record::MergeRecord;
 use atomup_ostree::ObjectId;
@@ -24,14 +24,11 @@ Usage: atomup config-diff [--etc DIR] [--booted-slot A|B] [--state-dir DIR]
 Lists the device's changes to /etc against the running commit's defaults, one per
 line: M (modified: content, mode, owner, xattrs or type), A (added), D (deleted).
   --etc DIR           the /etc to compare (default /etc)
-  --booted-slot A|B   the running slot (default: atomup.slot= in /proc/cmdline)
+  --booted-slot A|B   the running slot (default: atomup.slot= in the kernel command line)
+  --cmdline FILE      where the kernel command line is read (default /proc/cmdline)
   --state-dir DIR     agent state, holding the running commit's metadata
                       (default /var/lib/atomup)
 ";
-
-fn slot_arg(v: String) -> Result<Slot> {
-    Slot::parse(&v).ok_or_else(|| format!("slot must be A or B, got `{v}`").into())
-}
 
 /// `atomup etc <sub>`.
 pub fn run(args: &mut lexopt::Parser) -> Result {
@@ -50,7 +47,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     let (mut slot, mut root, mut state) = (None, PathBuf::from("/"), None);
     while let Some(arg) = args.next()? {
         match arg {
-            Long("slot") => slot = Some(slot_arg(args.value()?.string()?)?),
+            Long("slot") => slot = Some(slot_arg(&args.value()?.string()?)?),
             Long("root") => root = args.value()?.into(),
             Long("state-dir") => state = Some(PathBuf::from(args.value()?)),
             Long("help") | Short('h') => {
@@ -74,26 +71,35 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
 /// `atomup config-diff`.
 pub fn config_diff(args: &mut lexopt::Parser) -> Result {
     use lexopt::prelude::*;
-    let (mut etc, mut booted, mut state) = (
-        PathBuf::from("/etc"),
-        None,
-        PathBuf::from("/var/lib/atomup"),
-    );
+    let (mut etc, mut boot) = (PathBuf::from("/etc"), BootOpts::default());
     while let Some(arg) = args.next()? {
         match arg {
             Long("etc") => etc = args.value()?.into(),
-            Long("booted-slot") => booted = Some(slot_arg(args.value()?.string()?)?),
-            Long("state-dir") => state = args.value()?.into(),
             Long("help") | Short('h') => {
                 print!("{DIFF_HELP}");
                 return Ok(());
             }
+            Long(name) => {
+                let name = name.to_owned();
+                if !boot.take(&name, args)? {
+                    return Err(format!("invalid option '--{name}'").into());
+                }
+            }
             other => return Err(other.unexpected().into()),
         }
     }
-    let booted = bootopts::require_booted(booted)?;
-    let running = running_commit(&state, booted)?;
-    let meta = state.join("meta");
+    let booted = boot.require_booted()?;
+    let running = boot
+        .state()
+        .slot_record(booted)?
+        .and_then(|r| r.commit())
+        .ok_or_else(|| {
+            format!(
+                "no commit recorded for the running slot {booted} in {}",
+                boot.state_dir.display()
+            )
+        })?;
+    let meta = boot.state_dir.join("meta");
     let d = atomup_etc::config_diff(&[meta.as_path()], &running, &etc)?;
     // `ostree admin config-diff`'s layout: the letter, four spaces, the path.
     for (change, path) in &d.changes {
@@ -110,17 +116,6 @@ pub fn config_diff(args: &mut lexopt::Parser) -> Result {
         );
     }
     Ok(())
-}
-
-fn running_commit(state: &Path, booted: Slot) -> Result<ObjectId> {
-    let info = StateDir::new(state).slot_info(booted)?.unwrap_or_default();
-    let hex = info.commit.ok_or_else(|| {
-        format!(
-            "no commit recorded for the running slot {booted} in {}",
-            state.display()
-        )
-    })?;
-    Ok(ObjectId::from_hex(&hex)?)
 }
 
 /// The merge of an update: the device's `/etc` (`current_etc`) carried

@@ -3,19 +3,27 @@
 
 mod bootopts;
 mod delta;
+mod envcmd;
+mod error;
 mod etc;
-mod slots;
+mod health;
+mod inputs;
+mod logger;
+mod status;
+mod target;
+mod transitions;
 mod update;
 
 use std::error::Error;
 use std::process::ExitCode;
 
-type Result<T = ()> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
+use error::Result;
 
 const USAGE: &str = "\
 atomup — atomic A/B updates for embedded Linux devices
 
 Usage: atomup <command> [options]
+       atomup --log-level LEVEL <command> [options]
 
 Commands:
   help                 show this text
@@ -34,7 +42,9 @@ Commands:
   delta apply          apply a static delta into a directory and verify it
   delta show           describe a static delta (from/to, parts, signed?)
 
-Run `atomup <command> --help` for a command's options.
+Run `atomup <command> --help` for a command's options. Messages from the libraries
+(download retries, ...) go to stderr at --log-level or $ATOMUP_LOG (off, error, warn,
+info, debug, trace; default warn).
 ";
 
 fn main() -> ExitCode {
@@ -50,15 +60,20 @@ fn main() -> ExitCode {
 
 fn run(args: &mut lexopt::Parser) -> Result {
     use lexopt::prelude::*;
-    let command = match args.next()? {
-        Some(Value(cmd)) => cmd.string()?,
-        Some(Long("help") | Short('h')) | None => {
-            print!("{USAGE}");
-            return Ok(());
+    let mut log_level = None;
+    let command = loop {
+        match args.next()? {
+            Some(Long("log-level")) => log_level = Some(args.value()?.string()?),
+            Some(Value(cmd)) => break cmd.string()?,
+            Some(Long("help") | Short('h')) | None => {
+                print!("{USAGE}");
+                return Ok(());
+            }
+            Some(Long("version") | Short('V')) => break "version".to_owned(),
+            Some(other) => return Err(other.unexpected().into()),
         }
-        Some(Long("version") | Short('V')) => "version".to_owned(),
-        Some(other) => return Err(other.unexpected().into()),
     };
+    logger::init(log_level.as_deref())?;
     match command.as_str() {
         "help" => print!("{USAGE}"),
         "version" => println!("atomup {}", env!("CARGO_PKG_VERSION")),
@@ -66,7 +81,10 @@ fn run(args: &mut lexopt::Parser) -> Result {
         "update" => update::run(args)?,
         "etc" => etc::run(args)?,
         "config-diff" => etc::config_diff(args)?,
-        cmd if slots::handles(cmd) => slots::run(cmd, args)?,
+        "status" => status::run(args)?,
+        "health" => health::run(args)?,
+        "env" => envcmd::run(args)?,
+        cmd if transitions::handles(cmd) => transitions::run(cmd, args)?,
         other => return Err(format!("unknown command `{other}` (see `atomup --help`)").into()),
     }
     Ok(())

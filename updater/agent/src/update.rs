@@ -1,34 +1,44 @@
 //! `atomup update`: one poll of the update server, and if a release is due,
-//! its installation into the inactive slot. The order of steps is the safety
-//! argument (DESIGN "Slot state contract"):
+//! its installation into the inactive slot. It is a plan followed by I/O
+//! steps, and the order of the steps is the safety argument (DESIGN "Slot
+//! state contract"):
 //!
-//! 1. Everything untrusted is checked before the env or any slot is touched:
-//!    release metadata signature, channel/board, expiry, version, rollout,
-//!    never-retry list; every download is size-capped and digest-checked.
-//! 2. ONE env write takes the inactive slot out of the boot order. From here
+//! 1. Everything that needs no writing is checked before the first write:
+//!    flags and ranges, the device's own refusals (`atomup_policy::update::
+//!    preflight`), the target (`target.rs`: never the running root or the
+//!    data partition), the signed release metadata and the pure decision over
+//!    it (`atomup_policy::update::plan`: channel, board, expiry, version,
+//!    never-retry, pending trial, rollout), the download's size against the
+//!    free space, and, once downloaded (capped and digest-checked into the
+//!    cache, the only thing written so far), the delta superblock's signature
+//!    and from/to commits.
+//! 2. The trusted time and the target's record (`installing`) are written,
+//!    then ONE env write takes the target out of the boot order. From here
 //!    until step 4 a power cut boots the running, confirmed slot.
-//! 3. The delta is applied into the inactive slot and the written tree is
-//!    verified against the signed commit; then the device's `/etc` is
-//!    merged onto the new defaults as the slot's layer (`atomup-etc`).
-//! 4. ONE env write puts the slot first in order, on trial. The bootloader
-//!    counts its attempts; `atomup mark-good` confirms it, or it falls back.
+//! 3. The delta is applied into the target and the written tree is verified
+//!    against the signed commit; then the device's `/etc` is merged onto the
+//!    new defaults as the target's layer (`atomup-etc`); everything is synced.
+//! 4. The target's record (commit, version) is written, then ONE env write
+//!    puts the slot first in order, on trial. The bootloader counts its
+//!    attempts; `atomup mark-good` confirms it, or it falls back.
 //!
 //! Re-running after a power cut is safe: downloads resume from the cache and
-//! the apply rewrites the (out-of-order) slot from scratch.
+//! the apply rewrites the (out-of-order) slot from scratch; a record written
+//! before a cut describes a slot that is not in the boot order.
 
-use crate::{bootopts, Result};
-use atomup_board::Board;
-use atomup_bootctl::statedir::{SlotInfo, StateDir};
+use crate::bootopts::{BootOpts, OPTIONS};
+use crate::error::Result;
+use crate::inputs;
+use crate::target::{self, Protected, Target};
+use atomup_bootctl::statedir::SlotRecord;
 use atomup_deploy::{VerifiedDelta, VerifiedSuperblock};
 use atomup_fetch::{Expect, Fetcher, Options as FetchOptions};
 use atomup_ostree::sign::Trust;
 use atomup_ostree::ObjectId;
 use atomup_policy::slot::DEFAULT_ATTEMPTS;
-use atomup_policy::Slot;
-use atomup_release::check::{
-    advance_trusted_time, check_release, verify_signed, DeviceFacts, Offer,
-};
-use atomup_release::{release_path, rollout, Delta};
+use atomup_policy::update::{self, Decision, Flags};
+use atomup_release::check::verify_signed;
+use atomup_release::{release_path, rollout, Delta, Release};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -50,8 +60,8 @@ Polls the server once; installs a due release into the inactive slot, on trial.
                         the latest trusted time)
   --machine-id FILE     rollout seed source (default /etc/machine-id)
   --retry-backoff-ms N  pause before the n-th retry of a cut download is n*N ms (default 2000)
-Boot-state options: --env-config FILE | --env-image FILE | --grubenv PATH,
-  --booted-slot A|B, --state-dir DIR (default /var/lib/atomup)
+  --idle-timeout S      a connection that delivers nothing for S seconds counts as cut
+                        and is retried (default 60; each retry is logged on stderr)
 ";
 
 /// Largest release metadata file fetched (the format caps the body at 64 KiB).
@@ -61,7 +71,6 @@ struct Opts {
     server: Option<String>,
     channel: Option<String>,
     board: Option<String>,
-    board_conf: Option<PathBuf>,
     trusted: PathBuf,
     revoked: Option<PathBuf>,
     target_device: Option<PathBuf>,
@@ -74,11 +83,8 @@ struct Opts {
     now: Option<u64>,
     machine_id: PathBuf,
     backoff_ms: u64,
-    env_config: Option<PathBuf>,
-    env_image: Option<PathBuf>,
-    grubenv: Option<PathBuf>,
-    booted: Option<Slot>,
-    state_dir: PathBuf,
+    idle_timeout_s: u64,
+    boot: BootOpts,
 }
 
 fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
@@ -87,7 +93,6 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
         server: None,
         channel: None,
         board: None,
-        board_conf: None,
         trusted: "/etc/atomup/trusted.pub".into(),
         revoked: None,
         target_device: None,
@@ -100,18 +105,14 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
         now: None,
         machine_id: "/etc/machine-id".into(),
         backoff_ms: 2000,
-        env_config: None,
-        env_image: None,
-        grubenv: None,
-        booted: None,
-        state_dir: "/var/lib/atomup".into(),
+        idle_timeout_s: 60,
+        boot: BootOpts::default(),
     };
     while let Some(arg) = args.next()? {
         match arg {
             Long("server") => o.server = Some(args.value()?.string()?),
             Long("channel") => o.channel = Some(args.value()?.string()?),
             Long("board") => o.board = Some(args.value()?.string()?),
-            Long("board-conf") => o.board_conf = Some(args.value()?.into()),
             Long("trusted-keys") => o.trusted = args.value()?.into(),
             Long("revoked-keys") => o.revoked = Some(args.value()?.into()),
             Long("target-device") => o.target_device = Some(args.value()?.into()),
@@ -124,18 +125,16 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
             Long("now") => o.now = Some(args.value()?.parse()?),
             Long("machine-id") => o.machine_id = args.value()?.into(),
             Long("retry-backoff-ms") => o.backoff_ms = args.value()?.parse()?,
-            Long("env-config") => o.env_config = Some(args.value()?.into()),
-            Long("env-image") => o.env_image = Some(args.value()?.into()),
-            Long("grubenv") => o.grubenv = Some(args.value()?.into()),
-            Long("booted-slot") => {
-                let v = args.value()?.string()?;
-                o.booted =
-                    Some(Slot::parse(&v).ok_or_else(|| format!("slot must be A or B, got `{v}`"))?);
-            }
-            Long("state-dir") => o.state_dir = args.value()?.into(),
+            Long("idle-timeout") => o.idle_timeout_s = args.value()?.parse()?,
             Long("help") | Short('h') => {
-                print!("{HELP}");
+                print!("{HELP}{OPTIONS}");
                 std::process::exit(0);
+            }
+            Long(name) => {
+                let name = name.to_owned();
+                if !o.boot.take(&name, args)? {
+                    return Err(format!("invalid option '--{name}'").into());
+                }
             }
             other => return Err(other.unexpected().into()),
         }
@@ -143,168 +142,173 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
     Ok(o)
 }
 
-/// The board profile: given, or the device's own when it ships one.
-fn board(o: &Opts) -> Result<Option<Board>> {
-    let path = match &o.board_conf {
-        Some(p) => p.clone(),
-        None if Path::new(atomup_board::DEFAULT_PATH).exists() => atomup_board::DEFAULT_PATH.into(),
-        None => return Ok(None),
-    };
-    let text =
-        fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(Some(Board::parse(&text).map_err(|e| {
-        format!("board profile {}: {e}", path.display())
-    })?))
-}
-
 pub fn run(args: &mut lexopt::Parser) -> Result {
     let o = parse(args)?;
+    // 1. Flags and the device's own state: no network, no writes.
     let server = o.server.as_deref().ok_or("--server URL is required")?;
     let channel = o.channel.as_deref().ok_or("--channel NAME is required")?;
-    let profile = board(&o)?;
+    if o.target_device.is_some() && o.target_dir.is_some() {
+        return Err("give only one of --target-device DEV, --target-dir DIR".into());
+    }
+    let flags = Flags {
+        attempts: o.attempts,
+        allow_downgrade: o.allow_downgrade,
+        ignore_rollout: o.ignore_rollout,
+    };
+    let profile = o.boot.board()?;
     let board = match (&o.board, &profile) {
         (Some(b), _) => b.as_str(),
         (None, Some(p)) => p.name.as_str(),
         (None, None) => return Err("--board NAME is required (or a board profile)".into()),
     };
-    if o.target_device.is_some() && o.target_dir.is_some() {
-        return Err("give only one of --target-device DEV, --target-dir DIR".into());
-    }
-    let trust = load_trust(&o.trusted, o.revoked.as_deref())?;
-    let mut bl = bootopts::open_env(
-        o.env_config.as_deref(),
-        o.env_image.as_deref(),
-        o.grubenv.as_deref(),
-        profile.as_ref().map(|p| &p.bootloader),
-    )?;
+    let trust = inputs::trust(&o.trusted, o.revoked.as_deref())?;
+    let mut bl = o.boot.open_env(profile.as_ref())?;
     let bl = bl.as_mut();
-    let booted = bootopts::require_booted(o.booted)?;
-    let target = !booted;
-    let target_device = match (&o.target_device, &o.target_dir, &profile) {
-        (Some(dev), _, _) => Some(dev.clone()),
-        (None, Some(_), _) => None,
-        (None, None, Some(p)) => Some(p.slot_device(target).to_owned()),
+    let booted = o.boot.require_booted()?;
+    // Read for planning only: the snapshot (and the env lock) is dropped at
+    // once; each env write below loads the env again under the lock and
+    // checks that it is still what the plan was made from.
+    let env = atomup_bootctl::load(bl)?.state()?;
+    let target = update::preflight(&env, booted, &flags)?;
+    let spec = match (&o.target_device, &o.target_dir, &profile) {
+        (Some(dev), _, _) => Target::Device(dev.clone()),
+        (None, Some(dir), _) => Target::Dir(dir.clone()),
+        (None, None, Some(p)) => Target::Device(p.slot_device(target).to_owned()),
         (None, None, None) => {
             return Err("give --target-device DEV, --target-dir DIR or a board profile".into())
         }
     };
-    let state = atomup_bootctl::read(bl)?.state()?;
-    let sd = StateDir::new(&o.state_dir);
-
-    // Never overwrite the fallback: while the running slot is itself on trial,
-    // the other slot is the only confirmed one.
-    if state.trial == Some(booted) {
-        return Err(format!("slot {booted} is running on trial: confirm it (`atomup health` / `atomup mark-good`) before updating").into());
-    }
-    let current = sd.slot_info(booted)?.unwrap_or_default();
-    let current_commit = current.commit.as_deref().ok_or_else(|| {
-        format!(
-            "no commit recorded for the running slot {booted} in {}",
-            o.state_dir.display()
-        )
-    })?;
-    let current_commit = ObjectId::from_hex(current_commit)?;
-    let current_version: u64 = current
-        .version
-        .as_deref()
-        .unwrap_or("0")
-        .parse()
-        .unwrap_or(0);
-
-    let time_file = o.state_dir.join("trusted-time");
+    // Rule (issue 11.1): the target is resolved, by device, inode and mount,
+    // before anything is written, and must not be the running system or its
+    // data: an update empties what it writes.
+    let protect = Protected {
+        root: &o.from_root,
+        state_dir: &o.boot.state_dir,
+        data_device: profile.as_ref().and_then(|p| p.data.as_deref()),
+    };
+    target::check(
+        &spec,
+        &protect,
+        &target::read_mounts()?,
+        &target::sysfs_disk_of,
+    )?;
+    let sd = o.boot.state();
+    // Typed, strictly parsed records: an unreadable one fails here.
+    let current = sd
+        .slot_record(booted)?
+        .and_then(|r| r.installed)
+        .ok_or_else(|| {
+            format!(
+                "no commit and version recorded for the running slot {booted} in {}",
+                o.boot.state_dir.display()
+            )
+        })?;
+    let (current_commit, current_version) = (current.commit, current.version);
+    let target_commit = sd
+        .slot_record(target)?
+        .and_then(|r| r.commit())
+        .map(|c| c.0);
+    let highest_version = sd.highest_version()?;
+    let time_file = o.boot.state_dir.join("trusted-time");
     let trusted_time = read_trusted_time(&time_file)?;
+    let rolled_back: Vec<[u8; 32]> = sd
+        .rollbacks()?
+        .iter()
+        .filter_map(|r| r.commit)
+        .map(|id| id.0)
+        .collect();
+    let seed = rollout::RolloutSeed::from_machine_id(&inputs::machine_id(&o.machine_id)?);
     let now = o.now.unwrap_or_else(system_now);
 
-    // 1. Release metadata: fetched capped, verified before it is parsed.
-    let cache = o.state_dir.join("cache");
+    // 2. Release metadata, fetched capped and verified before it is parsed,
+    //    then the decision: everything a release decides is decided here.
+    let cache = o.boot.state_dir.join("cache");
     let fetch_opts = FetchOptions {
         backoff: std::time::Duration::from_millis(o.backoff_ms),
+        idle_timeout: std::time::Duration::from_secs(o.idle_timeout_s),
         ..FetchOptions::default()
     };
     let fetcher = Fetcher::new(server, &cache, fetch_opts)?;
     let bytes = fetcher.fetch_small(&release_path(channel, board), RELEASE_CAP)?;
     let verified = verify_signed(&bytes, &trust)?;
-    let facts = DeviceFacts {
+    let device = update::Device {
         channel,
         board,
-        current_version,
-        current_commit: current_commit.0,
+        booted,
+        env: &env,
+        booted_commit: current_commit.0,
+        booted_version: current_version,
+        target_commit,
+        highest_version,
+        rolled_back: &rolled_back,
         trusted_time,
-        allow_downgrade: o.allow_downgrade,
+        seed,
     };
-    let release = &verified.release;
-    let to = ObjectId(release.commit);
-    let delta = match check_release(&verified, &facts, now)? {
-        Offer::UpToDate => {
+    let plan = match update::plan(&verified, &device, &flags, now)? {
+        Decision::UpToDate => {
             println!("up to date: version {current_version} ({current_commit})");
             return Ok(());
         }
-        Offer::Update { delta } => delta,
+        Decision::PendingOnTrial { target } => {
+            println!(
+                "version {} is installed in slot {target} on trial: reboot to try it",
+                verified.release().version
+            );
+            return Ok(());
+        }
+        Decision::Waiting { opens_at: Some(t) } => {
+            println!(
+                "version {} is rolling out; this device's wave opens at {t}",
+                verified.release().version
+            );
+            return Ok(());
+        }
+        Decision::Waiting { opens_at: None } => {
+            println!(
+                "version {} is rolling out; this device is not in any wave yet",
+                verified.release().version
+            );
+            return Ok(());
+        }
+        Decision::Install(plan) => plan,
     };
-    // Rule: a release that rolled back on this device is never retried.
-    let to_hex = to.to_hex();
-    if sd
-        .rollbacks()?
-        .iter()
-        .any(|r| r.commit.as_deref() == Some(to_hex.as_str()))
-    {
+    let to = ObjectId(plan.release.commit);
+
+    // 3. Downloads (the cache is the only thing written): every byte capped
+    //    and digest-checked, resumable; then the delta's own claims.
+    check_download_space(&cache, plan.delta)?;
+    let verified_delta =
+        download_delta(&fetcher, plan.release, plan.delta, &trust, &current_commit)?;
+
+    // 4. Execute the plan. Each step loads the env once (under its lock),
+    //    records first and writes the env last.
+    let mut snap = atomup_bootctl::load(bl)?;
+    if snap.state()? != env {
         return Err(format!(
-            "release {} ({to}) rolled back on this device before: not retrying it",
-            release.version
+            "the env changed while the update was prepared ({} instead of {env}): nothing was installed, try again",
+            snap.state()?
         )
         .into());
     }
-    if state.trial == Some(target)
-        && sd.slot_info(target)?.and_then(|i| i.commit).as_deref() == Some(to_hex.as_str())
-    {
-        println!(
-            "version {} is installed in slot {target} on trial: reboot to try it",
-            release.version
-        );
-        return Ok(());
-    }
-    let effective_now = now.max(trusted_time);
-    if !o.ignore_rollout {
-        let seed =
-            rollout::RolloutSeed::from_machine_id(&fs::read(&o.machine_id).unwrap_or_default());
-        if !rollout::is_eligible(&release.waves, &seed, effective_now) {
-            match rollout::eligible_at(&release.waves, &seed) {
-                Some(t) => println!(
-                    "version {} is rolling out; this device's wave opens at {t}",
-                    release.version
-                ),
-                None => println!(
-                    "version {} is rolling out; this device is not in any wave yet",
-                    release.version
-                ),
-            }
-            return Ok(());
-        }
-    }
+    write_trusted_time(&time_file, plan.trusted_time)?;
+    // Accepted from here on: a replay of anything older is refused even if
+    // this install never finishes.
+    sd.accept_version(plan.release.version)?;
+    sd.write_slot_record(target, &SlotRecord::installing())?;
+    // ONE env write: the target leaves the boot order before it changes.
+    atomup_bootctl::store_state(bl, &mut snap, &plan.start)?;
+    drop(snap);
 
-    // 2. Downloads: every byte capped and digest-checked, resumable.
-    let verified_delta = download_delta(&fetcher, delta, &to, &trust)?;
-    write_trusted_time(&time_file, advance_trusted_time(&verified, trusted_time))?;
-
-    // 3. ONE env write: the target leaves the boot order before it changes.
-    atomup_bootctl::write_state(bl, &state.install_start(target))?;
-    sd.write_slot_info(
-        target,
-        &SlotInfo {
-            status: Some("installing".into()),
-            ..Default::default()
-        },
-    )?;
-
-    let meta = o.state_dir.join("meta");
-    let mounted = match &target_device {
-        Some(dev) => Some(Mounted::new(dev, &o.state_dir.join("target"))?),
-        None => None,
+    let meta = o.boot.state_dir.join("meta");
+    let mounted = match &spec {
+        Target::Device(dev) => Some(Mounted::new(dev, &o.boot.state_dir.join("target"))?),
+        Target::Dir(_) => None,
     };
-    let target_root = mounted.as_ref().map_or_else(
-        || o.target_dir.clone().expect("checked above"),
-        |m| m.dir.clone(),
-    );
+    let target_root = match (&mounted, &spec) {
+        (Some(m), _) => m.dir.clone(),
+        (None, Target::Dir(dir)) => dir.clone(),
+        (None, Target::Device(_)) => unreachable!("a device target is mounted"),
+    };
     // The slot is out of the boot order and about to be replaced whole: empty
     // it first, so a slot sized for one root never has to hold two (unchanged
     // files come from the active root, re-hashed, not from here).
@@ -316,8 +320,8 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         &verified_delta,
         &atomup_deploy::Options {
             target: &target_root,
-            from_root: delta.source_commit().map(|_| running.path()),
-            from_meta: delta.source_commit().map(|_| meta.as_path()),
+            from_root: plan.delta.source_commit().map(|_| running.path()),
+            from_meta: plan.delta.source_commit().map(|_| meta.as_path()),
             fallback_repo: None,
             meta_out: Some(&meta),
         },
@@ -327,7 +331,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     // from here), before the env write that makes it bootable.
     let current_etc = o.etc.clone().unwrap_or_else(|| o.from_root.join("etc"));
     let etc_line = crate::etc::merge_into(
-        &o.state_dir,
+        &o.boot.state_dir,
         current_commit,
         to,
         &current_etc,
@@ -341,39 +345,104 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         m.unmount()?;
     }
 
-    // 4. ONE env write: the written, verified slot goes first, on trial.
-    let next = atomup_bootctl::read(bl)?
-        .state()?
-        .install_done(target, o.attempts)?;
-    sd.write_slot_info(
+    let mut snap = atomup_bootctl::load(bl)?;
+    if snap.state()? != plan.start {
+        return Err(format!(
+            "the env changed while slot {target} was written ({} instead of {}): slot {target} stays out of the boot order",
+            snap.state()?,
+            plan.start
+        )
+        .into());
+    }
+    sd.write_slot_record(
         target,
-        &SlotInfo {
-            commit: Some(to_hex.clone()),
-            version: Some(release.version.to_string()),
-            timestamp: Some(release.timestamp.to_string()),
-            status: None,
-        },
+        &SlotRecord::installed(to, plan.release.version, Some(plan.release.timestamp)),
     )?;
-    atomup_bootctl::write_state(bl, &next)?;
+    // ONE env write: the written, verified slot goes first, on trial.
+    atomup_bootctl::store_state(bl, &mut snap, &plan.done)?;
     println!(
         "installed version {} ({to}) into slot {target}: {} objects written, {} reused; slot {target} boots next on trial ({} attempts)",
-        release.version, stats.objects_written, stats.objects_reused, o.attempts
+        plan.release.version, stats.objects_written, stats.objects_reused, o.attempts
     );
     Ok(())
 }
 
+/// Rule (issue 11.3): the download fits on the data partition, checked before
+/// it starts. What is already cached of the superblock counts; parts are
+/// counted whole (their names are known only from the superblock).
+fn check_download_space(cache: &Path, delta: &Delta) -> Result {
+    let sha = atomup_ostree::hex::encode(&delta.superblock_sha256);
+    let cached = |name: &str| fs::symlink_metadata(cache.join(name)).map_or(0, |m| m.len());
+    let have = cached(&sha).max(cached(&format!("{sha}.partial")));
+    let need = (delta.superblock_size + delta.parts_size).saturating_sub(have);
+    let st = rustix::fs::statvfs(cache).map_err(|e| format!("statvfs {}: {e}", cache.display()))?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if need > free {
+        return Err(format!(
+            "the delta needs {need} more bytes in {}, only {free} are free: nothing was written",
+            cache.display()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Rule (issue 11.3): the delta's own claims hold before the first write and
+/// before any part is fetched: its superblock is signed by a key this device
+/// trusts (checked by `VerifiedSuperblock`), leads to the release's commit and
+/// starts from the booted slot's commit (or from scratch, as the release says).
+fn check_superblock(
+    sb: &VerifiedSuperblock,
+    release: &Release,
+    delta: &Delta,
+    booted_commit: &ObjectId,
+) -> Result {
+    let to = ObjectId(release.commit);
+    if sb.to() != to {
+        return Err(format!(
+            "delta {} leads to {}, the release names {to}",
+            delta.path,
+            sb.to()
+        )
+        .into());
+    }
+    let from = delta.source_commit().map(ObjectId);
+    if sb.from() != from {
+        return Err(format!(
+            "delta {} starts from {}, the release says {}",
+            delta.path,
+            sb.from().map_or("scratch".into(), |f| f.to_hex()),
+            from.map_or("scratch".into(), |f| f.to_hex())
+        )
+        .into());
+    }
+    if let Some(f) = sb.from().filter(|f| f != booted_commit) {
+        return Err(format!(
+            "delta {} starts from {f}, the booted slot holds {booted_commit}",
+            delta.path
+        )
+        .into());
+    }
+    if !sb.fallbacks().is_empty() {
+        return Err(format!(
+            "delta {} needs fallback objects, which devices do not fetch",
+            delta.path
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Fetches the superblock (capped and digest-checked against the signed
-/// release) and verifies it once: its signature against the device's trust,
-/// its to- and from-commit against the release. Only then are the separate
-/// parts fetched (each capped and checked against the superblock); the
-/// engine gets them as a verified delta. All of this happens before the
-/// first env write, so a delta that fails any of it leaves both slots and
-/// the env as they were.
+/// release) and verifies it once (signature against the device's trust, the
+/// release's from/to commits), then each separate part (capped and checked
+/// against the superblock), and hands the engine the verified delta.
 fn download_delta(
     fetcher: &Fetcher,
+    release: &Release,
     delta: &Delta,
-    to: &ObjectId,
     trust: &Trust,
+    booted_commit: &ObjectId,
 ) -> Result<VerifiedDelta> {
     let mut progress = |_: u64, _: u64| {};
     let sb_path = fetcher.fetch_verified(
@@ -385,16 +454,7 @@ fn download_delta(
         &mut progress,
     )?;
     let sb = VerifiedSuperblock::read(&sb_path, Some(trust))?;
-    // Rule: the delta must be the one the signed release names.
-    sb.expect(to, delta.source_commit().map(ObjectId).as_ref())
-        .map_err(|e| format!("delta {}: {e}", delta.path))?;
-    if !sb.fallbacks().is_empty() {
-        return Err(format!(
-            "delta {} needs fallback objects, which devices do not fetch",
-            delta.path
-        )
-        .into());
-    }
+    check_superblock(&sb, release, delta, booted_commit)?;
     let mut total = 0u64;
     let mut files = Vec::new();
     for (i, part) in sb.parts().iter().enumerate() {
@@ -450,13 +510,6 @@ fn empty_slot(root: &Path) -> Result {
     Ok(())
 }
 
-fn load_trust(trusted: &Path, revoked: Option<&Path>) -> Result<Trust> {
-    let read =
-        |p: &Path| fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-    let revoked = revoked.map(read).transpose()?;
-    Ok(Trust::from_key_files(&read(trusted)?, revoked.as_deref())?)
-}
-
 fn system_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -464,27 +517,22 @@ fn system_now() -> u64 {
 }
 
 fn read_trusted_time(path: &Path) -> Result<u64> {
-    match fs::read_to_string(path) {
-        Ok(s) => Ok(s
-            .trim()
-            .parse()
-            .map_err(|_| format!("{} is not a unix time", path.display()))?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+    match atomup_fsio::read_capped_opt(path, 4096) {
+        Ok(Some(b)) => Ok(std::str::from_utf8(&b)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| format!("{} is not a unix time", path.display()))?),
+        Ok(None) => Ok(0),
         Err(e) => Err(format!("cannot read {}: {e}", path.display()).into()),
     }
 }
 
-/// Replaces the trusted-time file atomically (temp, fsync, rename).
+/// Replaces the trusted-time file with `atomup_fsio::replace`: the old time
+/// or the new one after a power cut, durable once this returns (it used to
+/// skip the directory fsync, and followed a symlink planted at its temp name).
 fn write_trusted_time(path: &Path, t: u64) -> Result {
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut f = fs::File::create(&tmp)?;
-        writeln!(f, "{t}")?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    Ok(())
+    atomup_fsio::replace(path, format!("{t}\n").as_bytes())
+        .map_err(|e| format!("writing {}: {e}", path.display()).into())
 }
 
 /// The inactive slot's filesystem, mounted read-write only while it is written

@@ -1,15 +1,19 @@
 //! The few file operations every env backend needs, each with its durability
 //! step (fsync) and the fault point in front of it, so that "one atomic
-//! write" means the same thing everywhere.
+//! write" means the same thing everywhere. Every open goes through
+//! `atomup-fsio`: it cannot block (a FIFO named as env storage would hang an
+//! agent nobody watches) and refuses any type of file but storage.
 
 use crate::BootctlError;
-use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+/// The workspace's one I/O error convention (as `atomup-fetch`'s): what was
+/// being done and to which path, the `io::Error` as the source, printed once
+/// by the binary's error chain.
 pub(crate) fn io_err<'a>(
-    path: &'a Path,
     what: &'static str,
+    path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> BootctlError + 'a {
     move |source| BootctlError::Io {
         path: path.to_path_buf(),
@@ -18,68 +22,60 @@ pub(crate) fn io_err<'a>(
     }
 }
 
-/// Reads `len` bytes at `offset`.
+/// Reads `len` bytes at `offset` of env storage (a file, a block or an MTD
+/// character device).
 pub(crate) fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, BootctlError> {
-    let mut f = File::open(path).map_err(io_err(path, "opening env storage for reading"))?;
+    let mut f = atomup_fsio::open(path, atomup_fsio::Want::Storage)
+        .map_err(io_err("opening env storage for reading", path))?;
     f.seek(SeekFrom::Start(offset))
-        .map_err(io_err(path, "seeking to the env copy"))?;
+        .map_err(io_err("seeking to the env copy", path))?;
     let mut buf = vec![0u8; len];
     f.read_exact(&mut buf)
-        .map_err(io_err(path, "reading the env copy"))?;
+        .map_err(io_err("reading the env copy", path))?;
     Ok(buf)
 }
 
-/// Writes all of `data` at `offset` and syncs it to the device before
-/// returning; the failpoint may cut it short like a power cut.
-pub(crate) fn write_at(
-    path: &Path,
-    offset: u64,
-    data: &[u8],
-    create: bool,
-) -> Result<(), BootctlError> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .open(path)
-        .map_err(io_err(path, "opening env storage for writing"))?;
+/// Writes all of `data` at `offset` of existing env storage and syncs it to
+/// the device before returning; the failpoint may cut it short like a power
+/// cut.
+pub(crate) fn write_at(path: &Path, offset: u64, data: &[u8]) -> Result<(), BootctlError> {
+    let mut f = atomup_fsio::open_storage_rw(path)
+        .map_err(io_err("opening env storage for writing", path))?;
     f.seek(SeekFrom::Start(offset))
-        .map_err(io_err(path, "seeking to the env copy"))?;
+        .map_err(io_err("seeking to the env copy", path))?;
     if let Some(n) = crate::failpoint::next_write() {
         let n = n.min(data.len());
         f.write_all(&data[..n])
-            .map_err(io_err(path, "writing the env copy"))?;
-        f.sync_all().map_err(io_err(path, "syncing the env copy"))?;
+            .map_err(io_err("writing the env copy", path))?;
+        f.sync_all().map_err(io_err("syncing the env copy", path))?;
         return Err(BootctlError::Injected {
             path: path.to_path_buf(),
             written: n,
         });
     }
     f.write_all(data)
-        .map_err(io_err(path, "writing the env copy"))?;
-    f.sync_all().map_err(io_err(path, "syncing the env copy"))
+        .map_err(io_err("writing the env copy", path))?;
+    f.sync_all().map_err(io_err("syncing the env copy", path))
 }
 
-/// Replaces a whole file: temp file, fsync, rename, fsync the directory.
+/// Replaces a whole file with `atomup_fsio::replace` (temp, fsync, rename,
+/// fsync the directory: old or new content after a power cut, never a
+/// mixture). The fault point cuts the write of the temporary file, which is
+/// where a power cut during a replace can land; the name keeps its old file.
 pub(crate) fn replace_file(path: &Path, data: &[u8]) -> Result<(), BootctlError> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    write_at(&tmp, 0, data, true)?;
-    std::fs::rename(&tmp, path).map_err(io_err(path, "renaming the new env file into place"))?;
-    sync_dir(path)
-}
-
-pub(crate) fn sync_dir(path: &Path) -> Result<(), BootctlError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let d = File::open(dir).map_err(io_err(dir, "opening the env directory"))?;
-    match d.sync_all() {
-        Ok(()) => Ok(()),
-        // Some filesystems (vfat on older kernels) refuse fsync on a directory.
-        Err(e) if e.raw_os_error() == Some(22) => Ok(()),
-        Err(e) => Err(io_err(dir, "syncing the env directory")(e)),
+    if let Some(n) = crate::failpoint::next_write() {
+        let tmp = atomup_fsio::temp_path(path);
+        let mut f =
+            atomup_fsio::open_rw(&tmp, true).map_err(io_err("opening the new file", &tmp))?;
+        f.set_len(0)
+            .map_err(io_err("truncating the new file", &tmp))?;
+        f.write_all(&data[..n.min(data.len())])
+            .map_err(io_err("writing the new file", &tmp))?;
+        f.sync_all().map_err(io_err("syncing the new file", &tmp))?;
+        return Err(BootctlError::Injected {
+            path: tmp,
+            written: n.min(data.len()),
+        });
     }
+    atomup_fsio::replace(path, data).map_err(io_err("replacing the file", path))
 }

@@ -3,10 +3,20 @@
 //! (what to write) lives in `atomup-policy`; this crate only makes the write
 //! durable and crash-safe for each bootloader.
 
+// Fault points cut env writes like a power cut: they must never reach an
+// optimized binary, whatever feature unification does (tests build with
+// debug assertions; release and the device profile do not).
+#[cfg(all(feature = "failpoints", not(debug_assertions)))]
+compile_error!(
+    "atomup-bootctl feature `failpoints` (env fault injection) in a build without debug assertions: \
+     it is for tests only and must never reach a release binary"
+);
+
 pub mod cmdline;
 pub mod failpoint;
 pub mod grub;
 mod io;
+mod lock;
 pub mod mem;
 pub mod statedir;
 pub mod uboot;
@@ -21,10 +31,10 @@ pub use uboot::UbootEnv;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootctlError {
-    #[error("{what} ({path})")]
+    #[error("{what} {}", path.display())]
     Io {
-        path: PathBuf,
         what: &'static str,
+        path: PathBuf,
         source: std::io::Error,
     },
     #[error("invalid env config {path}")]
@@ -48,30 +58,60 @@ pub enum BootctlError {
     Injected { path: PathBuf, written: usize },
     #[error("the env holds an invalid A/B state")]
     State(#[source] StateError),
+    #[error("the env is locked by another process ({}) for over a minute", path.display())]
+    Locked { path: PathBuf },
 }
 
 /// The small contract every bootloader backend implements (RAUC's
-/// bootchooser shape): read the current env, replace it in ONE atomic write.
+/// bootchooser shape, Bottlerocket signpost's load / change in memory /
+/// write): load the env once for a transition, store the new one in ONE
+/// atomic write.
 pub trait Bootloader {
-    /// The current valid env, or `None` when no copy/block is valid (the
-    /// bootloader then does its last-resort boot of slot A).
-    fn read(&mut self) -> Result<Option<Vars>, BootctlError>;
-    /// Makes `vars` the current env in one write that a power cut cannot
-    /// tear into a state the bootloader would misread.
-    fn write(&mut self, vars: &Vars) -> Result<(), BootctlError>;
+    /// Loads the env for one transition: its variables, where the next store
+    /// goes, and the env lock, held by the snapshot until it is dropped.
+    fn load(&mut self) -> Result<Snapshot, BootctlError>;
+    /// Makes `vars` the current env in one write that a power cut cannot tear
+    /// into a state the bootloader would misread, to where `snap` says; then
+    /// `snap` describes the env after the write (a second store goes to the
+    /// other copy).
+    fn store(&mut self, snap: &mut Snapshot, vars: Vars) -> Result<(), BootctlError>;
     /// Provisioning: writes `vars` into every copy (not a transition).
     fn init(&mut self, vars: &Vars) -> Result<(), BootctlError>;
     fn describe(&self) -> String;
+
+    /// The current variables (one load; tests and tools).
+    fn read(&mut self) -> Result<Option<Vars>, BootctlError> {
+        Ok(self.load()?.vars)
+    }
+
+    /// One whole transition writing `vars` (load, store).
+    fn write(&mut self, vars: &Vars) -> Result<(), BootctlError> {
+        let mut snap = self.load()?;
+        self.store(&mut snap, vars.clone())
+    }
 }
 
-/// The env as read: raw variables and the A/B state they hold.
-#[derive(Debug, Clone)]
-pub struct EnvRead {
-    /// `None`: no valid env at all.
+/// The env as loaded for one transition.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The current env; `None`: no valid copy or block at all (the
+    /// bootloader then does its last-resort boot of slot A).
     pub vars: Option<Vars>,
+    /// Where the next store goes.
+    pub(crate) next: Next,
+    pub(crate) _lock: Option<lock::EnvLock>,
 }
 
-impl EnvRead {
+/// Where a backend's next store goes: the copy that is not current and the
+/// flags or sequence number that make it current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    UbootCopy { index: usize, flags: u8 },
+    GrubBlock { index: usize, seq: u64 },
+    Memory,
+}
+
+impl Snapshot {
     /// The A/B state; a missing env reads as the empty state (what the
     /// bootloader sees: no order, last-resort boot).
     pub fn state(&self) -> Result<BootState, BootctlError> {
@@ -80,22 +120,44 @@ impl EnvRead {
             None => Ok(BootState::default()),
         }
     }
+
+    fn wrong_backend() -> BootctlError {
+        BootctlError::Unsupported("a snapshot stored by another backend than loaded it".into())
+    }
 }
 
-pub fn read(bl: &mut dyn Bootloader) -> Result<EnvRead, BootctlError> {
-    Ok(EnvRead { vars: bl.read()? })
+/// Loads the env for one transition (see [`Bootloader::load`]).
+pub fn load(bl: &mut dyn Bootloader) -> Result<Snapshot, BootctlError> {
+    bl.load()
 }
 
-/// Writes a new A/B state, keeping every other variable of the current env.
-pub fn write_state(bl: &mut dyn Bootloader, state: &BootState) -> Result<(), BootctlError> {
-    let mut vars = bl.read()?.unwrap_or_default();
+/// [`load`], for reading only (the lock is released when the snapshot is
+/// dropped).
+pub fn read(bl: &mut dyn Bootloader) -> Result<Snapshot, BootctlError> {
+    bl.load()
+}
+
+/// Sets the A/B state in the snapshot's variables, keeping every other
+/// variable, and stores it in ONE write.
+pub fn store_state(
+    bl: &mut dyn Bootloader,
+    snap: &mut Snapshot,
+    state: &BootState,
+) -> Result<(), BootctlError> {
+    let mut vars = snap.vars.take().unwrap_or_default();
     state
         .apply_to(&mut vars)
         .map_err(|source| BootctlError::Format {
             what: "setting the A/B variables",
             source: source.into(),
         })?;
-    bl.write(&vars)
+    bl.store(snap, vars)
+}
+
+/// One whole transition: load, set the state, store.
+pub fn write_state(bl: &mut dyn Bootloader, state: &BootState) -> Result<(), BootctlError> {
+    let mut snap = bl.load()?;
+    store_state(bl, &mut snap, state)
 }
 
 /// Provisioning: a fresh env holding only `state`.
@@ -156,6 +218,65 @@ mod tests {
             assert_eq!(s.health_passed(Slot::B), None);
         }
         assert_eq!(mem.writes - w0, 4);
+    }
+
+    /// One load, two stores (update's install start and done): the stores go
+    /// to alternating copies / blocks without reading the env again, and the
+    /// env reads back as the last store.
+    #[test]
+    fn one_snapshot_stores_twice_into_alternating_copies() {
+        let d = tmpdir("snapshot");
+        let img = d.join("disk.img");
+        std::fs::write(&img, vec![0u8; 0x90000]).unwrap();
+        let mut uboot = UbootEnv::qemu_image(&img);
+        let mut grub = GrubEnv::new(&d.join("grubenv"));
+        for bl in [&mut uboot as &mut dyn Bootloader, &mut grub] {
+            init_state(bl, &st(&[Slot::A], None, 0)).unwrap();
+            let mut snap = load(bl).unwrap();
+            let start = snap.state().unwrap().install_start(Slot::B);
+            let done = start.install_done(Slot::B, 3).unwrap();
+            store_state(bl, &mut snap, &start).unwrap();
+            assert_eq!(snap.state().unwrap(), start);
+            store_state(bl, &mut snap, &done).unwrap();
+            drop(snap);
+            assert_eq!(read(bl).unwrap().state().unwrap(), done);
+        }
+        let r = uboot.read_redundant().unwrap();
+        let flags: Vec<_> = r.copies.iter().map(|c| c.as_ref().unwrap().flags).collect();
+        // init: copy 2 = 0, copy 1 = 1; stores: copy 2 = 2, then copy 1 = 3.
+        assert_eq!((flags, r.current), (vec![Some(3), Some(2)], Some(0)));
+        let p = grub.read_pair().unwrap();
+        assert_eq!((p.current, p.current().unwrap().seq), (Some(0), 3));
+    }
+
+    /// A snapshot holds the env lock from load to drop: a second load (a
+    /// concurrent transition) waits until the first is done, so both cannot
+    /// pick the same target copy.
+    #[test]
+    fn a_second_load_waits_for_the_snapshot_holding_the_lock() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let d = tmpdir("lock");
+        let path = d.join("grubenv");
+        let mut env = GrubEnv::new(&path);
+        init_state(&mut env, &st(&[Slot::A], None, 0)).unwrap();
+        let mut snap = load(&mut env).unwrap();
+        let got = Arc::new(AtomicBool::new(false));
+        let other = {
+            let (got, path) = (got.clone(), path.clone());
+            std::thread::spawn(move || {
+                let mut env = GrubEnv::new(&path);
+                let snap = load(&mut env).unwrap();
+                got.store(true, Ordering::SeqCst);
+                snap.state().unwrap()
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!got.load(Ordering::SeqCst), "the second load did not wait");
+        store_state(&mut env, &mut snap, &st(&[Slot::A, Slot::B], None, 0)).unwrap();
+        drop(snap);
+        // It sees the state stored under the first snapshot's lock.
+        assert_eq!(other.join().unwrap(), st(&[Slot::A, Slot::B], None, 0));
     }
 
     #[test]

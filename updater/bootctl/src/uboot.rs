@@ -8,10 +8,19 @@
 //! copy cannot be made crash-safe and is supported for existing boards only.
 
 use crate::io::{read_at, write_at};
-use crate::{BootctlError, Bootloader};
+use crate::{lock, BootctlError, Bootloader, Next, Snapshot};
 use atomup_bootenv::uboot::{self, FlagScheme, Layout, Redundant};
 use atomup_bootenv::{EnvDevice, FwEnvConfig, Vars};
 use std::path::{Path, PathBuf};
+
+/// Largest fw_env.config read (a few lines in practice).
+pub const MAX_CONFIG: u64 = 64 * 1024;
+/// Largest env copy accepted (U-Boot's own are 8 KiB to 256 KiB). Reading an
+/// env of this size holds at most one copy plus 4 bytes per variable while
+/// it is parsed, then only its variables (see `read_current`).
+pub const MAX_ENV_SIZE: usize = 1 << 20;
+/// Piece size for streaming a copy through its CRC check.
+const CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct UbootEnv {
@@ -22,7 +31,8 @@ pub struct UbootEnv {
 impl UbootEnv {
     /// Reads an fw_env.config; relative device paths resolve against `base`.
     pub fn from_config_file(path: &Path, base: &Path) -> Result<UbootEnv, BootctlError> {
-        let text = std::fs::read(path).map_err(crate::io::io_err(path, "reading fw_env.config"))?;
+        let text = atomup_fsio::read_capped(path, MAX_CONFIG)
+            .map_err(crate::io::io_err("reading fw_env.config", path))?;
         let cfg = FwEnvConfig::parse(&text).map_err(|source| BootctlError::Config {
             path: path.to_path_buf(),
             source,
@@ -41,7 +51,7 @@ impl UbootEnv {
                 )));
             }
             if !usize::try_from(d.size)
-                .is_ok_and(|s| (uboot::MIN_COPY_SIZE..=16 << 20).contains(&s))
+                .is_ok_and(|s| (uboot::MIN_COPY_SIZE..=MAX_ENV_SIZE).contains(&s))
             {
                 return Err(BootctlError::Unsupported(format!("env size {:#x}", d.size)));
             }
@@ -88,7 +98,59 @@ impl UbootEnv {
         }
     }
 
-    /// Both copies parsed (redundant envs only).
+    /// The CRC and flags of one copy, streamed in pieces (never held whole).
+    fn check_copy(
+        &self,
+        d: &EnvDevice,
+        layout: Layout,
+    ) -> Result<Result<Option<u8>, uboot::UbootError>, BootctlError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.path(d);
+        let mut f = atomup_fsio::open(&path, atomup_fsio::Want::Storage)
+            .map_err(crate::io::io_err("opening env storage for reading", &path))?;
+        f.seek(SeekFrom::Start(d.offset))
+            .map_err(crate::io::io_err("seeking to the env copy", &path))?;
+        let mut check = uboot::CopyCheck::new(layout);
+        let mut buf = vec![0u8; CHUNK.min(Self::size(d))];
+        let mut left = Self::size(d);
+        while left > 0 {
+            let n = left.min(buf.len());
+            f.read_exact(&mut buf[..n])
+                .map_err(crate::io::io_err("reading the env copy", &path))?;
+            check.update(&buf[..n]);
+            left -= n;
+        }
+        Ok(check.finish())
+    }
+
+    /// The current copy: its index, variables and flags, or `None` when no
+    /// copy is valid. Bounded memory: each copy's CRC is checked streamed,
+    /// then only the copy that wins is read whole and parsed in place, so an
+    /// env of size S costs S (plus 4 bytes per variable while it is parsed)
+    /// instead of both copies and their parses. Same choice as
+    /// [`Redundant::parse`]: a copy whose data does not parse loses too.
+    pub fn read_current(&self) -> Result<Option<(usize, Vars, Option<u8>)>, BootctlError> {
+        let layout = self.layout();
+        let mut flags: Vec<Option<u8>> = Vec::with_capacity(2);
+        for d in &self.devices {
+            flags.push(self.check_copy(d, layout)?.ok().map(|f| f.unwrap_or(0)));
+        }
+        loop {
+            let current = match flags.as_slice() {
+                [only] => only.map(|_| 0),
+                [a, b] => uboot::current_index(*a, *b, FlagScheme::Incremental),
+                _ => None,
+            };
+            let Some(i) = current else { return Ok(None) };
+            match uboot::parse_copy_owned(self.read_raw(&self.devices[i])?, layout) {
+                Ok(c) => return Ok(Some((i, c.vars, c.flags))),
+                Err(_) => flags[i] = None,
+            }
+        }
+    }
+
+    /// Both copies parsed (redundant envs only; tests and diagnostics: this
+    /// holds both copies, `read_current` is the bounded read).
     pub fn read_redundant(&self) -> Result<Redundant, BootctlError> {
         match self.devices.as_slice() {
             [a, b] => Ok(Redundant::parse(
@@ -114,57 +176,51 @@ impl UbootEnv {
                     source: source.into(),
                 }
             })?;
-        write_at(&self.path(d), d.offset, &bytes, true)
+        write_at(&self.path(d), d.offset, &bytes)
     }
 }
 
-/// libubootenv's lock file: holding it while we read-modify-write keeps a
-/// concurrent `fw_setenv` from picking the same target copy.
+/// libubootenv's lock file: a snapshot holds it from load to store, so a
+/// concurrent `fw_setenv` cannot pick the same target copy.
 const LOCK_FILE: &str = "/var/lock/fw_printenv.lock";
 
-/// Held for the duration of one env write; dropped = unlocked.
-struct EnvLock(#[allow(dead_code)] Option<std::fs::File>);
-
-fn lock() -> Result<EnvLock, BootctlError> {
-    let path = Path::new(LOCK_FILE);
-    if !path.parent().is_some_and(Path::exists) {
-        return Ok(EnvLock(None)); // no /var/lock (initramfs, minimal rootfs): nobody to race
-    }
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(crate::io::io_err(path, "opening the env lock file"))?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| crate::io::io_err(path, "locking the env")(e.into()))?;
-    Ok(EnvLock(Some(f)))
-}
-
 impl Bootloader for UbootEnv {
-    fn read(&mut self) -> Result<Option<Vars>, BootctlError> {
-        match self.devices.as_slice() {
-            [single] => Ok(uboot::parse_copy(&self.read_raw(single)?, Layout::Single)
-                .ok()
-                .map(|c| c.vars)),
-            _ => Ok(self.read_redundant()?.vars().cloned()),
-        }
+    /// Reads the current copy once ([`UbootEnv::read_current`]) under the
+    /// lock; the next store goes to the other copy with flags + 1 (single
+    /// copy: in place).
+    fn load(&mut self) -> Result<Snapshot, BootctlError> {
+        let lock = lock::lock_file(Path::new(LOCK_FILE))?;
+        let current = self.read_current()?;
+        let (index, flags) = match self.devices.len() {
+            1 => (0, 0),
+            _ => uboot::next_write(
+                current.as_ref().map(|(i, _, f)| (*i, f.unwrap_or(0))),
+                FlagScheme::Incremental,
+            ),
+        };
+        Ok(Snapshot {
+            vars: current.map(|(_, vars, _)| vars),
+            next: Next::UbootCopy { index, flags },
+            _lock: lock,
+        })
     }
 
-    fn write(&mut self, vars: &Vars) -> Result<(), BootctlError> {
-        let _lock = lock()?;
-        match self.devices.len() {
-            1 => self.write_copy(0, vars, 0),
-            _ => {
-                let r = self.read_redundant()?;
-                let (index, flags) = r.next_write(FlagScheme::Incremental);
-                self.write_copy(index, vars, flags)
-            }
+    fn store(&mut self, snap: &mut Snapshot, vars: Vars) -> Result<(), BootctlError> {
+        let Next::UbootCopy { index, flags } = snap.next else {
+            return Err(Snapshot::wrong_backend());
+        };
+        self.write_copy(index, &vars, flags)?;
+        // The copy just written is current now; the next store goes to the other.
+        if self.devices.len() == 2 {
+            let (index, flags) = uboot::next_write(Some((index, flags)), FlagScheme::Incremental);
+            snap.next = Next::UbootCopy { index, flags };
         }
+        snap.vars = Some(vars);
+        Ok(())
     }
 
     fn init(&mut self, vars: &Vars) -> Result<(), BootctlError> {
-        let _lock = lock()?;
+        let _lock = lock::lock_file(Path::new(LOCK_FILE))?;
         if self.devices.len() == 2 {
             // Older copy first: a cut between the two leaves copy 2 valid.
             self.write_copy(1, vars, 0)?;

@@ -3,7 +3,7 @@
 //! stable. Each parses arbitrary bytes every way the device would, and checks
 //! that whatever parses survives serialize -> parse unchanged.
 
-use crate::{grub, grubab, uboot, FwEnvConfig, Vars};
+use crate::{grub, grub_pair, uboot, FwEnvConfig, Vars};
 
 /// U-Boot env: data area, single and redundant copies, a pair.
 pub fn uboot_env(data: &[u8]) {
@@ -36,11 +36,11 @@ pub fn grub_env(data: &[u8]) {
             assert_eq!(grub::parse(&block).as_ref(), Ok(&v));
         }
     }
-    if let Ok(s) = grubab::parse_sealed(data) {
-        if let Ok(block) = grubab::serialize_sealed(&s.vars, s.seq) {
+    if let Ok(s) = grub_pair::parse_sealed(data) {
+        if let Ok(block) = grub_pair::serialize_sealed(&s.vars, s.seq) {
             // The writer puts the state variables first: same values, maybe
             // not the same order as a foreign block.
-            let back = grubab::parse_sealed(&block).expect("our own sealed block parses");
+            let back = grub_pair::parse_sealed(&block).expect("our own sealed block parses");
             assert_eq!(
                 (back.seq, back.left, back.vars.len()),
                 (s.seq, s.left, s.vars.len())
@@ -50,7 +50,7 @@ pub fn grub_env(data: &[u8]) {
             }
         }
     }
-    let pair = grubab::parse_pair(data);
+    let pair = grub_pair::parse_pair(data);
     let (index, seq) = pair.next_write();
     if let Some(cur) = pair.current {
         assert_ne!(index, cur, "a write must never target the current block");

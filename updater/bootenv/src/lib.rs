@@ -6,7 +6,8 @@
 pub mod fuzz;
 pub mod fwconfig;
 pub mod grub;
-pub mod grubab;
+pub mod grub_pair;
+pub mod names;
 pub mod uboot;
 pub mod vars;
 

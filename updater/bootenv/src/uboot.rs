@@ -72,6 +72,81 @@ fn crc32(data: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// [`parse_copy`] on a copy read into `bytes`, parsed in place: the
+/// variables end up in the same allocation (no second copy of the env).
+pub fn parse_copy_owned(mut bytes: Vec<u8>, layout: Layout) -> Result<EnvCopy, UbootError> {
+    let header = check_crc(&bytes, layout)?;
+    let flags = (layout == Layout::Redundant).then(|| bytes[4]);
+    bytes.drain(..header);
+    let vars = Vars::from_uboot_data(bytes).map_err(UbootError::Data)?;
+    Ok(EnvCopy { vars, flags })
+}
+
+/// Checks a whole copy's CRC; returns the header length.
+fn check_crc(bytes: &[u8], layout: Layout) -> Result<usize, UbootError> {
+    if bytes.len() < MIN_COPY_SIZE {
+        return Err(UbootError::TooSmall {
+            size: bytes.len(),
+            min: MIN_COPY_SIZE,
+        });
+    }
+    let mut c = CopyCheck::new(layout);
+    c.update(bytes);
+    c.finish().map(|_| layout.header())
+}
+
+/// A copy's CRC and flags byte, checked from pieces streamed through
+/// [`CopyCheck::update`]: the current copy of a redundant env is chosen
+/// without holding either copy in memory, then only that one is read whole.
+#[derive(Clone, Debug)]
+pub struct CopyCheck {
+    layout: Layout,
+    header: [u8; REDUNDANT_HEADER],
+    seen: usize,
+    crc: crc32fast::Hasher,
+}
+
+impl CopyCheck {
+    pub fn new(layout: Layout) -> CopyCheck {
+        CopyCheck {
+            layout,
+            header: [0; REDUNDANT_HEADER],
+            seen: 0,
+            crc: crc32fast::Hasher::new(),
+        }
+    }
+
+    /// The next bytes of the copy, in order.
+    pub fn update(&mut self, mut chunk: &[u8]) {
+        let h = self.layout.header();
+        if self.seen < h {
+            let n = (h - self.seen).min(chunk.len());
+            self.header[self.seen..self.seen + n].copy_from_slice(&chunk[..n]);
+            self.seen += n;
+            chunk = &chunk[n..];
+        }
+        self.crc.update(chunk);
+        self.seen += chunk.len();
+    }
+
+    /// The copy's flags byte (`None` for single copies) if its CRC holds.
+    pub fn finish(self) -> Result<Option<u8>, UbootError> {
+        if self.seen < MIN_COPY_SIZE {
+            return Err(UbootError::TooSmall {
+                size: self.seen,
+                min: MIN_COPY_SIZE,
+            });
+        }
+        let h = &self.header;
+        let stored = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        let computed = self.crc.finalize();
+        if computed != stored {
+            return Err(UbootError::Crc { stored, computed });
+        }
+        Ok((self.layout == Layout::Redundant).then_some(h[4]))
+    }
+}
+
 /// Parses one copy (the whole `size` bytes of it) and checks its CRC.
 pub fn parse_copy(bytes: &[u8], layout: Layout) -> Result<EnvCopy, UbootError> {
     if bytes.len() < MIN_COPY_SIZE {
@@ -118,15 +193,16 @@ pub fn serialize_copy(
         });
     }
     let available = size - header;
-    let data = vars.serialize_uboot();
-    if data.len() > available {
+    // The entries, then the empty entry (the zero padding supplies its NUL).
+    let data = vars.uboot_entries();
+    if data.len() + 1 > available {
         return Err(UbootError::TooBig {
-            needed: data.len(),
+            needed: data.len() + 1,
             available,
         });
     }
     let mut out = vec![0u8; size];
-    out[header..header + data.len()].copy_from_slice(&data);
+    out[header..header + data.len()].copy_from_slice(data);
     let crc = crc32(&out[header..]);
     out[..4].copy_from_slice(&crc.to_le_bytes());
     if layout == Layout::Redundant {
@@ -197,24 +273,33 @@ impl Redundant {
     /// The next write: which copy index to overwrite and its flags byte.
     /// Always the non-current copy, so the current one survives a power cut.
     pub fn next_write(&self, scheme: FlagScheme) -> (usize, u8) {
-        match self.current {
-            Some(cur) => {
-                let flags = self
-                    .copies
-                    .get(cur)
-                    .and_then(|c| c.as_ref().ok())
-                    .and_then(|c| c.flags)
-                    .unwrap_or(0);
-                let next = match scheme {
-                    FlagScheme::Incremental => flags.wrapping_add(1),
-                    FlagScheme::Boolean => FLAG_ACTIVE,
-                };
-                (1 - cur, next)
-            }
-            // Nothing valid: libubootenv writes copy 2 with copy 1's flags + 1;
-            // we start clean at copy 1 so the result does not depend on garbage.
-            None => (0, 1),
+        let cur = self.current.map(|cur| {
+            let flags = self
+                .copies
+                .get(cur)
+                .and_then(|c| c.as_ref().ok())
+                .and_then(|c| c.flags)
+                .unwrap_or(0);
+            (cur, flags)
+        });
+        next_write(cur, scheme)
+    }
+}
+
+/// The next write after the current copy `(index, flags)`: the other copy,
+/// with the flags that make it current.
+pub fn next_write(current: Option<(usize, u8)>, scheme: FlagScheme) -> (usize, u8) {
+    match current {
+        Some((cur, flags)) => {
+            let next = match scheme {
+                FlagScheme::Incremental => flags.wrapping_add(1),
+                FlagScheme::Boolean => FLAG_ACTIVE,
+            };
+            (1 - cur.min(1), next)
         }
+        // Nothing valid: libubootenv writes copy 2 with copy 1's flags + 1;
+        // we start clean at copy 1 so the result does not depend on garbage.
+        None => (0, 1),
     }
 }
 
@@ -342,6 +427,34 @@ mod tests {
             Some(0x02)
         );
         assert_eq!(injected, 5 * (SIZE + 1));
+    }
+
+    /// The streamed check agrees with the whole-copy parse, however the copy
+    /// is cut into pieces, and the in-place parse gives the same variables.
+    #[test]
+    fn streamed_crc_check_and_in_place_parse_agree_with_parse_copy() {
+        let v = vars(&[("a", "1"), ("bb", "two")]);
+        let good = serialize_copy(&v, Layout::Redundant, 64, 9).unwrap();
+        let mut bad = good.clone();
+        bad[30] ^= 1;
+        for bytes in [&good, &bad] {
+            for piece in [1, 3, 5, 7, 64] {
+                let mut c = CopyCheck::new(Layout::Redundant);
+                for chunk in bytes.chunks(piece) {
+                    c.update(chunk);
+                }
+                let whole = parse_copy(bytes, Layout::Redundant);
+                assert_eq!(c.finish().ok(), whole.as_ref().ok().map(|c| c.flags));
+            }
+            assert_eq!(
+                parse_copy_owned(bytes.to_vec(), Layout::Redundant),
+                parse_copy(bytes, Layout::Redundant)
+            );
+        }
+        let single = serialize_copy(&v, Layout::Single, 32, 0).unwrap();
+        let mut c = CopyCheck::new(Layout::Single);
+        c.update(&single);
+        assert_eq!(c.finish(), Ok(None));
     }
 
     #[test]

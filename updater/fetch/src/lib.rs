@@ -5,7 +5,7 @@
 //! so bytes that arrived once are never paid for twice. Memory is one buffer.
 
 use sha2::{Digest, Sha256};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,8 +26,14 @@ pub struct Options {
     /// Pause before the n-th retry is `backoff * n`.
     pub backoff: Duration,
     pub connect_timeout: Duration,
-    /// A connection that delivers nothing for this long counts as cut.
-    pub read_timeout: Duration,
+    /// Idle timeout: a connection that delivers nothing for this long (while
+    /// waiting for the response or between two reads of its body) counts as
+    /// cut; a slow link that keeps delivering is never cut by it.
+    pub idle_timeout: Duration,
+    /// Overall cap on one attempt's body: a server that trickles a byte
+    /// just often enough to defeat the idle timeout is cut here, and the
+    /// next attempt resumes from what arrived. `None`: no cap.
+    pub attempt_deadline: Option<Duration>,
 }
 
 impl Default for Options {
@@ -36,7 +42,8 @@ impl Default for Options {
             attempts: 8,
             backoff: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(20),
-            read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            attempt_deadline: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -86,6 +93,8 @@ impl FetchError {
     }
 }
 
+/// The workspace's one I/O error convention (as `atomup-bootctl`'s): what was
+/// being done and to which path, the `io::Error` as the source.
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FetchError + 'a {
     move |source| FetchError::Io {
         what,
@@ -107,11 +116,15 @@ impl Fetcher {
     /// and finished payloads across reboots (on the data partition).
     pub fn new(base: &str, cache: &Path, opts: Options) -> Result<Self, FetchError> {
         fs::create_dir_all(cache).map_err(io_err("creating cache directory", cache))?;
+        // ureq's recv_body timeout is a deadline for the whole body (the
+        // README promised an idle one): idleness is per_read, and the whole
+        // body gets only the attempt's overall cap.
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(opts.connect_timeout))
-            .timeout_recv_body(Some(opts.read_timeout))
-            .timeout_recv_response(Some(opts.read_timeout))
+            .timeout_per_read(Some(opts.idle_timeout))
+            .timeout_recv_response(Some(opts.idle_timeout))
+            .timeout_recv_body(opts.attempt_deadline)
             .build()
             .new_agent();
         Ok(Fetcher {
@@ -182,7 +195,7 @@ impl Fetcher {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<PathBuf, FetchError> {
         let url = self.url(rel)?;
-        let name = hex(&expect.sha256);
+        let name = atomup_ostree::hex::encode(&expect.sha256);
         let done = self.cache.join(&name);
         let partial = self.cache.join(format!("{name}.partial"));
         if done.exists() {
@@ -244,12 +257,8 @@ impl Fetcher {
         expect: Expect,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<(), FetchError> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(partial)
+        // Cannot block (a FIFO planted in the cache is refused by type).
+        let mut file = atomup_fsio::open_rw(partial, true)
             .map_err(io_err("opening partial download", partial))?;
         // Hash what is already there: the digest covers the whole file.
         let mut hasher = Sha256::new();
@@ -365,7 +374,8 @@ fn hash_prefix(file: &mut File, path: &Path, hasher: &mut Sha256) -> Result<u64,
 }
 
 fn hash_file(path: &Path) -> Result<(u64, [u8; 32]), FetchError> {
-    let mut file = File::open(path).map_err(io_err("opening cached download", path))?;
+    let mut file = atomup_fsio::open(path, atomup_fsio::Want::Regular)
+        .map_err(io_err("opening cached download", path))?;
     let mut hasher = Sha256::new();
     let size = hash_prefix(&mut file, path, &mut hasher)?;
     Ok((size, hasher.finalize().into()))
@@ -375,8 +385,4 @@ fn sync_dir(dir: &Path) -> Result<(), FetchError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("syncing cache directory", dir))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -133,6 +133,19 @@ pub fn open_at(dir: impl AsFd, name: &str, want: Want) -> io::Result<File> {
     checked(fd, want)
 }
 
+/// Opens a regular file for reading and writing (created with mode 0644 when
+/// `create` and missing) without blocking and without following a symlink in
+/// its last component; anything but a regular file is refused by type. For
+/// state files updated in place (a download being resumed, a lock file).
+pub fn open_rw(path: &Path, create: bool) -> io::Result<File> {
+    let mut flags = base_flags(Want::Regular, true) | OFlags::NOFOLLOW;
+    if create {
+        flags |= OFlags::CREATE;
+    }
+    let fd = rustix::fs::open(path, flags, Mode::from_raw_mode(0o644))?;
+    checked(fd, Want::Regular)
+}
+
 /// Reads all of `file`, refusing more than `limit` bytes at the limit.
 pub fn read_all_capped(file: &mut File, limit: u64) -> io::Result<Vec<u8>> {
     let len = file.metadata()?.len();
@@ -272,6 +285,22 @@ mod tests {
             &open_at(&dir, "fifo", Want::Regular).unwrap_err()
         ));
         assert!(read_capped(&p, 10).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A state file opened for update is created when asked, and a FIFO or a
+    /// symlink in its place is refused without blocking.
+    #[test]
+    fn open_rw_creates_regular_files_and_refuses_fifos_and_symlinks() {
+        let d = scratch("rw");
+        let f = d.join("f");
+        assert!(open_rw(&f, false).is_err());
+        open_rw(&f, true).unwrap().write_all(b"x").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"x");
+        mkfifo(&d.join("fifo"));
+        assert!(is_wrong_type(&open_rw(&d.join("fifo"), true).unwrap_err()));
+        std::os::unix::fs::symlink(&f, d.join("l")).unwrap();
+        assert!(open_rw(&d.join("l"), true).is_err());
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -27,26 +27,14 @@ impl ObjectId {
     }
 
     pub fn from_hex(s: &str) -> Result<Self> {
-        let b = s.as_bytes();
-        if b.len() != 64 {
-            return Err(Error::malformed("checksum", "expected 64 hex digits"));
-        }
         let mut out = [0u8; 32];
-        for (i, pair) in b.chunks_exact(2).enumerate() {
-            let hi = hex_val(pair[0])?;
-            let lo = hex_val(pair[1])?;
-            out[i] = hi << 4 | lo;
-        }
+        crate::hex::decode(s, &mut out)
+            .ok_or(Error::malformed("checksum", "expected 64 hex digits"))?;
         Ok(ObjectId(out))
     }
 
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(HEX[usize::from(b >> 4)] as char);
-            s.push(HEX[usize::from(b & 15)] as char);
-        }
-        s
+        crate::hex::encode(&self.0)
     }
 
     /// OSTree's "modified base64" used in delta names: standard alphabet,
@@ -61,17 +49,6 @@ impl ObjectId {
     pub fn object_path(&self, ty: ObjectType) -> String {
         let h = self.to_hex();
         format!("objects/{}/{}.{}", &h[..2], &h[2..], ty.extension())
-    }
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-fn hex_val(c: u8) -> Result<u8> {
-    match c {
-        b'0'..=b'9' => Ok(c - b'0'),
-        b'a'..=b'f' => Ok(c - b'a' + 10),
-        b'A'..=b'F' => Ok(c - b'A' + 10),
-        _ => Err(Error::malformed("checksum", "not a hex digit")),
     }
 }
 

@@ -2,5 +2,6 @@
 //! (time is a parameter). Nothing here reads or writes a disk.
 
 pub mod slot;
+pub mod update;
 
 pub use slot::{BootChoice, BootOutcome, BootState, Slot, StateError};

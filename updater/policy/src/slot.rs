@@ -6,9 +6,8 @@
 use atomup_bootenv::Vars;
 use std::fmt;
 
-pub const VAR_ORDER: &str = "ATOMUP_ORDER";
-pub const VAR_TRIAL: &str = "ATOMUP_TRIAL";
-pub const VAR_LEFT: &str = "ATOMUP_LEFT";
+/// The contract's variable names, defined once in `atomup-bootenv`.
+pub use atomup_bootenv::names::{LEFT as VAR_LEFT, ORDER as VAR_ORDER, TRIAL as VAR_TRIAL};
 /// Attempts a new slot gets at install done unless told otherwise.
 pub const DEFAULT_ATTEMPTS: u8 = 3;
 /// `ATOMUP_LEFT` is one decimal digit: the GRUB script decrements by comparison.
@@ -235,6 +234,16 @@ impl BootState {
         }
     }
 
+    /// The slot the env makes the running system: the one the bootloader
+    /// boots next without counting an attempt (the first confirmed slot it
+    /// reaches). `None` when the next boot is a trial or the last-resort
+    /// fallback. An update never writes this slot, whatever the kernel
+    /// command line claims booted.
+    pub fn primary_confirmed(&self) -> Option<Slot> {
+        let c = self.boot();
+        (!c.fallback && !c.trial).then_some(c.slot)
+    }
+
     /// What a boot of `booted` means: a fallback is detected when the slot
     /// on trial ran out of attempts and something else booted.
     pub fn after_boot(&self, booted: Slot) -> BootOutcome {
@@ -410,6 +419,18 @@ mod tests {
         assert!(st(&[], None, 0).boot().fallback);
         let c = st(&[B], Some(B), 0).boot();
         assert!(c.fallback && c.slot == A && c.write.is_none());
+    }
+
+    /// The primary confirmed slot is the one a normal boot picks; trials and
+    /// the last-resort boot have none.
+    #[test]
+    fn primary_confirmed_is_the_first_confirmed_slot_booted_without_counting() {
+        assert_eq!(st(&[A, B], None, 0).primary_confirmed(), Some(A));
+        assert_eq!(st(&[B, A], None, 0).primary_confirmed(), Some(B));
+        assert_eq!(st(&[B, A], Some(B), 2).primary_confirmed(), None);
+        // An exhausted trial is skipped: the fallback slot is primary.
+        assert_eq!(st(&[B, A], Some(B), 0).primary_confirmed(), Some(A));
+        assert_eq!(st(&[], None, 0).primary_confirmed(), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use crate::repo::Repo;
 use atomup_ostree::delta::{Superblock, SuperblockFile};
 use atomup_ostree::object::ObjectId;
+use atomup_ostree::sign::{SigningKey, Trust};
 use atomup_release::{release_path, Delta, DeltaSource, Release, Wave};
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -130,7 +131,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         }
     }
 
-    let deltas = index_deltas(repo.root(), &commit)?;
+    let deltas = index_deltas(repo.root(), &commit, &key)?;
     if deltas.is_empty() {
         return Err(format!(
             "no delta in {} leads to {commit}: run `atomup-publish delta` first",
@@ -208,10 +209,17 @@ fn parse_wave(start: &str, share: &str, timestamp: u64) -> Result<Wave> {
 
 /// Every delta directory under `deltas/` whose superblock leads to `to`, with
 /// the sizes and digests a device needs to cap and check its downloads.
-fn index_deltas(root: &Path, to: &ObjectId) -> Result<Vec<Delta>> {
+fn index_deltas(root: &Path, to: &ObjectId, key: &SigningKey) -> Result<Vec<Delta>> {
+    // Rule (issue 11.3): a signed release names only deltas signed by its
+    // own key. Devices refuse anything else, after a download; the vendor
+    // learns it here, before a release strands the fleet.
+    let own = Trust::from_key_files(
+        &atomup_ostree::base64::encode(key.verifying_key().as_bytes()),
+        None,
+    )?;
     let mut out = Vec::new();
     for superblock in superblocks(&root.join("deltas"))? {
-        if let Some(d) = index_one(root, &superblock, to)? {
+        if let Some(d) = index_one(root, &superblock, to, &own)? {
             out.push(d);
         }
     }
@@ -250,13 +258,28 @@ pub(crate) fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn index_one(root: &Path, superblock: &Path, to: &ObjectId) -> Result<Option<Delta>> {
+fn index_one(root: &Path, superblock: &Path, to: &ObjectId, own: &Trust) -> Result<Option<Delta>> {
     let bytes = fs::read(superblock)?;
     let what = |e: atomup_ostree::Error| format!("{}: {e}", superblock.display());
     let file = SuperblockFile::parse(&bytes).map_err(what)?;
     let sb = Superblock::parse(file.unsigned).map_err(what)?;
     if sb.to != *to {
         return Ok(None);
+    }
+    let Some(dict) = file.signatures else {
+        return Err(format!(
+            "{} is not signed: sign it with the release key (`atomup-publish sign --delta`) first",
+            superblock.display()
+        )
+        .into());
+    };
+    let sigs = atomup_ostree::sign::signatures(dict).map_err(what)?;
+    if own.verify(file.unsigned, sigs).is_err() {
+        return Err(format!(
+            "{} is not signed by the release key (devices trusting it would refuse the delta)",
+            superblock.display()
+        )
+        .into());
     }
     let dir = superblock
         .parent()

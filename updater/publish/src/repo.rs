@@ -6,7 +6,7 @@
 //! (content addressing makes them immutable).
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -138,14 +138,17 @@ impl Repo {
         fs::rename(tmp, &dest).map_err(io("renaming into place", &dest))
     }
 
-    /// Writes `data` to `rel` through a temporary file and a rename.
+    /// Writes `data` to `rel` with `atomup_fsio::replace` (temp file in the
+    /// same directory, fsync, rename, fsync the directory): after a power cut
+    /// `rel` holds its old content or all of `data`, and once this returns
+    /// the new content is durable, so a ref or release written after the
+    /// objects it names never outlives them.
     pub fn write_atomic(&self, rel: &Path, data: &[u8]) -> Result<(), RepoError> {
-        let tmp = self.tmp_path();
-        let mut f = File::create(&tmp).map_err(io("creating", &tmp))?;
-        f.write_all(data).map_err(io("writing", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
-        drop(f);
-        self.install(&tmp, rel)
+        let dest = self.root.join(rel);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(io("creating", parent))?;
+        }
+        atomup_fsio::replace(&dest, data).map_err(io("replacing", &dest))
     }
 
     pub fn object_rel(id: &ObjectId, ty: ObjectType) -> PathBuf {

@@ -75,9 +75,10 @@ fn sign_commit(key: &atomup_ostree::sign::SigningKey, repo: &Path, commit: &str)
     Ok(())
 }
 
+/// `atomup_fsio::replace`: the old signature file or the new one after a
+/// power cut, durable once this returns.
 fn write_atomic(path: &Path, data: &[u8]) -> Result {
-    let tmp = path.with_extension("atomup-tmp");
-    std::fs::write(&tmp, data).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))?;
+    atomup_fsio::replace(path, data)
+        .map_err(|e| format!("cannot replace {}: {e}", path.display()))?;
     Ok(())
 }

@@ -10,6 +10,14 @@ use atomup_ostree::sign::Trust;
 pub const SIGNATURE_PREFIX: &str = "signature ed25519 ";
 pub const MAX_SIGNATURES: usize = 8;
 
+/// How far a release's timestamp may lead the clock of a device whose clock is
+/// usable (not behind its trusted time): one day of vendor clock skew.
+/// Beyond it the release is refused, not installed (see the README).
+pub const MAX_CLOCK_LEAD: u64 = 24 * 3600;
+/// How far one release may move the trusted time of a device without a
+/// usable clock (its clock is behind its trusted time: no RTC, or reset).
+pub const MAX_TRUSTED_ADVANCE: u64 = 7 * 24 * 3600;
+
 /// What the device knows about itself, all of it from its own trusted state.
 #[derive(Clone, Debug)]
 pub struct DeviceFacts<'a> {
@@ -19,6 +27,10 @@ pub struct DeviceFacts<'a> {
     pub current_commit: [u8; 32],
     /// Latest time the device has seen vouched for (release timestamps, RTC).
     pub trusted_time: u64,
+    /// The highest version this device has ever accepted (installed, pending
+    /// or rolled back): no release below it is installed (TUF's rule for
+    /// metadata versions), whatever runs now.
+    pub highest_version: u64,
     /// Operator's explicit permission to install an older version.
     pub allow_downgrade: bool,
 }
@@ -52,6 +64,10 @@ pub enum ReleaseError {
     Expired { expires: u64, now: u64 },
     #[error("release version {offered} is older than the running {running}: downgrade refused")]
     Downgrade { offered: u64, running: u64 },
+    #[error("release version {offered} is older than version {highest}, which this device accepted before: a replayed release is refused")]
+    Replayed { offered: u64, highest: u64 },
+    #[error("release timestamp {timestamp} is {} s ahead of this device's clock ({clock}): refused (the vendor's clock or key is suspect)", timestamp - clock)]
+    FromTheFuture { timestamp: u64, clock: u64 },
     #[error("release version {0} is the running version but names another commit")]
     VersionReused(u64),
     #[error("running version {running} is below the release's minimum {minimum}: install an intermediate release first")]
@@ -61,10 +77,18 @@ pub enum ReleaseError {
 }
 
 /// A release whose signature held; the only way to get a `Release` from
-/// untrusted bytes on a device.
+/// untrusted bytes on a device. Its field is private: a `Verified` exists
+/// only as the result of [`verify_signed`].
 #[derive(Debug)]
 pub struct Verified {
-    pub release: Release,
+    release: Release,
+}
+
+impl Verified {
+    /// The release whose signature held.
+    pub fn release(&self) -> &Release {
+        &self.release
+    }
 }
 
 /// Splits a signed release file and checks its signatures over the exact body
@@ -126,19 +150,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn parse_hex64(s: &str) -> Option<[u8; 64]> {
-    let b = s.as_bytes();
-    if b.len() != 128 {
-        return None;
-    }
     let mut out = [0u8; 64];
-    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
-        let d = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        };
-        *o = (d(pair[0])? << 4) | d(pair[1])?;
-    }
+    atomup_ostree::hex::decode_lower(s, &mut out)?;
     Some(out)
 }
 
@@ -168,6 +181,16 @@ pub fn check_release<'r>(
             found: r.board.clone(),
         });
     }
+    // A timestamp far ahead of a usable clock: a vendor clock slip or a
+    // misused key. Installing it would drag the trusted time into the future
+    // and make every later release look expired. (Without a usable clock the
+    // lead cannot be judged; `advance_trusted_time` bounds its effect.)
+    if now >= facts.trusted_time && r.timestamp > now.saturating_add(MAX_CLOCK_LEAD) {
+        return Err(ReleaseError::FromTheFuture {
+            timestamp: r.timestamp,
+            clock: now,
+        });
+    }
     // Freeze attack: stale metadata replayed forever must stop working. A device
     // without an RTC never lets its clock run behind what it already trusted.
     let now = now.max(facts.trusted_time);
@@ -192,6 +215,14 @@ pub fn check_release<'r>(
             running: facts.current_version,
         });
     }
+    // TUF 5.4.3 (rollback attack on versions): never below what this device
+    // accepted before, e.g. a newer release waiting on trial in the other slot.
+    if r.version < facts.highest_version && !facts.allow_downgrade {
+        return Err(ReleaseError::Replayed {
+            offered: r.version,
+            highest: facts.highest_version,
+        });
+    }
     if facts.current_version < r.min_from_version {
         return Err(ReleaseError::TooOldToUpdate {
             running: facts.current_version,
@@ -204,9 +235,17 @@ pub fn check_release<'r>(
     Ok(Offer::Update { delta })
 }
 
-/// The trusted time after accepting `verified`: it never goes backwards.
-pub fn advance_trusted_time(verified: &Verified, trusted_time: u64) -> u64 {
-    trusted_time.max(verified.release.timestamp)
+/// The trusted time after accepting `verified` at `now`: it never goes
+/// backwards, never beyond a usable clock plus [`MAX_CLOCK_LEAD`], and on a
+/// device without a usable clock (`now` behind the trusted time) never more
+/// than [`MAX_TRUSTED_ADVANCE`] past where it was.
+pub fn advance_trusted_time(verified: &Verified, trusted_time: u64, now: u64) -> u64 {
+    let bound = if now >= trusted_time {
+        now.saturating_add(MAX_CLOCK_LEAD)
+    } else {
+        trusted_time.saturating_add(MAX_TRUSTED_ADVANCE)
+    };
+    trusted_time.max(verified.release.timestamp.min(bound))
 }
 
 #[cfg(test)]
@@ -248,6 +287,7 @@ mod tests {
             current_version: 5,
             current_commit: [0x11; 32],
             trusted_time: 1_700_000_100,
+            highest_version: 5,
             allow_downgrade: false,
         }
     }
@@ -440,7 +480,83 @@ mod tests {
     #[test]
     fn trusted_time_never_goes_backwards() {
         let v = verify_signed(&signed(&sample(), &[&key(1)]), &trusted()).unwrap();
-        assert_eq!(advance_trusted_time(&v, 0), 1_700_000_000);
-        assert_eq!(advance_trusted_time(&v, 1_800_000_000), 1_800_000_000);
+        assert_eq!(advance_trusted_time(&v, 0, 1_700_000_000), 1_700_000_000);
+        assert_eq!(
+            advance_trusted_time(&v, 1_800_000_000, 1_800_000_000),
+            1_800_000_000
+        );
+    }
+
+    /// Regression (issue 11.4a): a validly signed release stamped in 2100
+    /// moved the trusted time there and every later release read as expired.
+    /// With a usable clock it is refused; without one it moves the trusted
+    /// time by at most a week, and a release published a little later is
+    /// still accepted.
+    #[test]
+    fn a_release_from_the_future_cannot_poison_the_trusted_time() {
+        const Y2100: u64 = 4_102_444_800;
+        let mut r = sample();
+        r.timestamp = Y2100;
+        r.expires = Y2100 + 30 * 86_400;
+        let clock = 1_700_000_200;
+        assert_eq!(
+            verdict(&r, &facts(), clock),
+            Err(ReleaseError::FromTheFuture {
+                timestamp: Y2100,
+                clock
+            })
+        );
+        // A day of skew is tolerated.
+        let mut near = sample();
+        near.timestamp = clock + MAX_CLOCK_LEAD;
+        near.expires = near.timestamp + 86_400;
+        assert!(verdict(&near, &facts(), clock).is_ok());
+        // No usable clock (it says 1970): installable, trusted time capped.
+        let v = verify_signed(&signed(&r, &[&key(1)]), &trusted()).unwrap();
+        assert!(check_release(&v, &facts(), 0).is_ok());
+        let t = advance_trusted_time(&v, 1_700_000_100, 0);
+        assert_eq!(t, 1_700_000_100 + MAX_TRUSTED_ADVANCE);
+        // The next honest release (published a day after the last trusted
+        // time, valid 30 days) is not expired against the poisoned time.
+        let mut next = sample();
+        next.timestamp = 1_700_000_100 + 86_400;
+        next.expires = next.timestamp + 30 * 86_400;
+        let f = DeviceFacts {
+            trusted_time: t,
+            ..facts()
+        };
+        assert!(verdict(&next, &f, 0).is_ok());
+        // With a usable clock the bound is the clock plus the skew.
+        assert_eq!(advance_trusted_time(&v, 0, clock), clock + MAX_CLOCK_LEAD);
+    }
+
+    /// Regression (issue 11.4b): a replayed, validly signed older release
+    /// replaced a newer one waiting on trial. Nothing below the highest
+    /// accepted version installs, unless downgrades are allowed.
+    #[test]
+    fn a_release_below_the_highest_accepted_version_is_refused() {
+        let f = DeviceFacts {
+            current_version: 3,
+            highest_version: 9,
+            ..facts()
+        };
+        assert_eq!(
+            verdict(&sample(), &f, 1_700_000_200),
+            Err(ReleaseError::Replayed {
+                offered: 7,
+                highest: 9
+            })
+        );
+        let f = DeviceFacts {
+            allow_downgrade: true,
+            ..f
+        };
+        assert!(verdict(&sample(), &f, 1_700_000_200).is_ok());
+        let f = DeviceFacts {
+            current_version: 3,
+            highest_version: 7,
+            ..facts()
+        };
+        assert!(verdict(&sample(), &f, 1_700_000_200).is_ok());
     }
 }

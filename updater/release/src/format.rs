@@ -14,6 +14,11 @@ pub const MAX_DELTAS: usize = 64;
 pub const MAX_WAVES: usize = 32;
 /// Rollout shares are in basis points: 10000 = the whole fleet.
 pub const FULL_SHARE: u16 = 10_000;
+/// Longest a release may be valid (`expires - timestamp`): 90 days, TUF's
+/// default for its targets role. It bounds how long a frozen (replayed)
+/// release keeps a device from hearing of a newer one, and how far one
+/// release can push a device's trusted time (see the crate README).
+pub const MAX_VALIDITY: u64 = 90 * 24 * 3600;
 
 /// Where a channel's current release for a board lives in a repository; the
 /// publisher writes it, devices fetch it. Earlier releases are kept beside it
@@ -108,6 +113,8 @@ pub enum FormatError {
     WavesUnordered,
     #[error("release expires before it was published")]
     ExpiresBeforeTimestamp,
+    #[error("release is valid for {0} s, more than the {MAX_VALIDITY} s allowed")]
+    ValidityTooLong(u64),
     #[error("release metadata is not in canonical form (spacing, order, case or leading zeros)")]
     NotCanonical,
 }
@@ -211,6 +218,9 @@ impl Release {
         if self.expires <= self.timestamp {
             return Err(FormatError::ExpiresBeforeTimestamp);
         }
+        if self.expires - self.timestamp > MAX_VALIDITY {
+            return Err(FormatError::ValidityTooLong(self.expires - self.timestamp));
+        }
         if self.deltas.len() > MAX_DELTAS || self.waves.len() > MAX_WAVES {
             return Err(FormatError::TooMany(MAX_DELTAS.max(MAX_WAVES)));
         }
@@ -309,31 +319,13 @@ fn parse_u64(s: &str) -> Option<u64> {
 }
 
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    let bytes = s.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        *o = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
-    }
+    atomup_ostree::hex::decode_lower(s, &mut out)?;
     Some(out)
 }
 
-fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    }
-}
-
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    atomup_ostree::hex::encode(bytes)
 }
 
 /// A repository-relative path of plain names: no absolute path, no `.`/`..`,
@@ -521,6 +513,20 @@ pub(crate) mod tests {
         let r = sample();
         assert_eq!(r.delta_for(&[0x11; 32]).unwrap().path, "deltas/E+/xy_z-abc");
         assert_eq!(r.delta_for(&[0x22; 32]).unwrap().from, DeltaSource::Scratch);
+    }
+
+    /// A validity above 90 days is refused (publisher and device alike).
+    #[test]
+    fn validity_beyond_the_bound_is_refused() {
+        let mut r = sample();
+        r.expires = r.timestamp + MAX_VALIDITY;
+        assert_eq!(r.validate(), Ok(()));
+        r.expires += 1;
+        assert_eq!(
+            r.validate(),
+            Err(FormatError::ValidityTooLong(MAX_VALIDITY + 1))
+        );
+        assert!(Release::parse(r.to_canonical().as_bytes()).is_err());
     }
 
     /// Oversized input is refused before any parsing.

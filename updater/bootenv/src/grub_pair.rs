@@ -15,11 +15,7 @@
 use crate::grub::{self, GrubError};
 use crate::vars::Vars;
 
-pub const SEQ: &str = "ATOMUP_SEQ";
-pub const SEAL: &str = "ATOMUP_SEAL";
-pub const ORDER: &str = "ATOMUP_ORDER";
-pub const TRIAL: &str = "ATOMUP_TRIAL";
-pub const LEFT: &str = "ATOMUP_LEFT";
+pub use crate::names::{LEFT, ORDER, SEAL, SEQ, TRIAL};
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SchemeError {

@@ -92,7 +92,7 @@ b_start=$((a_start + root_size))
 data_start=$((b_start + root_size)) data_size=131072  # 64 MiB: /var, download cache
 disk_sectors=$((data_start + data_size + 2048))
 
-# --- initramfs: busybox, modules for virtio/ext4/fw_cfg/vfat, /init ---------
+# --- initramfs: busybox, modules for virtio/ext4/fw_cfg/vfat/overlay, /init ---
 moddir=$cache/kernel/modules/$kver
 ird=$work/initramfs
 mkdir -p "$ird/bin" "$ird/lib/modules"
@@ -114,7 +114,7 @@ add_module() { # $1 = module name
     done
     order+=("$path")
 }
-for m in virtio_pci virtio_mmio virtio_blk virtio_net crc32c_generic ext4 qemu_fw_cfg vfat nls_cp437 nls_ascii nls_iso8859-1 nls_utf8 i6300esb; do
+for m in virtio_pci virtio_mmio virtio_blk virtio_net crc32c_generic ext4 qemu_fw_cfg vfat nls_cp437 nls_ascii nls_iso8859-1 nls_utf8 i6300esb overlay; do
     add_module "$m"
 done
 : >"$ird/lib/modules/load-order"

@@ -3,8 +3,10 @@
 #   vendor:  build product trees v1, v2, v3 → atomup-publish commit / delta / sign / release
 #   server:  nginx serves the repository on the host's loopback
 #   device:  QEMU aarch64, real U-Boot + Linux; factory image with v1 in slot A
-#   phase 1: the device polls, installs v2 into slot B, reboots into B on trial,
-#            passes its health check and confirms B
+#   phase 1: the device writes its own /etc/site.conf, polls, installs v2 into slot B
+#            (its /etc carried over by the three-way merge), reboots into B on trial,
+#            passes its health check and confirms B; /etc/site.conf is there, the
+#            vendor's changed /etc files are v2's, config-diff lists the change
 #   phase 2: the vendor releases v3, whose health check fails; the device installs
 #            it into A, boots it on trial, rejects it, falls back to B and never
 #            retries v3
@@ -209,6 +211,15 @@ expect phase1 'health: watchdog /dev/watchdog armed for slot B' "the i6300esb wa
 expect phase1 'health: 1 check\(s\) passed on slot B' "slot B's health check passed"
 expect phase1 'slot B confirmed good' "health passed: slot B confirmed"
 expect phase1 'up to date: version 2' "the next poll finds nothing to do"
+expect phase1 'ATOMUP-DEMO: wrote /etc/site.conf' "the device wrote its own /etc/site.conf on v1"
+expect phase1 '/etc: 0 modified, 0 removed, 1 added, 0 conflicts' "the update carried the device's /etc change into slot B"
+after_b=$(sed -n '/booted slot=B trial=1/,$p' "$work/phase1.log")
+grep -aq 'ATOMUP-DEMO: etc site.conf=site=demo-device-0001 image=atomup-demo 2' <<<"$after_b" &&
+    echo "ok: on slot B /etc/site.conf is there with its content, and the vendor's /etc/atomup-image is v2's" ||
+    { echo "FAILED: /etc on slot B"; tail -n 60 "$work/phase1.log"; exit 1; }
+grep -aqE 'ATOMUP-DEMO: config-diff: A +site.conf' <<<"$after_b" &&
+    echo "ok: config-diff on slot B shows the device's change (A site.conf)" ||
+    { echo "FAILED: config-diff on slot B"; tail -n 60 "$work/phase1.log"; exit 1; }
 env_is 'ATOMUP_ORDER=B A;ATOMUP_TRIAL=;ATOMUP_LEFT=0'
 bytes=$(awk '{s+=$2} END {print s}' "$work/nginx/access.log")
 echo "bytes served for v1 -> v2: $bytes (release metadata + superblock + parts)"

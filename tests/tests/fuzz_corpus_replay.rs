@@ -90,3 +90,8 @@ fn agent_config_corpus_replays_without_panic() {
 fn budget_record_corpus_replays_without_panic() {
     replay("budget_record", atomup_link::budget::fuzz);
 }
+
+#[test]
+fn etc_lists_corpus_replays_without_panic() {
+    replay("etc_lists", atomup_etc::fuzz::lists);
+}

@@ -126,7 +126,8 @@ fn update_life_on_a_uboot_disk_image() {
     assert_eq!(
         json["slots"][1],
         serde_json::json!({"slot": "B", "booted": true, "state": "trial", "commit": GOOD,
-            "version": 2, "timestamp": 1_795_305_600u64, "attempts_left": 2}),
+            "version": 2, "timestamp": 1_795_305_600u64, "attempts_left": 2,
+            "etc_merge": null}),
         "{json}"
     );
     let text = ok(&["status"], &on_b);

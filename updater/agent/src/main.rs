@@ -5,6 +5,7 @@ mod bootopts;
 mod delta;
 mod envcmd;
 mod error;
+mod etc;
 mod health;
 mod inputs;
 mod logger;
@@ -36,6 +37,8 @@ Commands:
   install-start        take a slot out of the boot order before writing it
   install-done         put a written slot first in order, on trial
   env                  show / init / set the A/B env variables (host helper)
+  config-diff          the device's changes to /etc against the running defaults (M/A/D)
+  etc mount --slot X   at boot: mount the slot's /etc overlay (its layer on the data partition)
   delta apply          apply a static delta into a directory and verify it
   delta show           describe a static delta (from/to, parts, signed?)
 
@@ -76,6 +79,8 @@ fn run(args: &mut lexopt::Parser) -> Result {
         "version" => println!("atomup {}", env!("CARGO_PKG_VERSION")),
         "delta" => delta::run(args)?,
         "update" => update::run(args)?,
+        "etc" => etc::run(args)?,
+        "config-diff" => etc::config_diff(args)?,
         "status" => status::run(args)?,
         "health" => health::run(args)?,
         "env" => envcmd::run(args)?,

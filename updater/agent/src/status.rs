@@ -1,6 +1,8 @@
 //! `atomup status [--json]`, like `atomic host status`: per slot the booted
 //! marker, state (good, trial, installing, bad), commit, version, release
-//! timestamp and attempts left, and the recorded rollbacks. The JSON form
+//! timestamp and attempts left, the counts of the last /etc merge into the
+//! slot's layer (`etc_merge`, with its conflict list), and the recorded
+//! rollbacks. The JSON form
 //! (`format` 2) is written by hand to keep serde out of the device binary;
 //! the tests read it back with a real JSON parser.
 
@@ -20,6 +22,8 @@ struct SlotRow {
     state: &'static str,
     attempts: Option<u8>,
     info: SlotRecord,
+    /// The merge record of the slot's /etc layer (the last merge into it).
+    etc: Option<atomup_etc::record::MergeRecord>,
 }
 
 pub fn run(args: &mut lexopt::Parser) -> Result {
@@ -76,6 +80,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
                 state: st,
                 attempts,
                 info: info.unwrap_or_default(),
+                etc: crate::etc::last_merge(&boot.state_dir, s)?,
             })
         })
         .collect::<Result<_>>()?;
@@ -125,6 +130,12 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
             "     Attempts: {}",
             r.attempts.map_or("-".into(), |a| a.to_string())
         );
+        if let Some(e) = &r.etc {
+            println!("         /etc: {}", e.summary());
+            for c in &e.conflicts {
+                println!("               conflict (kept the device's): {c}");
+            }
+        }
     }
     if fallback_pending {
         println!(
@@ -165,6 +176,28 @@ fn json_num(v: Option<u64>) -> String {
     v.map_or("null".into(), |v| v.to_string())
 }
 
+/// The counts of a slot's last /etc merge, and its conflict list.
+fn etc_json(r: Option<&atomup_etc::record::MergeRecord>) -> String {
+    let Some(r) = r else { return "null".into() };
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|p| json_str(Some(p)))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        "{{\"to\":{},\"modified\":{},\"removed\":{},\"added\":{},\"conflicts\":{},\"forced\":{},\"skipped\":{},\"conflict_paths\":[{}]}}",
+        json_str(r.to.map(|id| id.to_hex()).as_deref()),
+        r.modified,
+        r.removed,
+        r.added,
+        r.conflicts.len(),
+        r.forced.len(),
+        r.skipped.len(),
+        list(&r.conflicts)
+    )
+}
+
 fn status_json(
     b: &cmdline::Booted,
     env_valid: bool,
@@ -182,14 +215,15 @@ fn status_json(
         .iter()
         .map(|r| {
             format!(
-                "{{\"slot\":\"{}\",\"booted\":{},\"state\":{},\"commit\":{},\"version\":{},\"timestamp\":{},\"attempts_left\":{}}}",
+                "{{\"slot\":\"{}\",\"booted\":{},\"state\":{},\"commit\":{},\"version\":{},\"timestamp\":{},\"attempts_left\":{},\"etc_merge\":{}}}",
                 r.slot,
                 r.booted,
                 json_str(Some(r.state)),
                 json_str(r.info.commit().map(|c| c.to_hex()).as_deref()),
                 json_num(r.info.version()),
                 json_num(r.info.timestamp),
-                r.attempts.map_or("null".into(), |a| a.to_string())
+                r.attempts.map_or("null".into(), |a| a.to_string()),
+                etc_json(r.etc.as_ref())
             )
         })
         .collect();

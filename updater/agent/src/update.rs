@@ -16,7 +16,8 @@
 //!    then ONE env write takes the target out of the boot order. From here
 //!    until step 4 a power cut boots the running, confirmed slot.
 //! 3. The delta is applied into the target and the written tree is verified
-//!    against the signed commit; everything is synced.
+//!    against the signed commit; then the device's `/etc` is merged onto the
+//!    new defaults as the target's layer (`atomup-etc`); everything is synced.
 //! 4. The target's record (commit, version) is written, then ONE env write
 //!    puts the slot first in order, on trial. The bootloader counts its
 //!    attempts; `atomup mark-good` confirms it, or it falls back.
@@ -51,6 +52,7 @@ Polls the server once; installs a due release into the inactive slot, on trial.
   --target-device DEV   block device of the inactive slot (default: from the board profile)
   --target-dir DIR      the inactive slot as a directory (host tests, pre-mounted)
   --from-root DIR       the running root, source of unchanged files (default /)
+  --etc DIR             the running /etc, carried into the new slot (default FROM-ROOT/etc)
   --attempts N          boot attempts for the new slot (default 3)
   --allow-downgrade     accept a release older than the running one
   --ignore-rollout      install even if this device's rollout wave has not opened
@@ -74,6 +76,7 @@ struct Opts {
     target_device: Option<PathBuf>,
     target_dir: Option<PathBuf>,
     from_root: PathBuf,
+    etc: Option<PathBuf>,
     attempts: u8,
     allow_downgrade: bool,
     ignore_rollout: bool,
@@ -95,6 +98,7 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
         target_device: None,
         target_dir: None,
         from_root: "/".into(),
+        etc: None,
         attempts: DEFAULT_ATTEMPTS,
         allow_downgrade: false,
         ignore_rollout: false,
@@ -114,6 +118,7 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
             Long("target-device") => o.target_device = Some(args.value()?.into()),
             Long("target-dir") => o.target_dir = Some(args.value()?.into()),
             Long("from-root") => o.from_root = args.value()?.into(),
+            Long("etc") => o.etc = Some(args.value()?.into()),
             Long("attempts") => o.attempts = args.value()?.parse()?,
             Long("allow-downgrade") => o.allow_downgrade = true,
             Long("ignore-rollout") => o.ignore_rollout = true,
@@ -308,16 +313,32 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     // it first, so a slot sized for one root never has to hold two (unchanged
     // files come from the active root, re-hashed, not from here).
     empty_slot(&target_root)?;
+    // The engine re-hashes unchanged objects read from the running root: it
+    // must see the slot's own /etc, not the device's overlay on it.
+    let running = atomup_etc::mount::slot_view(&o.from_root)?;
     let stats = atomup_deploy::apply(
         &verified_delta,
         &atomup_deploy::Options {
             target: &target_root,
-            from_root: plan.delta.source_commit().map(|_| o.from_root.as_path()),
+            from_root: plan.delta.source_commit().map(|_| running.path()),
             from_meta: plan.delta.source_commit().map(|_| meta.as_path()),
             fallback_repo: None,
             meta_out: Some(&meta),
         },
     )?;
+    // The device's /etc carried onto the new defaults, as the new slot's
+    // layer: after the slot is verified (its vendor-owned list is trusted
+    // from here), before the env write that makes it bootable.
+    let current_etc = o.etc.clone().unwrap_or_else(|| o.from_root.join("etc"));
+    let etc_line = crate::etc::merge_into(
+        &o.boot.state_dir,
+        current_commit,
+        to,
+        &current_etc,
+        &target_root,
+        target,
+    )?;
+    println!("{etc_line}");
     // Everything written must be on disk before the env names the slot.
     rustix::fs::sync();
     if let Some(m) = mounted {

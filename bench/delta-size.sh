@@ -55,6 +55,21 @@ echo "bench: building atomup-publish and atomup (profile bench-host)" >&2
 (cd "$ROOT" && cargo build --quiet --profile bench-host -p atomup-publish -p atomup)
 PUBLISH=$CARGO_TARGET_DIR/bench-host/atomup-publish
 ATOMUP=$CARGO_TARGET_DIR/bench-host/atomup
+# The device's peak RSS is measured with the device's own build: static musl
+# (its allocator returns freed blocks; glibc's keeps them and reads 2-3 MiB
+# higher) at the device profile, on this host's architecture. Needs
+# `rustup target add x86_64-unknown-linux-musl`; without it the glibc bench
+# build is used and the figures say so.
+RSS_ATOMUP=${RSS_ATOMUP:-}
+RSS_BUILD="glibc bench-host build"
+if [ -z "$RSS_ATOMUP" ] && rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+    (cd "$ROOT" && CC_x86_64_unknown_linux_musl=${CC_x86_64_unknown_linux_musl:-gcc} \
+        cargo build --quiet --release --target x86_64-unknown-linux-musl -p atomup)
+    RSS_ATOMUP=$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/atomup
+    RSS_BUILD="static musl release build, as on the device"
+fi
+RSS_ATOMUP=${RSS_ATOMUP:-$ATOMUP}
+echo "bench: device peak RSS measured with the $RSS_BUILD ($RSS_ATOMUP)" >&2
 
 WORK=$CACHE/size-run
 rm -rf "$WORK"
@@ -135,7 +150,7 @@ device_rss() {
     for i in $(seq "$RSS_REPS"); do
         rm -rf "$WORK/target"
         mkdir "$WORK/target"
-        "$ATOMUP" delta apply --delta "$dir" ${from_root:+--from-root "$from_root" --from-meta "$REPO"} \
+        "$RSS_ATOMUP" delta apply --delta "$dir" ${from_root:+--from-root "$from_root" --from-meta "$REPO"} \
             --to "$WORK/target" --no-verify --stats | awk -F= '/peak_rss_kib=/ { print $2 }'
     done
 }

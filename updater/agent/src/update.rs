@@ -271,6 +271,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
 
     // 3. Downloads (the cache is the only thing written): every byte capped
     //    and digest-checked, resumable; then the delta's own claims.
+    fs::create_dir_all(&cache).map_err(|e| format!("creating {}: {e}", cache.display()))?;
     check_download_space(&cache, plan.delta)?;
     let verified_delta =
         download_delta(&fetcher, plan.release, plan.delta, &trust, &current_commit)?;

@@ -197,6 +197,7 @@ schema! {
     device: Device {
         board_profile: PathBuf,
         state_dir: PathBuf,
+        machine_id: PathBuf,
     }
     poll: Poll {
         interval: Seconds,
@@ -250,6 +251,8 @@ pub struct Config {
     pub revoked_keys: Vec<String>,
     pub board_profile: PathBuf,
     pub state_dir: PathBuf,
+    /// The machine id: the rollout seed and the reports' device id derive from it.
+    pub machine_id: PathBuf,
     pub poll_interval: Seconds,
     /// Each poll waits `interval + random(0..=jitter)`.
     pub poll_jitter: Seconds,
@@ -370,6 +373,7 @@ impl Layered {
         abs("trust.revoked_file", &v.trust.revoked_file)?;
         abs("device.board_profile", &v.device.board_profile)?;
         abs("device.state_dir", &v.device.state_dir)?;
+        abs("device.machine_id", &v.device.machine_id)?;
         for (key, list) in [
             ("trust.keys", &v.trust.keys),
             ("trust.revoked", &v.trust.revoked),
@@ -504,6 +508,11 @@ impl Layered {
                 .state_dir
                 .clone()
                 .unwrap_or_else(|| "/var/lib/atomup".into()),
+            machine_id: v
+                .device
+                .machine_id
+                .clone()
+                .unwrap_or_else(|| "/etc/machine-id".into()),
             poll_interval: interval,
             poll_jitter: jitter,
             bandwidth,
@@ -552,6 +561,7 @@ impl Config {
             "trust.revoked" => list(&self.revoked_keys),
             "device.board_profile" => p(&self.board_profile),
             "device.state_dir" => p(&self.state_dir),
+            "device.machine_id" => p(&self.machine_id),
             "poll.interval" => secs(self.poll_interval),
             "poll.jitter" => secs(self.poll_jitter),
             "link.bandwidth" => bytes(self.bandwidth),

@@ -1,16 +1,19 @@
 //! `atomup status [--json]`, like `atomic host status`: per slot the booted
 //! marker, state (good, trial, installing, bad), commit, version, release
 //! timestamp and attempts left, the counts of the last /etc merge into the
-//! slot's layer (`etc_merge`, with its conflict list), and the recorded
-//! rollbacks. The JSON form
-//! (`format` 2) is written by hand to keep serde out of the device binary;
-//! the tests read it back with a real JSON parser.
+//! slot's layer (`etc_merge`, with its conflict list), the recorded
+//! rollbacks, and an update in progress (`update` or the daemon writing
+//! `<state dir>/progress`). The JSON form (`format` 2) is written with
+//! `atomup_report::json`, a writer only, to keep serde out of the device
+//! binary; the tests read it back with a real JSON parser.
 
 use crate::bootopts::{BootOpts, OPTIONS};
 use crate::error::Result;
+use crate::progress::{self, Record};
 use atomup_bootctl::cmdline;
 use atomup_bootctl::statedir::{rfc3339, RollbackRecord, SlotRecord};
 use atomup_policy::{BootOutcome, BootState, Slot};
+use atomup_report::json::{array, Object, Value};
 
 pub const USAGE: &str = "\
   status [--json]      each slot: booted marker, commit, version, state, attempts
@@ -88,12 +91,24 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         .slot
         .map(|s| matches!(state.after_boot(s), BootOutcome::Fallback { .. }))
         .unwrap_or(false);
+    let running = progress::live_record(&boot.state_dir);
     if json {
         print!(
             "{}",
-            status_json(&b, env_valid, &state, &rows, fallback_pending, &rollbacks)
+            status_json(
+                &b,
+                env_valid,
+                &state,
+                &rows,
+                fallback_pending,
+                &rollbacks,
+                running.as_ref()
+            )
         );
         return Ok(());
+    }
+    if let Some(r) = &running {
+        println!("{}", update_line(r));
     }
     let order: Vec<&str> = state.order.iter().map(|s| s.letter()).collect();
     println!(
@@ -157,44 +172,43 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     Ok(())
 }
 
-fn json_str(v: Option<&str>) -> String {
-    let Some(v) = v else { return "null".into() };
-    let mut out = String::from("\"");
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
+/// `Update in progress: receiving 71% (2 of 3 parts) of version 7 for slot B (pid 42)`.
+fn update_line(r: &Record) -> String {
+    let mut line = format!("Update in progress: {}", r.phase);
+    if let Some(p) = r.percent() {
+        line += &format!(" {p}%");
     }
-    out.push('"');
-    out
-}
-
-fn json_num(v: Option<u64>) -> String {
-    v.map_or("null".into(), |v| v.to_string())
+    if r.parts_total > 0 {
+        line += &format!(" ({} of {} parts)", r.parts_done, r.parts_total);
+    }
+    if let Some(v) = r.version {
+        line += &format!(" of version {v}");
+    }
+    if let Some(s) = r.slot {
+        line += &format!(" for slot {s}");
+    }
+    line + &format!(" (pid {})", r.pid)
 }
 
 /// The counts of a slot's last /etc merge, and its conflict list.
-fn etc_json(r: Option<&atomup_etc::record::MergeRecord>) -> String {
-    let Some(r) = r else { return "null".into() };
-    let list = |v: &[String]| {
-        v.iter()
-            .map(|p| json_str(Some(p)))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    format!(
-        "{{\"to\":{},\"modified\":{},\"removed\":{},\"added\":{},\"conflicts\":{},\"forced\":{},\"skipped\":{},\"conflict_paths\":[{}]}}",
-        json_str(r.to.map(|id| id.to_hex()).as_deref()),
-        r.modified,
-        r.removed,
-        r.added,
-        r.conflicts.len(),
-        r.forced.len(),
-        r.skipped.len(),
-        list(&r.conflicts)
+fn etc_json(r: Option<&atomup_etc::record::MergeRecord>) -> Option<String> {
+    let r = r?;
+    let conflicts = array(r.conflicts.iter().map(|p| {
+        let mut o = String::new();
+        atomup_report::json::push_str(&mut o, p);
+        o
+    }));
+    Some(
+        Object::new()
+            .field("to", r.to.map(|id| id.to_hex()).as_deref())
+            .field("modified", r.modified)
+            .field("removed", r.removed)
+            .field("added", r.added)
+            .field("conflicts", r.conflicts.len() as u64)
+            .field("forced", r.forced.len() as u64)
+            .field("skipped", r.skipped.len() as u64)
+            .field("conflict_paths", Value::Raw(&conflicts))
+            .finish(),
     )
 }
 
@@ -205,51 +219,59 @@ fn status_json(
     rows: &[SlotRow],
     fallback_pending: bool,
     rollbacks: &[RollbackRecord],
+    running: Option<&Record>,
 ) -> String {
-    let order: Vec<String> = state
-        .order
-        .iter()
-        .map(|s| json_str(Some(s.letter())))
-        .collect();
-    let slots: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            format!(
-                "{{\"slot\":\"{}\",\"booted\":{},\"state\":{},\"commit\":{},\"version\":{},\"timestamp\":{},\"attempts_left\":{},\"etc_merge\":{}}}",
-                r.slot,
-                r.booted,
-                json_str(Some(r.state)),
-                json_str(r.info.commit().map(|c| c.to_hex()).as_deref()),
-                json_num(r.info.version()),
-                json_num(r.info.timestamp),
-                r.attempts.map_or("null".into(), |a| a.to_string()),
-                etc_json(r.etc.as_ref())
-            )
-        })
-        .collect();
-    let rb: Vec<String> = rollbacks
-        .iter()
-        .map(|r| {
-            format!(
-                "{{\"slot\":\"{}\",\"commit\":{},\"version\":{},\"at\":{}}}",
-                r.slot,
-                json_str(r.commit.map(|c| c.to_hex()).as_deref()),
-                json_num(r.version),
-                r.at
-            )
-        })
-        .collect();
-    format!(
-        "{{\"format\":2,\"booted\":{},\"trial_boot\":{},\"fallback_boot\":{},\"env_valid\":{},\"order\":[{}],\"trial\":{},\"attempts_left\":{},\"fallback_pending\":{},\"slots\":[{}],\"rollbacks\":[{}]}}\n",
-        json_str(b.slot.map(|s| s.letter())),
-        b.trial,
-        b.fallback,
-        env_valid,
-        order.join(","),
-        json_str(state.trial.map(|s| s.letter())),
-        state.left,
-        fallback_pending,
-        slots.join(","),
-        rb.join(",")
-    )
+    let order = array(state.order.iter().map(|s| {
+        let mut o = String::new();
+        atomup_report::json::push_str(&mut o, s.letter());
+        o
+    }));
+    let slots = array(rows.iter().map(|r| {
+        Object::new()
+            .field("slot", r.slot.letter())
+            .field("booted", r.booted)
+            .field("state", r.state)
+            .field("commit", r.info.commit().map(|c| c.to_hex()).as_deref())
+            .field("version", r.info.version())
+            .field("timestamp", r.info.timestamp)
+            .field("attempts_left", r.attempts.map(u64::from))
+            .field("etc_merge", etc_json(r.etc.as_ref()).as_deref().map_or(Value::Null, Value::Raw))
+            .finish()
+    }));
+    let rb = array(rollbacks.iter().map(|r| {
+        Object::new()
+            .field("slot", r.slot.letter())
+            .field("commit", r.commit.map(|c| c.to_hex()).as_deref())
+            .field("version", r.version)
+            .field("at", r.at)
+            .finish()
+    }));
+    let update = running.map(|r| {
+        Object::new()
+            .field("phase", r.phase.as_str())
+            .field("percent", r.percent())
+            .field("bytes_done", r.bytes_done)
+            .field("bytes_total", r.bytes_total)
+            .field("parts_done", r.parts_done)
+            .field("parts_total", r.parts_total)
+            .field("version", r.version)
+            .field("slot", r.slot.map(String::from).as_deref())
+            .field("pid", u64::from(r.pid))
+            .finish()
+    });
+    Object::new()
+        .field("format", 2u64)
+        .field("booted", b.slot.map(|s| s.letter()))
+        .field("trial_boot", b.trial)
+        .field("fallback_boot", b.fallback)
+        .field("env_valid", env_valid)
+        .field("order", Value::Raw(&order))
+        .field("trial", state.trial.map(|s| s.letter()))
+        .field("attempts_left", u64::from(state.left))
+        .field("fallback_pending", fallback_pending)
+        .field("slots", Value::Raw(&slots))
+        .field("rollbacks", Value::Raw(&rb))
+        .field("update", update.as_deref().map_or(Value::Null, Value::Raw))
+        .finish()
+        + "\n"
 }

@@ -14,6 +14,7 @@ use atomup_bootctl::statedir::{
 use atomup_bootctl::{store_state, Bootloader, Snapshot};
 use atomup_policy::slot::DEFAULT_ATTEMPTS;
 use atomup_policy::{BootOutcome, Slot};
+use atomup_report::document::Event;
 
 pub const USAGE: &str = "\
   mark-good            health passed on the booted slot (confirms a trial)
@@ -198,6 +199,13 @@ pub fn mark_bad(boot: &BootOpts, bl: &mut dyn Bootloader) -> Result {
     }
     store_state(bl, &mut snap, &next)?;
     println!("slot {slot} marked bad ({next})");
+    if state.trial == Some(slot) {
+        crate::reports::record_for(
+            boot,
+            Event::RolledBack,
+            Some(format!("slot {slot} failed on its trial boot")),
+        );
+    }
     Ok(())
 }
 
@@ -229,6 +237,11 @@ pub fn confirm(
         println!(
             "rollback detected: slot {failed} ran out of attempts, slot {slot} booted; recorded"
         );
+        crate::reports::record_for(
+            boot,
+            Event::RolledBack,
+            Some(format!("slot {failed} ran out of boot attempts")),
+        );
         state = write;
     }
     let passed = if boot.booted()?.fallback {
@@ -240,6 +253,7 @@ pub fn confirm(
         Some(next) => {
             store_state(bl, snap, &next)?;
             println!("slot {slot} confirmed good ({next})");
+            crate::reports::record_for(boot, Event::Confirmed, None);
         }
         None => println!("slot {slot} is confirmed (not on trial): nothing to write"),
     }

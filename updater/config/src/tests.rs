@@ -89,6 +89,8 @@ fn no_files_give_the_defaults() {
     assert_eq!(c.reboot, RebootPolicy::Now);
     assert_eq!(c.log_level, LogLevel::Info);
     assert!(!c.allow_scratch_fallback);
+    assert_eq!(c.report_queue_max, 100);
+    assert_eq!(c.reboot_command, ["reboot"]);
 }
 
 /// An unknown key is refused with the file, the key and the keys that exist.
@@ -102,7 +104,8 @@ fn unknown_key_names_the_file_and_the_key() {
     assert_eq!(
         e.to_string(),
         "/etc/atomup/config.d/50-site.toml: unknown field `ulr`, expected one of `url`, \
-         `channel`, `ca_bundle`, `report_url` for key `server` at line 1 column 1"
+         `channel`, `ca_bundle`, `report_url`, `report_queue_max` for key `server` at line 1 \
+         column 1"
     );
     let e = layered(&[("/x.toml", "[serverr]\n")]).unwrap_err();
     assert!(
@@ -200,6 +203,14 @@ fn impossible_combinations_are_refused() {
             )],
             "reboot.window (from /v.toml): `25:00-04:00` is not a daily window HH:MM-HH:MM (UTC)",
         ),
+        (
+            &[("/v.toml", "[reboot]\ncommand = []\n")],
+            "reboot.command (from /v.toml): must name a program (a list: the program, then its arguments)",
+        ),
+        (
+            &[("/v.toml", "[server]\nreport_queue_max = 0\n")],
+            "server.report_queue_max (from /v.toml): must be between 1 and 10000",
+        ),
     ];
     for (files, want) in cases {
         assert_eq!(layered(files).unwrap_err().to_string(), *want);
@@ -228,6 +239,12 @@ fn reboot_window_bounds_and_wrap() {
     let wrap = w("23:30-00:30");
     assert!(wrap.allows(at(23, 45)) && wrap.allows(at(0, 15)));
     assert!(!wrap.allows(at(0, 30)) && !wrap.allows(at(12, 0)));
+    assert_eq!(night.wait_secs(at(1, 59)), Some(60));
+    assert_eq!(night.wait_secs(at(2, 30)), Some(0));
+    assert_eq!(night.wait_secs(at(4, 0)), Some(22 * 3600));
+    assert_eq!(wrap.wait_secs(at(12, 0)), Some(11 * 3600 + 1800));
+    assert_eq!(RebootPolicy::Now.wait_secs(at(12, 0)), Some(0));
+    assert_eq!(RebootPolicy::Never.wait_secs(at(12, 0)), None);
     assert!(RebootPolicy::Now.allows(at(12, 0)));
     assert!(!RebootPolicy::Never.allows(at(12, 0)));
 }

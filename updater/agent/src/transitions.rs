@@ -180,6 +180,7 @@ fn rollback_of(boot: &BootOpts, slot: Slot) -> RollbackRecord {
         slot,
         commit: record.commit(),
         version: record.version(),
+        reason: None,
     }
 }
 

@@ -1,12 +1,14 @@
 //! `atomup`, the device agent. Parses the command line, dispatches to one
 //! command module, and prints an error chain exactly once.
 
+mod board;
 mod bootopts;
 mod delta;
 mod envcmd;
 mod error;
 mod health;
 mod inputs;
+mod led;
 mod logger;
 mod status;
 mod target;
@@ -32,6 +34,8 @@ Commands:
   mark-good            health passed on the booted slot (confirms a trial)
   mark-bad             health failed on the booted slot (then reboot)
   health               trial boot: run the health checks, confirm or reject the slot
+                       (exit 2: rejected; --arm-watchdog: arm the watchdog in early boot)
+  board check          check the board profile against the running system
   rollback             make the other slot primary (if it is confirmed good)
   install-start        take a slot out of the boot order before writing it
   install-done         put a written slot first in order, on trial
@@ -50,7 +54,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             report(err.as_ref());
-            ExitCode::FAILURE
+            if err.is::<health::Rejected>() {
+                // The slot was marked bad: the init system reboots.
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -78,6 +87,7 @@ fn run(args: &mut lexopt::Parser) -> Result {
         "update" => update::run(args)?,
         "status" => status::run(args)?,
         "health" => health::run(args)?,
+        "board" => board::run(args)?,
         "env" => envcmd::run(args)?,
         cmd if transitions::handles(cmd) => transitions::run(cmd, args)?,
         other => return Err(format!("unknown command `{other}` (see `atomup --help`)").into()),

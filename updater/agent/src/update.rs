@@ -156,6 +156,12 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         (None, Some(p)) => p.name.as_str(),
         (None, None) => return Err("--board NAME is required (or a board profile)".into()),
     };
+    // The status LED while this runs; dropped mid-download or mid-install
+    // (an error returned early) it shows `error`.
+    let mut led = crate::led::StatusLed::start(
+        profile.as_ref().and_then(|p| p.led.as_ref()),
+        atomup_board::status::State::Idle,
+    );
     let trust = inputs::trust(&o.trusted, o.revoked.as_deref())?;
     let mut bl = o.boot.open_env(profile.as_ref())?;
     let bl = bl.as_mut();
@@ -271,12 +277,14 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
 
     // 3. Downloads (the cache is the only thing written): every byte capped
     //    and digest-checked, resumable; then the delta's own claims.
+    led.set(atomup_board::status::State::Downloading);
     check_download_space(&cache, plan.delta)?;
     let verified_delta =
         download_delta(&fetcher, plan.release, plan.delta, &trust, &current_commit)?;
 
     // 4. Execute the plan. Each step loads the env once (under its lock),
     //    records first and writes the env last.
+    led.set(atomup_board::status::State::Installing);
     let mut snap = atomup_bootctl::load(bl)?;
     if snap.state()? != env {
         return Err(format!(
@@ -343,6 +351,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         "installed version {} ({to}) into slot {target}: {} objects written, {} reused; slot {target} boots next on trial ({} attempts)",
         plan.release.version, stats.objects_written, stats.objects_reused, o.attempts
     );
+    led.set(atomup_board::status::State::Idle);
     Ok(())
 }
 

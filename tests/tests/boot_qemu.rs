@@ -1099,7 +1099,7 @@ fn grub_guest_atomup_mark_good_confirms_trial() {
 /// the watchdog can.
 const SCENARIO_REQUIRED: &str = r#"#!/bin/sh
 # Test vendor check: its outcome is the boot test's $SCENARIO.
-echo "required check on slot $ATOMUP_SLOT: scenario ${SCENARIO:-pass}"
+echo "required check: scenario ${SCENARIO:-pass}"
 case "${SCENARIO:-pass}" in
   fail-required) echo "the application did not come up" >&2; exit 1 ;;
   hang) echo "stopping the agent: a hang it cannot time out"; kill -STOP "$PPID"; sleep 600 ;;

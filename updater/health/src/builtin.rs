@@ -148,8 +148,11 @@ fn data_partition(state_dir: &Path, device: Option<&Path>) -> Result<String, Str
     ))
 }
 
+/// Bytes as MiB with one decimal, rounded down (integer arithmetic: no float
+/// formatting in the device binary for this).
 fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / f64::from(1u32 << 20))
+    let tenths = b / ((1 << 20) / 10);
+    format!("{}.{} MiB", tenths / 10, tenths % 10)
 }
 
 fn free_space(state_dir: &Path, min: u64) -> Result<String, String> {
@@ -325,9 +328,12 @@ mod tests {
     }
 
     /// Free space is compared with the minimum: nothing is free enough
-    /// against u64::MAX, everything against 0.
+    /// against u64::MAX, everything against 0; sizes print in MiB.
     #[test]
     fn free_space_against_the_minimum() {
+        assert_eq!(mib(50 << 20), "50.0 MiB");
+        assert_eq!(mib((1 << 20) + (1 << 19)), "1.5 MiB");
+        assert_eq!(mib(0), "0.0 MiB");
         let tmp = std::env::temp_dir();
         assert!(free_space(&tmp, 0).unwrap().contains("free on"));
         assert!(free_space(&tmp, u64::MAX)

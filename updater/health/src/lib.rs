@@ -194,7 +194,6 @@ pub fn run_all(
         .iter()
         .map(|c| CheckRecord::pending(c.kind, &c.name))
         .collect();
-    let env_slot = slot.letter();
     let mut failed: Option<usize> = None;
     for (i, check) in plan.iter().enumerate() {
         if failed.is_some() {
@@ -205,15 +204,7 @@ pub fn run_all(
         save(&rec);
         let ran = match &check.program {
             plan::Program::Builtin(b) => run::builtin(b, check.timeout, tick),
-            plan::Program::Script(path) => run::script(
-                path,
-                &[
-                    ("ATOMUP_HEALTH_KIND", check.kind.name()),
-                    ("ATOMUP_SLOT", env_slot),
-                ],
-                check.timeout,
-                tick,
-            ),
+            plan::Program::Script(path) => run::script(path, check.timeout, tick),
         };
         let out = store.output_path(check.kind, &check.name);
         if let Err(e) = atomup_fsio::replace(&out, &ran.output) {

@@ -78,8 +78,9 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Whole seconds, rounded up.
 fn secs(d: Duration) -> String {
-    format!("{}s", d.as_secs_f64().ceil() as u64)
+    format!("{}s", d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 /// Reads what the pipe holds now, without blocking.
@@ -95,8 +96,8 @@ fn drain(pipe: &mut std::fs::File, out: &mut Capture) {
     }
 }
 
-/// Runs the script at `path` (environment inherited, plus `env`).
-pub fn script(path: &Path, env: &[(&str, &str)], limit: Duration, tick: &mut dyn FnMut()) -> Ran {
+/// Runs the script at `path` (environment inherited).
+pub fn script(path: &Path, limit: Duration, tick: &mut dyn FnMut()) -> Ran {
     let start = Instant::now();
     let not_run = |detail: String| Ran {
         outcome: Outcome::Failed,
@@ -121,9 +122,6 @@ pub fn script(path: &Path, env: &[(&str, &str)], limit: Duration, tick: &mut dyn
         .stdout(std::process::Stdio::from(write_end))
         .stderr(std::process::Stdio::from(stderr_end))
         .process_group(0);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return not_run(format!("cannot run: {e}")),

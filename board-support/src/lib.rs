@@ -242,6 +242,16 @@ impl Board {
     }
 }
 
+/// Fuzz entry point (`fuzz/fuzz_targets/board_profile.rs`, replayed by
+/// `tests/fuzz_corpus.rs`): a profile of any bytes parses or is refused,
+/// never panics; what parses names absolute paths only.
+pub fn fuzz_profile(data: &[u8]) {
+    if let Ok(Ok(b)) = std::str::from_utf8(data).map(Board::parse) {
+        assert!(b.slot_a.is_absolute() && b.slot_b.is_absolute());
+        assert!(b.data.as_ref().map_or(true, |d| d.is_absolute()));
+    }
+}
+
 /// `led = /sys/class/leds/NAME` (a sysfs LED) or `/dev/gpiochipN:LINE` (a
 /// GPIO line: the chip's path, a colon, the line's offset on that chip).
 fn parse_led(v: &str, active_low: bool) -> Result<Led, BoardError> {

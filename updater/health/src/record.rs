@@ -311,6 +311,23 @@ pub fn parse(bytes: &[u8]) -> Result<Record, RecordError> {
     })
 }
 
+/// Fuzz entry point (`fuzz/fuzz_targets/health_record.rs`, replayed by
+/// `tests/fuzz_corpus.rs`): parsing never panics, and what parses is
+/// serialized to a stable form (one normalization: details trimmed and cut,
+/// then byte for byte).
+pub fn fuzz(data: &[u8]) {
+    if let Ok(r) = parse(data) {
+        let once = serialize(&r);
+        let again = parse(once.as_bytes()).expect("a serialized record parses");
+        assert_eq!(serialize(&again), once);
+        let _ = (
+            r.interrupted_in(),
+            r.failed_required(),
+            r.failed_wanted().count(),
+        );
+    }
+}
+
 pub fn serialize(r: &Record) -> String {
     let mut out = format!("format={FORMAT}\nslot={}\n", r.slot);
     if let Some(v) = r.version {

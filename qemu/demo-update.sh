@@ -205,6 +205,7 @@ run_vm phase1
 expect phase1 'booted slot=A trial=0 version=1' "factory slot A booted"
 expect phase1 "installed version 2 .* into slot B" "v2 downloaded, verified and written into slot B"
 expect phase1 'booted slot=B trial=1 version=2' "$loader_name booted slot B on trial"
+expect phase1 "health: watchdog /dev/watchdog armed for slot B's trial" "the i6300esb watchdog was armed in early boot of slot B's trial"
 expect phase1 'health: watchdog /dev/watchdog armed for slot B' "the i6300esb watchdog guarded slot B's trial checks"
 expect phase1 'health: required 10-demo passed' "slot B's health check passed"
 expect phase1 'health: required atomup:data-partition passed' "the built-in checks passed: /var is the data partition, writable"

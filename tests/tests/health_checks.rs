@@ -242,6 +242,24 @@ fn configured_builtins_and_a_broken_configuration_decide_the_trial() {
         text(&out)
     );
 
+    // A systemd unit that is not active (the real systemctl answers; on a
+    // machine without a running systemd it answers "not active" too).
+    let dir = ScratchDir::new("health-unit");
+    let t = on_trial(&dir);
+    config(
+        &t,
+        "[health]\nread_only_root = false\ndata_partition = false\nmin_free = 0\n\
+         services = [\"atomup-test-no-such-unit.service\"]\n",
+    );
+    let out = health(&t, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("required check atomup:services failed: atomup-test-no-such-unit.service"),
+        "{}",
+        text(&out)
+    );
+
     let dir = ScratchDir::new("health-badconfig");
     let t = on_trial(&dir);
     config(&t, "[health]\ntimeout = \"forever\"\n");

@@ -19,6 +19,8 @@
 #   --root-b-dir DIR   same for slot B
 #   --empty-b          slot B is an empty filesystem (nothing installed there yet)
 #   --data-dir DIR     the data partition (/var) starts with DIR's content
+#   --extra-tree DIR   copy DIR's content over both generated slots (repeatable): board
+#                      profile, init scripts, health checks, configuration of a test image
 #
 # Output in DIR:
 #   disk.img    GPT: 1 boot FAT (U-Boot: /boot.scr; GRUB: /EFI/BOOT/BOOTAA64.EFI + /grub/grubenv{,2}),
@@ -38,7 +40,7 @@ root=$(cd "$here/.." && pwd)
 hooks=$root/bootloader-hooks
 
 bootloader= out= cache= image_a=A image_b=B bad_slot= blank_env=0 uboot_variant=raw
-guest_bins=() uboot_env=()
+guest_bins=() uboot_env=() extra_trees=()
 init_script=$here/guest/test-init.sh rootfs_out= root_a_dir= root_b_dir= empty_b=0 data_dir=
 while [ $# -gt 0 ]; do
     case $1 in
@@ -58,6 +60,7 @@ while [ $# -gt 0 ]; do
         --root-b-dir) root_b_dir=$(cd "$2" && pwd); shift 2;;
         --empty-b) empty_b=1; shift;;
         --data-dir) data_dir=$(cd "$2" && pwd); shift 2;;
+        --extra-tree) extra_trees+=("$(cd "$2" && pwd)"); shift 2;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;;
         *) echo "build-image: unknown option $1" >&2; exit 2;;
     esac
@@ -140,8 +143,9 @@ populate_root() { # $1 = directory, $2 = image label, $3 = slot letter (or -)
     cp "$work/initrd.img" "$r/boot/initrd.img"
     echo "$2" >"$r/etc/atomup-image"
     [ "$bad_slot" != "$3" ] || : >"$r/etc/atomup-bad-image"
-    printf '/dev/vda 0x80000 0x4000\n/dev/vda 0x84000 0x4000\n' >"$r/etc/fw_env.config"
+    cp "$root/board-support/profiles/qemu-virt-uboot/fw_env.config" "$r/etc/fw_env.config"
     for b in "${guest_bins[@]}"; do cp "$b" "$r/usr/bin/"; done
+    for t in "${extra_trees[@]}"; do cp -a "$t/." "$r/"; done
 }
 if [ -n "$rootfs_out" ]; then
     find "$rootfs_out" -mindepth 1 -delete

@@ -127,9 +127,9 @@ make_tree() { # $1 = version, $2 = health exit status, $3 = "bad-init" for a rel
         >>"$t/etc/atomup/board.conf"
     echo "$1" >"$t/etc/atomup/version"
     echo "atomup-demo $1" >"$t/etc/atomup-image"
-    mkdir -p "$t/etc/atomup/health.d"
-    printf '#!/bin/sh\n# health check of release %s\nexit %s\n' "$1" "$2" >"$t/etc/atomup/health.d/10-demo"
-    chmod 755 "$t/etc/atomup/health.d/10-demo"
+    mkdir -p "$t/etc/atomup/health.d/required.d"
+    printf '#!/bin/sh\n# health check of release %s\nexit %s\n' "$1" "$2" >"$t/etc/atomup/health.d/required.d/10-demo"
+    chmod 755 "$t/etc/atomup/health.d/required.d/10-demo"
     echo "release $1 of the demo product" >"$t/usr/share/demo/release-$1.txt"
     if [ "${3:-}" = bad-init ]; then
         # The kernel boots, but init exits at once: "Attempted to kill init",
@@ -207,8 +207,11 @@ run_vm phase1
 expect phase1 'booted slot=A trial=0 version=1' "factory slot A booted"
 expect phase1 "installed version 2 .* into slot B" "v2 downloaded, verified and written into slot B"
 expect phase1 'booted slot=B trial=1 version=2' "$loader_name booted slot B on trial"
+expect phase1 "health: watchdog /dev/watchdog armed for slot B's trial" "the i6300esb watchdog was armed in early boot of slot B's trial"
 expect phase1 'health: watchdog /dev/watchdog armed for slot B' "the i6300esb watchdog guarded slot B's trial checks"
-expect phase1 'health: 1 check\(s\) passed on slot B' "slot B's health check passed"
+expect phase1 'health: required 10-demo passed' "slot B's health check passed"
+expect phase1 'health: required atomup:data-partition passed' "the built-in checks passed: /var is the data partition, writable"
+expect phase1 'health: [0-9]+ check\(s\) passed on slot B' "every required check passed on slot B"
 expect phase1 'slot B confirmed good' "health passed: slot B confirmed"
 expect phase1 'up to date: version 2' "the next poll finds nothing to do"
 expect phase1 'ATOMUP-DEMO: wrote /etc/site.conf' "the device wrote its own /etc/site.conf on v1"
@@ -229,7 +232,8 @@ release 3 "$v3" "$((ts + 1))"
 run_vm phase2
 expect phase2 "installed version 3 .* into slot A" "v3 written into slot A"
 expect phase2 'booted slot=A trial=1 version=3' "slot A booted on trial"
-expect phase2 'health: slot A FAILED' "v3's health check failed"
+expect phase2 'health: slot A FAILED: required check 10-demo failed: exit status 1' "v3's health check failed"
+expect phase2 'rolled back from version 3 \(required check 10-demo failed: exit status 1\)' "the rollback of v3 is recorded with its reason"
 expect phase2 'booted slot=B trial=0 version=2' "the device fell back to slot B (v2) by itself"
 expect phase2 'rolled back on this device before: not retrying' "v3 is never retried"
 env_is 'ATOMUP_ORDER=B;ATOMUP_TRIAL=;ATOMUP_LEFT=0'
@@ -241,6 +245,7 @@ run_vm phase3
 expect phase3 "installed version 4 .* into slot A" "v4 written into slot A"
 expect phase3 'ATOMUP-DEMO: v4 init exits: kernel panic' "slot A's v4 kernel panicked on its trial boot"
 expect phase3 'rollback detected: slot A ran out of attempts' "the bootloader spent slot A's attempts and fell back to slot B"
+expect phase3 'rolled back from version 4 \(ran out of boot attempts: no health run of it was recorded' "the rollback of v4 is recorded with its reason"
 expect phase3 'booted slot=B trial=0 version=2' "the device is back on slot B (v2)"
 expect phase3 'release 4 .* rolled back on this device before: not retrying' "v4 is never retried"
 panics=$(grep -ac 'ATOMUP-DEMO: v4 init exits' "$work/phase3.log")

@@ -7,6 +7,9 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t tmpfs tmpfs /tmp
+# A trial boot is guarded from here to the health verdict: the board's watchdog
+# (board.conf) is armed now and left running; `atomup health` feeds it.
+atomup health --arm-watchdog || echo "ATOMUP-DEMO: cannot arm the watchdog"
 # /var is the data partition: persistent, never written by an update.
 mount -t ext4 /dev/vda4 /var || { echo "ATOMUP-DEMO: cannot mount /var"; poweroff -f; }
 

@@ -1,6 +1,7 @@
 //! `atomup`, the device agent. Parses the command line, dispatches to one
 //! command module, and prints an error chain exactly once.
 
+mod board;
 mod bootopts;
 mod budget;
 mod daemon;
@@ -10,6 +11,7 @@ mod error;
 mod etc;
 mod health;
 mod inputs;
+mod led;
 mod logger;
 mod progress;
 mod reports;
@@ -42,6 +44,8 @@ Commands:
   mark-good            health passed on the booted slot (confirms a trial)
   mark-bad             health failed on the booted slot (then reboot)
   health               trial boot: run the health checks, confirm or reject the slot
+                       (exit 2: rejected; --arm-watchdog: arm the watchdog in early boot)
+  board check          check the board profile against the running system
   rollback             make the other slot primary (if it is confirmed good)
   install-start        take a slot out of the boot order before writing it
   install-done         put a written slot first in order, on trial
@@ -64,7 +68,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             report(err.as_ref());
-            ExitCode::FAILURE
+            if err.is::<health::Rejected>() {
+                // The slot was marked bad: the init system reboots.
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -106,6 +115,7 @@ fn run(args: &mut lexopt::Parser) -> Result {
         "config-diff" => etc::config_diff(args)?,
         "status" => status::run(args)?,
         "health" => health::run(args)?,
+        "board" => board::run(args)?,
         "env" => envcmd::run(args)?,
         cmd if transitions::handles(cmd) => transitions::run(cmd, args)?,
         other => return Err(format!("unknown command `{other}` (see `atomup --help`)").into()),

@@ -299,6 +299,12 @@ pub fn poll(
         (None, Some(p)) => p.name.as_str(),
         (None, None) => return Err("--board NAME is required (or a board profile)".into()),
     };
+    // The status LED while this runs; dropped mid-download or mid-install
+    // (an error returned early) it shows `error`.
+    let mut led = crate::led::StatusLed::start(
+        profile.as_ref().and_then(|p| p.led.as_ref()),
+        atomup_board::status::State::Idle,
+    );
     let trust = inputs::trust_of(cfg, loaded.sources.contains_key("trust.keys_file"))?;
     let mut bl = o.boot.open_env(profile.as_ref())?;
     let bl = bl.as_mut();
@@ -463,6 +469,7 @@ pub fn poll(
     // 3. Downloads (the cache and the usage record are the only things
     //    written): every byte capped and digest-checked, resumable; then
     //    the delta's own claims.
+    led.set(atomup_board::status::State::Downloading);
     check_download_space(&cache, &o.boot.state_dir, plan.delta, cached)?;
     rep.p.bytes_total = total;
     let verified_delta = download_delta(
@@ -480,6 +487,7 @@ pub fn poll(
 
     // 4. Execute the plan. Each step loads the env once (under its lock),
     //    records first and writes the env last.
+    led.set(atomup_board::status::State::Installing);
     let mut snap = atomup_bootctl::load(bl)?;
     if snap.state()? != env {
         return Err(format!(
@@ -587,6 +595,7 @@ pub fn poll(
         Ok(freed) => rep.say(&format!("download cache cleared: {freed} bytes freed")),
         Err(e) => log::warn!("clearing the download cache: {e}"),
     }
+    led.set(atomup_board::status::State::Idle);
     Ok(Outcome::Installed {
         version: plan.release.version,
         slot: target,

@@ -12,6 +12,10 @@
 //!   refused at the limit, never read to its end.
 //! - **One atomic, durable replace** ([`replace`]), with its crash guarantee
 //!   written on it.
+//! - **The mount table** ([`mountinfo`]), read and parsed once for everyone
+//!   who asks what is mounted where and how.
+
+pub mod mountinfo;
 
 use std::ffi::OsString;
 use std::fs::File;

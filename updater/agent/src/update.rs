@@ -226,6 +226,8 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     let fetcher = Fetcher::new(server, &cache, fetch_opts)?;
     let bytes = fetcher.fetch_small(&release_path(channel, board), RELEASE_CAP)?;
     let verified = verify_signed(&bytes, &trust)?;
+    // Crash point `update.metadata`: the signed release fetched and verified.
+    atomup_faults::point("update.metadata");
     let device = update::Device {
         channel,
         board,
@@ -323,6 +325,9 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     if let Some(m) = mounted {
         m.unmount()?;
     }
+    // Crash point `update.synced`: the slot written, verified and synced,
+    // still out of the boot order.
+    atomup_faults::point("update.synced");
 
     let mut snap = atomup_bootctl::load(bl)?;
     if snap.state()? != plan.start {

@@ -173,6 +173,12 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
             return Err("give --target-device DEV, --target-dir DIR or a board profile".into())
         }
     };
+    // A run stopped while the target was mounted (Ctrl-C, a kill: no
+    // destructor ran) left it on our own mount point: ours to undo before
+    // the checks, which refuse a mounted target (issue 17).
+    if let Target::Device(dev) = &spec {
+        Mounted::reclaim(dev, &o.boot.state_dir.join("target"))?;
+    }
     // Rule (issue 11.1): the target is resolved, by device, inode and mount,
     // before anything is written, and must not be the running system or its
     // data: an update empties what it writes.
@@ -535,6 +541,27 @@ impl Mounted {
             dir: dir.to_owned(),
             mounted: true,
         })
+    }
+
+    /// Unmounts `dev` from `dir`, the mount point only `update` uses, where
+    /// an interrupted run left it (nothing else is ever mounted there).
+    fn reclaim(dev: &Path, dir: &Path) -> Result {
+        use std::os::unix::fs::MetadataExt;
+        let (Ok(dir), Ok(md)) = (fs::canonicalize(dir), fs::metadata(dev)) else {
+            return Ok(()); // no mount point yet, or no device (refused below)
+        };
+        for m in target::read_mounts()? {
+            if m.point == dir && m.dev == md.rdev() {
+                log::warn!(
+                    "{} is still mounted on {} by an interrupted update: unmounting it",
+                    dev.display(),
+                    dir.display()
+                );
+                rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::empty())
+                    .map_err(|e| format!("unmounting {}: {e}", dir.display()))?;
+            }
+        }
+        Ok(())
     }
 
     fn unmount(mut self) -> Result {

@@ -251,7 +251,13 @@ mod tests {
         t.add("apply.seed", &["old", "late"]);
         assert_eq!((t.cuts(), t.total("old"), t.total("late")), (3, 2, 1));
         let text = t.render("t");
-        assert!(text.contains("\nenv.write       2    1    1     0\n"), "{text}");
-        assert!(text.contains("\ntotal           3    2    1     1\n"), "{text}");
+        assert!(
+            text.contains("\nenv.write       2    1    1     0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\ntotal           3    2    1     1\n"),
+            "{text}"
+        );
     }
 }

@@ -15,8 +15,8 @@ use crate::progress::{self, Record};
 use crate::transitions::rolled_back_line;
 use atomup_bootctl::cmdline;
 use atomup_bootctl::statedir::{rfc3339, RollbackRecord, SlotRecord};
-use atomup_policy::{BootOutcome, BootState, Slot};
 use atomup_health::record::{Outcome, Record as HealthRecord};
+use atomup_policy::{BootOutcome, BootState, Slot};
 use atomup_report::json::{array, Object, Value};
 
 pub const USAGE: &str = "\
@@ -352,7 +352,12 @@ fn status_json(
             .field("version", r.info.version())
             .field("timestamp", r.info.timestamp)
             .field("attempts_left", r.attempts.map(u64::from))
-            .field("etc_merge", etc_json(r.etc.as_ref()).as_deref().map_or(Value::Null, Value::Raw))
+            .field(
+                "etc_merge",
+                etc_json(r.etc.as_ref())
+                    .as_deref()
+                    .map_or(Value::Null, Value::Raw),
+            )
             .finish()
     }));
     let rb = array(rollbacks.iter().map(|r| {

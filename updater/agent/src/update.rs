@@ -322,6 +322,12 @@ pub fn poll(
             return Err("give --target-device DEV, --target-dir DIR or a board profile".into())
         }
     };
+    // A run stopped while the target was mounted (Ctrl-C, a kill: no
+    // destructor ran) left it on our own mount point: ours to undo before
+    // the checks, which refuse a mounted target (issue 17).
+    if let Target::Device(dev) = &spec {
+        Mounted::reclaim(dev, &o.boot.state_dir.join("target"))?;
+    }
     // Rule (issue 11.1): the target is resolved, by device, inode and mount,
     // before anything is written, and must not be the running system or its
     // data: an update empties what it writes.
@@ -383,6 +389,8 @@ pub fn poll(
     let bytes = fetched?;
     let verified = verify_signed(&bytes, &trust)?;
     rep.version(verified.release().version);
+    // Crash point `update.metadata`: the signed release fetched and verified.
+    atomup_faults::point("update.metadata");
     let device = update::Device {
         channel,
         board,
@@ -568,6 +576,9 @@ pub fn poll(
     if let Some(m) = mounted {
         m.unmount()?;
     }
+    // Crash point `update.synced`: the slot written, verified and synced,
+    // still out of the boot order.
+    atomup_faults::point("update.synced");
 
     rep.phase(Phase::Finishing, Some(letter));
     let mut snap = atomup_bootctl::load(bl)?;
@@ -863,6 +874,27 @@ impl Mounted {
             dir: dir.to_owned(),
             mounted: true,
         })
+    }
+
+    /// Unmounts `dev` from `dir`, the mount point only `update` uses, where
+    /// an interrupted run left it (nothing else is ever mounted there).
+    fn reclaim(dev: &Path, dir: &Path) -> Result {
+        use std::os::unix::fs::MetadataExt;
+        let (Ok(dir), Ok(md)) = (fs::canonicalize(dir), fs::metadata(dev)) else {
+            return Ok(()); // no mount point yet, or no device (refused below)
+        };
+        for m in target::read_mounts()? {
+            if m.point == dir && m.dev == md.rdev() {
+                log::warn!(
+                    "{} is still mounted on {} by an interrupted update: unmounting it",
+                    dev.display(),
+                    dir.display()
+                );
+                rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::empty())
+                    .map_err(|e| format!("unmounting {}: {e}", dir.display()))?;
+            }
+        }
+        Ok(())
     }
 
     fn unmount(mut self) -> Result {

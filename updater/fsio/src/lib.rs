@@ -19,7 +19,7 @@ pub mod mountinfo;
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -210,7 +210,8 @@ pub fn replace(path: &Path, data: &[u8]) -> io::Result<()> {
             .truncate(true)
             .custom_flags_nofollow()
             .open(&tmp)?;
-        f.write_all(data)?;
+        // Crash point `record.write`: a cut inside the temp file's write.
+        atomup_faults::write_all("record.write", path, &mut f, data)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
@@ -253,6 +254,7 @@ impl NoFollow for std::fs::OpenOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn scratch(name: &str) -> atomup_scratch::ScratchDir {
         atomup_scratch::ScratchDir::new(&format!("fsio-{name}"))

@@ -581,3 +581,30 @@ fn reports_carry_failed_wanted_checks_and_the_rollback_reason() {
     );
     assert_eq!(r[0]["health"]["verdict"], "failed");
 }
+
+/// `atomup --config-dir DIR health` (the option every command takes) sets
+/// the configuration of the checks too, as it does the reports' (regression:
+/// health read its checks' configuration from the default directories, so
+/// the host's read-write root failed the built-in read-only-root check).
+#[test]
+fn the_global_config_dir_configures_the_checks() {
+    let dir = ScratchDir::new("health-global-config");
+    let t = on_trial(&dir);
+    script(&t.vendor.join("required.d/10-app"), "exit 0", 0o755);
+    let mut a: Vec<OsString> = vec!["--config-dir".into(), t.config.clone().into()];
+    a.extend(args(&t, &["health", "--no-reboot", "--booted-slot", "B"]));
+    a.extend([
+        "--checks".into(),
+        t.site.clone().into(),
+        "--vendor-checks".into(),
+        t.vendor.clone().into(),
+    ]);
+    let out = atomup_bounded(a);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !text(&out).contains("atomup:read-only-root"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(env_show(&t.d), CONFIRMED);
+}

@@ -1337,7 +1337,8 @@ fn required_check_fails_rolls_back(loader: Loader) {
 /// failures are in the status JSON a report carries, the boot-complete
 /// marker is written, and the profile's LED (the PL061's line 0) blinked
 /// "on trial" and was left on ("confirmed"). On GRUB, every command found
-/// the env through the board profile alone.
+/// the env through the board profile alone. The next boot, confirmed, writes
+/// nothing to the env.
 fn only_wanted_checks_fail_confirms(loader: Loader) {
     let m = Machine::of_image(
         loader,
@@ -1431,6 +1432,33 @@ fn only_wanted_checks_fail_confirms(loader: Loader) {
         toggles >= 4 && led.last() == Some(&1),
         "LED line 0: {led:?}"
     );
+
+    // The next boot is a confirmed one: the whole boot integration runs
+    // again (early watchdog script, health, status, board check, and on
+    // GRUB mark-good) and writes nothing to the env, nor reports anything.
+    let before = m.env_bytes();
+    let console = timed(
+        &format!("{}: the next, confirmed boot", loader.name()),
+        || m.boot_with(Some(&health_script(loader, "pass", Some(site))), 1, true),
+    );
+    assert_eq!(
+        booted_lines(&console),
+        vec![booted("B", false, false)],
+        "{console}"
+    );
+    assert!(
+        console.contains("slot B is confirmed (not on trial): nothing to write")
+            && console.contains("TEST: health exit 0")
+            && console.contains("TEST: boot complete"),
+        "{console}"
+    );
+    assert!(!console.contains("armed for slot B"), "{console}");
+    assert_eq!(bootloader_writes(loader, &console), 0, "{console}");
+    assert!(
+        m.env_bytes() == before,
+        "env bytes changed on a confirmed boot"
+    );
+    assert_eq!(guest_reports(&console).len(), 1, "{console}");
 }
 
 /// A check hangs the trial (it stops the agent): nothing feeds the watchdog,

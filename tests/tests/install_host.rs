@@ -408,3 +408,113 @@ fn install_judges_expiry_against_the_trusted_time_when_the_clock_is_behind_it() 
     assert!(out.status.success(), "{}", text(&out));
     assert_same_tree(&d.slot_b, &checkout(&w, &w.v2));
 }
+
+/// The stick: a file system image on a loop device (detached when
+/// dropped), read back without mounting.
+struct Stick {
+    image: PathBuf,
+    fs: atomup_tests::device::LoopFs,
+}
+
+impl Stick {
+    /// ext4, not FAT: the host kernel CI runs on may have no vfat driver
+    /// (the script mounts whatever the stick holds; FAT is the QEMU test's).
+    fn new(image: &Path, contents: &Path) -> Stick {
+        Stick {
+            image: image.to_owned(),
+            fs: atomup_tests::device::LoopFs::from_dir(image, contents),
+        }
+    }
+
+    fn read(&self, name: &str) -> String {
+        let out = run_ok(
+            Command::new("debugfs")
+                .arg("-R")
+                .arg(format!("cat /{name}"))
+                .arg(&self.image),
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// The shipped insertion script (`dist/stick/atomup-stick`, run by udev's
+/// unit and by mdev) on a real stick (a loop device): it mounts it read-only, installs,
+/// and the result line lands on the stick through the remount; the stick's
+/// file system is clean afterwards and a second insertion logs a second line.
+#[test]
+fn stick_script_installs_from_a_read_only_mounted_stick_and_logs_back_to_it() {
+    if !atomup_tests::device::require_root() || !atomup_tests::require_tool("debugfs") {
+        return;
+    }
+    let w = world(&[]);
+    let d = provision(&w, "inst6");
+    let b = w.dir.join("v2.atomup");
+    bundle(&w, "qemu-virt", &b, &[]);
+    let contents = stick(&w, "stick6");
+    fs::copy(&b, contents.join("update.atomup")).unwrap();
+    fs::write(contents.join("._update.atomup"), b"\x00\x05\x16\x07").unwrap();
+    let stick = Stick::new(&w.dir.join("stick.img"), &contents);
+    // `atomup` on the PATH is the real agent with this device's flags.
+    let bin = w.dir.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let mut flags = String::new();
+    for a in install_args(&w, &d, &[], &[]).into_iter().skip(1) {
+        flags.push_str(&format!(" '{}'", a.to_str().unwrap()));
+    }
+    let wrapper = bin.join("atomup");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncmd=$1; shift\nexec '{}' \"$cmd\" \"$@\"{flags}\n",
+            atomup_tests::workspace_bin("atomup").display()
+        ),
+    )
+    .unwrap();
+    run_ok(Command::new("chmod").arg("755").arg(&wrapper));
+    let run = w.dir.join("run");
+    let script = atomup_tests::workspace_root().join("updater/agent/dist/stick/atomup-stick");
+    let insert = || {
+        atomup_tests::device::run_bounded(
+            Command::new("sh")
+                .arg(&script)
+                .arg(&stick.fs.dev)
+                .env(
+                    "PATH",
+                    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+                )
+                .env("ATOMUP_STICK_RUN", &run)
+                .env("ATOMUP_STICK_LINGER", "0")
+                .env("ATOMUP_STICK_REBOOT", "no"),
+            std::time::Duration::from_secs(60),
+        )
+    };
+    let out = insert();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("skipping ._update.atomup"),
+        "{}",
+        text(&out)
+    );
+    assert_same_tree(&d.slot_b, &checkout(&w, &w.v2));
+    assert_eq!(
+        env_show(&d),
+        "ATOMUP_ORDER=B A\nATOMUP_TRIAL=B\nATOMUP_LEFT=3\n"
+    );
+    // Unmounted again, and the file system is clean (read-only but for the append).
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(run.to_str().unwrap()), "{mounts}");
+    run_ok(Command::new("e2fsck").args(["-n", "-f"]).arg(&stick.image));
+    let log = stick.read("atomup-log.txt");
+    assert!(
+        log.contains("device=inst6 bundle=update.atomup from=1 to=2 outcome=installed"),
+        "{log}"
+    );
+    let again = insert();
+    assert!(again.status.success(), "{}", text(&again));
+    let log = stick.read("atomup-log.txt");
+    assert_eq!(log.lines().count(), 2, "{log}");
+    assert!(
+        log.lines().nth(1).unwrap().contains(" outcome=pending"),
+        "{log}"
+    );
+}

@@ -171,16 +171,25 @@ fn install_scan_writes_the_inactive_slot_flips_the_env_and_logs_on_the_stick() {
 }
 
 /// A bundle without the delta from the booted commit installs through its
-/// from-scratch delta (a stick is not metered: no flag needed).
+/// from-scratch delta (a stick is not metered: no flag needed); `--json`
+/// gives progress events only on stdout.
 #[test]
 fn install_falls_back_to_the_bundles_from_scratch_delta() {
     let w = world(&[]);
     let d = provision(&w, "inst2");
     let b = w.dir.join("scratch-only.atomup");
     bundle(&w, "qemu-virt", &b, &["--from-last", "0"]);
-    let out = atomup_bounded(install_args(&w, &d, &[&b], &["--no-log"]));
+    let out = atomup_bounded(install_args(&w, &d, &[&b], &["--no-log", "--json"]));
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(" from scratch, "), "{}", text(&out));
+    // --json: stdout is events only, one JSON object a line, ending in `done`.
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(events.iter().any(|e| e["phase"] == "receiving"), "{stdout}");
+    assert_eq!(events.last().unwrap()["phase"], "done", "{stdout}");
     assert_same_tree(&d.slot_b, &checkout(&w, &w.v2));
     assert_eq!(
         env_show(&d),
@@ -516,5 +525,51 @@ fn stick_script_installs_from_a_read_only_mounted_stick_and_logs_back_to_it() {
     assert!(
         log.lines().nth(1).unwrap().contains(" outcome=pending"),
         "{log}"
+    );
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    atomup_tests::ostree_fixture::hex(&<sha2::Sha256 as sha2::Digest>::digest(data))
+}
+
+/// What a stick pulled in the middle of the extraction leaves (the
+/// superblock extracted and verified, the part cut short as a `.partial`,
+/// plus a damaged complete-looking copy from an older pull) is never used as
+/// is: the next insertion re-hashes what is there, copies the rest and
+/// installs; nothing but the cache was touched in between.
+#[test]
+fn install_after_a_pulled_stick_rehashes_the_cache_and_completes() {
+    let w = world(&[]);
+    let d = provision(&w, "inst7");
+    let b = w.dir.join("v2.atomup");
+    bundle(&w, "qemu-virt", &b, &[]);
+    let from_v1 = atomup_ostree::delta::delta_path(
+        Some(&atomup_ostree::ObjectId::from_hex(&w.v1).unwrap()),
+        &atomup_ostree::ObjectId::from_hex(&w.v2).unwrap(),
+    );
+    let sb = fs::read(w.repo.path.join(&from_v1).join("superblock")).unwrap();
+    let part = fs::read(w.repo.path.join(&from_v1).join("0")).unwrap();
+    let cache = d.state.join("cache");
+    fs::create_dir_all(&cache).unwrap();
+    fs::write(cache.join(sha256_hex(&sb)), &sb).unwrap();
+    fs::write(
+        cache.join(format!("{}.partial", sha256_hex(&part))),
+        &part[..part.len() / 2],
+    )
+    .unwrap();
+    let before = Untouched::snap(&d);
+    let out = atomup_bounded(install_args(&w, &d, &[&b], &["--no-log", "--check"]));
+    assert!(out.status.success(), "{}", text(&out));
+    before.assert_nothing_written(&d);
+    // A complete-looking but damaged part (it does not hash right) is replaced.
+    let mut damaged = part.clone();
+    damaged[part.len() / 3] ^= 1;
+    fs::write(cache.join(sha256_hex(&part)), &damaged).unwrap();
+    let out = atomup_bounded(install_args(&w, &d, &[&b], &["--no-log"]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_tree(&d.slot_b, &checkout(&w, &w.v2));
+    assert_eq!(
+        env_show(&d),
+        "ATOMUP_ORDER=B A\nATOMUP_TRIAL=B\nATOMUP_LEFT=3\n"
     );
 }

@@ -194,7 +194,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
             eprintln!("error: the result was not logged: {e}");
             log_err = Some(e);
         } else {
-            println!("result logged to {}", log.display());
+            rep.say(&format!("result logged to {}", log.display()));
         }
     }
     if a.linger > 0 {

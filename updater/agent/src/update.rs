@@ -670,8 +670,8 @@ pub fn execute(
         fallback_repo: None,
         meta_out: Some(&meta),
     };
-    let stats = std::thread::scope(|scope| {
-        let writer = scope.spawn(|| -> Result<atomup_deploy::Stats> {
+    let (stats, etc_line) = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| -> Result<(atomup_deploy::Stats, String)> {
             // The slot is out of the boot order and about to be replaced
             // whole: empty it first, so a slot sized for one root never has
             // to hold two (unchanged files come from the active root,
@@ -691,10 +691,9 @@ pub fn execute(
                 &target_root,
                 target,
             )?;
-            println!("{etc_line}");
             // Everything written must be on disk before the env names the slot.
             rustix::fs::sync();
-            Ok(stats)
+            Ok((stats, etc_line))
         });
         loop {
             if writer.is_finished() {
@@ -708,6 +707,8 @@ pub fn execute(
             std::thread::sleep(Duration::from_millis(50));
         }
     })?;
+    // Said here, not in the writer: with `--json` stdout holds only events.
+    rep.say(&etc_line);
     if let Some(m) = mounted {
         m.unmount()?;
     }

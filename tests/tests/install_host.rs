@@ -573,3 +573,46 @@ fn install_after_a_pulled_stick_rehashes_the_cache_and_completes() {
         "ATOMUP_ORDER=B A\nATOMUP_TRIAL=B\nATOMUP_LEFT=3\n"
     );
 }
+
+/// `--remount` on a stick mounted `ro,nosuid,nodev,noexec`: the result line
+/// is appended, and the stick is left mounted read-only with the same
+/// `nosuid,nodev,noexec` (a remount replaces the per-mount flags: they must
+/// be carried, or the stick would end up executable).
+#[test]
+fn install_remount_appends_the_log_and_keeps_the_sticks_mount_flags() {
+    if !atomup_tests::device::require_root() {
+        return;
+    }
+    let w = world(&[]);
+    let d = provision(&w, "inst8");
+    let contents = stick(&w, "stick8");
+    bundle(&w, "qemu-virt", &contents.join("update.atomup"), &[]);
+    let lo = Stick::new(&w.dir.join("stick8.img"), &contents);
+    let mnt = w.dir.join("mnt8");
+    fs::create_dir_all(&mnt).unwrap();
+    run_ok(
+        Command::new("mount")
+            .args(["-o", "ro,nosuid,nodev,noexec"])
+            .arg(&lo.fs.dev)
+            .arg(&mnt),
+    );
+    let out = atomup_bounded(install_args(
+        &w,
+        &d,
+        &[Path::new("--scan"), &mnt],
+        &["--remount"],
+    ));
+    let opts = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
+        .map(|l| l.split(' ').nth(5).unwrap().to_owned());
+    let log = fs::read_to_string(mnt.join("atomup-log.txt"));
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(log.unwrap().contains(" outcome=installed"));
+    let opts = opts.expect("the stick is still mounted");
+    for want in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(opts.split(',').any(|o| o == want), "{want} missing: {opts}");
+    }
+}

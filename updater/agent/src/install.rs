@@ -608,22 +608,36 @@ fn result_line(
 }
 
 /// Appends `line` to the log and syncs it; with `remount`, the log's
-/// directory is remounted read-write around the append.
+/// directory is remounted read-write around the append. A remount replaces
+/// the per-mount flags, so the stick's `nosuid`, `nodev`, `noexec` are read
+/// first and kept in both remounts.
 fn append_log(log: &Path, line: &str, remount: bool) -> Result {
+    use rustix::fs::StatVfsMountFlags as Vfs;
     use rustix::mount::{mount_remount, MountFlags};
     let dir = log
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    let mut keep = MountFlags::empty();
     if remount {
-        mount_remount(dir, MountFlags::NOATIME, "")
+        let st = rustix::fs::statvfs(dir).map_err(|e| format!("statvfs {}: {e}", dir.display()))?;
+        for (vfs, ms) in [
+            (Vfs::NOSUID, MountFlags::NOSUID),
+            (Vfs::NODEV, MountFlags::NODEV),
+            (Vfs::NOEXEC, MountFlags::NOEXEC),
+        ] {
+            if st.f_flag.contains(vfs) {
+                keep |= ms;
+            }
+        }
+        mount_remount(dir, keep | MountFlags::NOATIME, "")
             .map_err(|e| format!("remounting {} read-write: {e}", dir.display()))?;
     }
     let appended = atomup_fsio::append(log, line.as_bytes())
         .map_err(|e| format!("appending to {}: {e}", log.display()));
     if remount {
         rustix::fs::sync();
-        mount_remount(dir, MountFlags::RDONLY, "")
+        mount_remount(dir, keep | MountFlags::RDONLY, "")
             .map_err(|e| format!("remounting {} read-only: {e}", dir.display()))?;
     }
     Ok(appended?)

@@ -449,7 +449,9 @@ impl Stick {
 /// The shipped insertion script (`dist/stick/atomup-stick`, run by udev's
 /// unit and by mdev) on a real stick (a loop device): it mounts it read-only, installs,
 /// and the result line lands on the stick through the remount; the stick's
-/// file system is clean afterwards and a second insertion logs a second line.
+/// file system is clean afterwards and a second insertion logs a second line;
+/// started the way busybox mdev starts it ($MDEV, in the background) it logs
+/// a third.
 #[test]
 fn stick_script_installs_from_a_read_only_mounted_stick_and_logs_back_to_it() {
     if !atomup_tests::device::require_root() || !atomup_tests::require_tool("debugfs") {
@@ -524,6 +526,47 @@ fn stick_script_installs_from_a_read_only_mounted_stick_and_logs_back_to_it() {
     assert_eq!(log.lines().count(), 2, "{log}");
     assert!(
         log.lines().nth(1).unwrap().contains(" outcome=pending"),
+        "{log}"
+    );
+
+    // As busybox mdev runs it: no argument, $MDEV and $ACTION set; it goes on
+    // in the background (mdev waits for its helpers) and logs to RUN/stick.log.
+    let dev_name = stick
+        .fs
+        .dev
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let out = atomup_tests::device::run_bounded(
+        Command::new("sh")
+            .arg(&script)
+            .env(
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+            )
+            .env("MDEV", &dev_name)
+            .env("ACTION", "add")
+            .env("ATOMUP_STICK_RUN", &run)
+            .env("ATOMUP_STICK_LINGER", "0")
+            .env("ATOMUP_STICK_REBOOT", "no"),
+        std::time::Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // Bounded wait for the background run (a hang fails the test).
+    let start = std::time::Instant::now();
+    while run.join("stick.lock").exists() || stick.read("atomup-log.txt").lines().count() < 3 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the mdev run did not finish: {}",
+            fs::read_to_string(run.join("stick.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = stick.read("atomup-log.txt");
+    assert!(
+        log.lines().nth(2).unwrap().contains(" outcome=pending"),
         "{log}"
     );
 }

@@ -310,3 +310,52 @@ fn systemd_unit_commands_confirm_once_and_reboot_only_a_rejected_slot() {
         }
     }
 }
+
+/// The USB stick unit verifies as an instance (with the script's path made
+/// real), runs the shipped script on the instance's device node, and is not
+/// bound to the device (a pull after the extraction must not stop the
+/// install); the udev rule starts it only for file systems on USB storage.
+#[test]
+fn stick_unit_verifies_and_the_udev_rule_wants_it_for_usb_file_systems() {
+    require_tool("systemd-analyze");
+    let dir = ScratchDir::new("stick-unit");
+    let script = dist().join("stick/atomup-stick");
+    let unit = fs::read_to_string(dist().join("systemd/atomup-stick@.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/lib/atomup/atomup-stick /dev/%I"),
+        "{unit}"
+    );
+    assert!(!unit.contains("BindsTo="), "{unit}");
+    fs::write(
+        dir.join("atomup-stick@.service"),
+        unit.replace(
+            "/usr/lib/atomup/atomup-stick",
+            &script.display().to_string(),
+        ),
+    )
+    .unwrap();
+    // An instance of the template, as udev's SYSTEMD_WANTS asks for it.
+    let instance = dir.join("atomup-stick@sda1.service");
+    std::os::unix::fs::symlink(dir.join("atomup-stick@.service"), &instance).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&instance)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        text(&out)
+    );
+    let rule = fs::read_to_string(dist().join("udev/90-atomup-stick.rules")).unwrap();
+    for want in [
+        "ACTION==\"add\"",
+        "ENV{ID_BUS}==\"usb\"",
+        "ENV{ID_FS_USAGE}==\"filesystem\"",
+        "ENV{SYSTEMD_WANTS}+=\"atomup-stick@%k.service\"",
+    ] {
+        assert!(rule.contains(want), "{want} missing: {rule}");
+    }
+    let mdev = fs::read_to_string(dist().join("mdev/mdev.conf")).unwrap();
+    assert!(mdev.contains("@/usr/lib/atomup/atomup-stick"), "{mdev}");
+}

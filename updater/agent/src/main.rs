@@ -11,6 +11,7 @@ mod error;
 mod etc;
 mod health;
 mod inputs;
+mod install;
 mod led;
 mod logger;
 mod progress;
@@ -40,6 +41,7 @@ Commands:
   daemon               the service: poll, install, reboot by policy, report; SIGTERM stops
   update               poll the server once; install a due release into the other slot
   upgrade              the same as update (`atomic host upgrade`); --check changes nothing
+  install FILE         install an offline update bundle (--scan DIR: the newest on a USB stick)
   status [--json]      each slot: booted marker, commit, version, state, attempts
   mark-good            health passed on the booted slot (confirms a trial)
   mark-bad             health failed on the booted slot (then reboot)
@@ -111,6 +113,7 @@ fn run(args: &mut lexopt::Parser) -> Result {
         "config" => settings::run(args)?,
         "daemon" => daemon::run(args)?,
         "update" | "upgrade" => update::run(args)?,
+        "install" => install::run(args)?,
         "etc" => etc::run(args)?,
         "config-diff" => etc::config_diff(args)?,
         "status" => status::run(args)?,

@@ -29,6 +29,13 @@
 //!    attempts; `atomup mark-good` confirms it, or it falls back. The
 //!    download cache is cleared.
 //!
+//! The steps are stages that `atomup install` (an offline bundle,
+//! `install.rs`) shares: [`prepare`] (flags, board, env, booted slot,
+//! target, trust, records: step 1 up to the release), [`decide`] (the pure
+//! plan over a verified release, whatever its source), the delta source
+//! (here the downloads of step 1; for a bundle, its members extracted and
+//! verified into the same cache) and [`execute`] (steps 2 to 4).
+//!
 //! Re-running after a power cut (or a kill) is safe: downloads resume from
 //! the cache with Range requests and the apply rewrites the (out-of-order)
 //! slot from scratch; a record written before a cut describes a slot that is
@@ -41,16 +48,18 @@ use crate::progress::{Mode, Reporter};
 use crate::target::{self, Protected, Target};
 use crate::{inputs, reports, settings};
 use atomup_bootctl::statedir::SlotRecord;
+use atomup_bootctl::statedir::StateDir;
 use atomup_config::{Config, Loaded, Partial};
 use atomup_deploy::{VerifiedDelta, VerifiedSuperblock};
 use atomup_fetch::{Expect, FetchError, Fetcher, Options as FetchOptions};
 use atomup_link::budget::Budgets;
 use atomup_ostree::sign::Trust;
 use atomup_ostree::ObjectId;
+use atomup_policy::slot::BootState;
 use atomup_policy::slot::DEFAULT_ATTEMPTS;
 use atomup_policy::update::{self, Decision, Flags};
 use atomup_policy::Slot;
-use atomup_release::check::verify_signed;
+use atomup_release::check::{verify_signed, Verified};
 use atomup_release::{release_path, rollout, Delta, Release};
 use atomup_report::document::Event;
 use atomup_report::progress::Phase;
@@ -93,8 +102,8 @@ pub struct Opts {
     target_dir: Option<PathBuf>,
     from_root: PathBuf,
     etc: Option<PathBuf>,
-    attempts: u8,
-    allow_downgrade: bool,
+    pub attempts: u8,
+    pub allow_downgrade: bool,
     ignore_rollout: bool,
     now: Option<u64>,
     backoff_ms: u64,
@@ -105,6 +114,23 @@ pub struct Opts {
 
 /// Parses the options of `command` (`daemon` takes no `--check`).
 pub fn parse(args: &mut lexopt::Parser, command: &str, help: &str) -> Result<Opts> {
+    parse_with(args, command, help, &mut |_, _| Ok(false))
+}
+
+/// An argument a command adds to the shared options (`install`'s).
+pub enum Extra<'a> {
+    Long(&'a str),
+    Value(std::ffi::OsString),
+}
+
+/// [`parse`], offering `extra` each argument the shared options do not
+/// know first; it returns whether it took it.
+pub fn parse_with(
+    args: &mut lexopt::Parser,
+    command: &str,
+    help: &str,
+    extra: &mut dyn FnMut(Extra<'_>, &mut lexopt::Parser) -> Result<bool>,
+) -> Result<Opts> {
     use lexopt::prelude::*;
     let mut o = Opts {
         config: Partial::default(),
@@ -142,8 +168,16 @@ pub fn parse(args: &mut lexopt::Parser, command: &str, help: &str) -> Result<Opt
             }
             Long(name) => {
                 let name = name.to_owned();
-                if !settings::take(&mut o.config, &name, args)? && !o.boot.take(&name, args)? {
+                if !extra(Extra::Long(&name), args)?
+                    && !settings::take(&mut o.config, &name, args)?
+                    && !o.boot.take(&name, args)?
+                {
                     return Err(format!("invalid option '--{name}'").into());
+                }
+            }
+            Value(v) => {
+                if !extra(Extra::Value(v.clone()), args)? {
+                    return Err(Value(v).unexpected().into());
                 }
             }
             other => return Err(other.unexpected().into()),
@@ -286,33 +320,158 @@ pub fn poll(
     let server = cfg.server.as_ref().ok_or(
         "no update server: set server.url and server.channel in config.d (or --server URL --channel NAME)",
     )?;
-    let (server, channel) = (server.url.as_str(), server.channel.as_str());
+    let server = server.url.as_str();
     let flags = Flags {
         attempts: o.attempts,
         allow_downgrade: o.allow_downgrade,
         ignore_rollout: o.ignore_rollout,
         allow_scratch_fallback: cfg.allow_scratch_fallback,
     };
+    let mut p = prepare(o, loaded, flags)?;
+    let budgets = Budgets {
+        per_update: cfg.update_budget,
+        monthly: cfg.monthly_budget,
+    };
+    // The month's usage: read before anything is fetched (a damaged record
+    // on a metered link refuses here); written only when bytes arrive.
+    let mut meter = Meter::load(&o.boot.state_dir, budgets, p.now)?;
+
+    // 2. Release metadata, fetched capped and verified before it is parsed,
+    //    then the decision: everything a release decides is decided here.
+    let fetcher = Fetcher::new(server, &p.cache, fetch_options(cfg, o.backoff_ms, cancel)?)?;
+    rep.phase(Phase::Checking, None);
+    let fetched = fetcher.fetch_small(&release_path(&p.channel, &p.board), RELEASE_CAP);
+    if !o.check {
+        meter.charge(fetcher.received())?;
+    }
+    let bytes = fetched?;
+    let verified = verify_signed(&bytes, &p.trust)?;
+    rep.version(verified.release().version);
+    // Crash point `update.metadata`: the signed release fetched and verified.
+    atomup_faults::point("update.metadata");
+    let plan = match decide(&p, &verified)? {
+        Ok(plan) => plan,
+        Err((outcome, message)) => {
+            rep.say(&message);
+            return Ok(outcome);
+        }
+    };
+    let to = ObjectId(plan.release.commit);
+
+    // Rules (metered links, bounded cache): the whole delta against the
+    // per-update budget and the cache bound, what is left to fetch against
+    // the month's; all before the first byte of the delta is fetched.
+    let total = delta_bytes(plan.delta);
+    let cached = cached_bytes(&p.cache, plan.delta, &p.trust);
+    let need = total.saturating_sub(cached);
+    Budgets {
+        per_update: budgets.per_update,
+        monthly: None,
+    }
+    .admit(total, &meter.usage)?;
+    Budgets {
+        per_update: None,
+        monthly: budgets.monthly,
+    }
+    .admit(need, &meter.usage)?;
+    check_cache_max(cfg, total)?;
+    if o.check {
+        rep.say(&format!(
+            "would install version {} ({to}) into slot {}: delta {} from {}, {total} bytes ({cached} of them cached); nothing was downloaded or written",
+            plan.release.version,
+            p.target,
+            plan.delta.path,
+            plan.delta
+                .source_commit()
+                .map_or("scratch".to_owned(), |c| ObjectId(c).to_hex()),
+        ));
+        return Ok(Outcome::WouldInstall);
+    }
+
+    // 3. Downloads (the cache and the usage record are the only things
+    //    written): every byte capped and digest-checked, resumable; then
+    //    the delta's own claims.
+    p.led.set(atomup_board::status::State::Downloading);
+    check_download_space(&p.cache, &o.boot.state_dir, plan.delta, cached)?;
+    rep.p.bytes_total = total;
+    let verified_delta = download_delta(
+        &fetcher,
+        &mut meter,
+        rep,
+        plan.release,
+        plan.delta,
+        &p.trust,
+        &p.current_commit,
+        &p.cache,
+    );
+    meter.flush()?;
+    let verified_delta = verified_delta?;
+
+    // 4. Execute the plan.
+    let outcome = execute(o, &mut p, &plan, &verified_delta, cancel, rep)?;
+    p.led.set(atomup_board::status::State::Idle);
+    Ok(outcome)
+}
+
+/// Stage 1 of an installation, shared by a network poll and `atomup
+/// install`: flags, board, env, booted slot, target and trust, and the
+/// device's records, all read and checked; nothing written. The env lock is
+/// not held: each env write in [`execute`] loads the env again and checks
+/// that it is still `env`.
+pub struct Prepared {
+    pub flags: Flags,
+    pub board: String,
+    /// The device's channel (`server.channel`).
+    pub channel: String,
+    /// The status LED while this runs; dropped mid-download or mid-install
+    /// (an error returned early) it shows `error`.
+    pub led: crate::led::StatusLed,
+    pub trust: Trust,
+    bl: Box<dyn atomup_bootctl::Bootloader>,
+    pub booted: Slot,
+    env: BootState,
+    pub target: Slot,
+    spec: Target,
+    sd: StateDir,
+    pub current_commit: ObjectId,
+    pub current_version: u64,
+    target_commit: Option<[u8; 32]>,
+    highest_version: u64,
+    time_file: PathBuf,
+    trusted_time: u64,
+    rolled_back: Vec<[u8; 32]>,
+    seed: rollout::RolloutSeed,
+    pub now: u64,
+    /// The download cache (`<state>/cache`), where a bundle's members are
+    /// extracted too.
+    pub cache: PathBuf,
+}
+
+/// Stage 1: see [`Prepared`].
+pub fn prepare(o: &Opts, loaded: &Loaded, flags: Flags) -> Result<Prepared> {
+    let cfg = &loaded.config;
+    let channel = cfg
+        .server
+        .as_ref()
+        .map(|s| s.channel.clone())
+        .ok_or("no channel: set server.url and server.channel in config.d (or --server URL --channel NAME)")?;
     let profile = o.boot.board()?;
     let board = match (&o.board, &profile) {
-        (Some(b), _) => b.as_str(),
-        (None, Some(p)) => p.name.as_str(),
+        (Some(b), _) => b.clone(),
+        (None, Some(p)) => p.name.clone(),
         (None, None) => return Err("--board NAME is required (or a board profile)".into()),
     };
-    // The status LED while this runs; dropped mid-download or mid-install
-    // (an error returned early) it shows `error`.
-    let mut led = crate::led::StatusLed::start(
+    let led = crate::led::StatusLed::start(
         profile.as_ref().and_then(|p| p.led.as_ref()),
         atomup_board::status::State::Idle,
     );
     let trust = inputs::trust_of(cfg, loaded.sources.contains_key("trust.keys_file"))?;
     let mut bl = o.boot.open_env(profile.as_ref())?;
-    let bl = bl.as_mut();
     let booted = o.boot.require_booted()?;
     // Read for planning only: the snapshot (and the env lock) is dropped at
     // once; each env write below loads the env again under the lock and
     // checks that it is still what the plan was made from.
-    let env = atomup_bootctl::load(bl)?.state()?;
+    let env = atomup_bootctl::load(bl.as_mut())?.state()?;
     let target = update::preflight(&env, booted, &flags)?;
     let spec = match (&o.target_device, &o.target_dir, &profile) {
         (Some(dev), _, _) => Target::Device(dev.clone()),
@@ -353,7 +512,6 @@ pub fn poll(
                 o.boot.state_dir.display()
             )
         })?;
-    let (current_commit, current_version) = (current.commit, current.version);
     let target_commit = sd
         .slot_record(target)?
         .and_then(|r| r.commit())
@@ -368,93 +526,83 @@ pub fn poll(
         .map(|id| id.0)
         .collect();
     let seed = rollout::RolloutSeed::from_machine_id(&inputs::machine_id(&cfg.machine_id)?);
-    let now = o.now.unwrap_or_else(system_now);
-    let budgets = Budgets {
-        per_update: cfg.update_budget,
-        monthly: cfg.monthly_budget,
-    };
-    // The month's usage: read before anything is fetched (a damaged record
-    // on a metered link refuses here); written only when bytes arrive.
-    let mut meter = Meter::load(&o.boot.state_dir, budgets, now)?;
-
-    // 2. Release metadata, fetched capped and verified before it is parsed,
-    //    then the decision: everything a release decides is decided here.
-    let cache = o.boot.state_dir.join("cache");
-    let fetcher = Fetcher::new(server, &cache, fetch_options(cfg, o.backoff_ms, cancel)?)?;
-    rep.phase(Phase::Checking, None);
-    let fetched = fetcher.fetch_small(&release_path(channel, board), RELEASE_CAP);
-    if !o.check {
-        meter.charge(fetcher.received())?;
-    }
-    let bytes = fetched?;
-    let verified = verify_signed(&bytes, &trust)?;
-    rep.version(verified.release().version);
-    // Crash point `update.metadata`: the signed release fetched and verified.
-    atomup_faults::point("update.metadata");
-    let device = update::Device {
-        channel,
+    Ok(Prepared {
+        flags,
         board,
+        channel,
+        led,
+        trust,
+        bl,
         booted,
-        env: &env,
-        booted_commit: current_commit.0,
-        booted_version: current_version,
+        env,
+        target,
+        spec,
+        sd,
+        current_commit: current.commit,
+        current_version: current.version,
         target_commit,
         highest_version,
-        rolled_back: &rolled_back,
+        time_file,
         trusted_time,
+        rolled_back,
         seed,
-    };
-    let plan = match update::plan(&verified, &device, &flags, now)? {
-        Decision::UpToDate => {
-            rep.say(&format!(
-                "up to date: version {current_version} ({current_commit})"
-            ));
-            return Ok(Outcome::UpToDate);
-        }
-        Decision::PendingOnTrial { target } => {
-            rep.say(&format!(
-                "version {} is installed in slot {target} on trial: reboot to try it",
-                verified.release().version
-            ));
-            return Ok(Outcome::Pending);
-        }
-        Decision::Waiting { opens_at: Some(t) } => {
-            rep.say(&format!(
-                "version {} is rolling out; this device's wave opens at {t}",
-                verified.release().version
-            ));
-            return Ok(Outcome::Waiting);
-        }
-        Decision::Waiting { opens_at: None } => {
-            rep.say(&format!(
-                "version {} is rolling out; this device is not in any wave yet",
-                verified.release().version
-            ));
-            return Ok(Outcome::Waiting);
-        }
-        Decision::Install(plan) => plan,
-    };
-    let to = ObjectId(plan.release.commit);
+        now: o.now.unwrap_or_else(system_now),
+        cache: o.boot.state_dir.join("cache"),
+    })
+}
 
-    // Rules (metered links, bounded cache): the whole delta against the
-    // per-update budget and the cache bound, what is left to fetch against
-    // the month's; all before the first byte of the delta is fetched.
-    let total = plan
-        .delta
-        .superblock_size
-        .saturating_add(plan.delta.parts_size);
-    let cached = cached_bytes(&cache, plan.delta, &trust);
-    let need = total.saturating_sub(cached);
-    Budgets {
-        per_update: budgets.per_update,
-        monthly: None,
-    }
-    .admit(total, &meter.usage)?;
-    Budgets {
-        per_update: None,
-        monthly: budgets.monthly,
-    }
-    .admit(need, &meter.usage)?;
+/// Stage 2: the pure decision (`atomup_policy::update::plan`) over a
+/// verified release, whatever its source; `Err((outcome, message))` when
+/// there is nothing to install, with the reason to say.
+pub fn decide<'r>(
+    p: &Prepared,
+    verified: &'r Verified,
+) -> Result<std::result::Result<update::Plan<'r>, (Outcome, String)>> {
+    let device = update::Device {
+        channel: &p.channel,
+        board: &p.board,
+        booted: p.booted,
+        env: &p.env,
+        booted_commit: p.current_commit.0,
+        booted_version: p.current_version,
+        target_commit: p.target_commit,
+        highest_version: p.highest_version,
+        rolled_back: &p.rolled_back,
+        trusted_time: p.trusted_time,
+        seed: p.seed,
+    };
+    let version = verified.release().version;
+    Ok(match update::plan(verified, &device, &p.flags, p.now)? {
+        Decision::UpToDate => Err((
+            Outcome::UpToDate,
+            format!(
+                "up to date: version {} ({})",
+                p.current_version, p.current_commit
+            ),
+        )),
+        Decision::PendingOnTrial { target } => Err((
+            Outcome::Pending,
+            format!("version {version} is installed in slot {target} on trial: reboot to try it"),
+        )),
+        Decision::Waiting { opens_at: Some(t) } => Err((
+            Outcome::Waiting,
+            format!("version {version} is rolling out; this device's wave opens at {t}"),
+        )),
+        Decision::Waiting { opens_at: None } => Err((
+            Outcome::Waiting,
+            format!("version {version} is rolling out; this device is not in any wave yet"),
+        )),
+        Decision::Install(plan) => Ok(plan),
+    })
+}
+
+/// A delta's bytes in the cache once fetched or extracted: superblock and parts.
+pub fn delta_bytes(delta: &Delta) -> u64 {
+    delta.superblock_size.saturating_add(delta.parts_size)
+}
+
+/// Rule (bounded cache): one delta must fit under `link.cache_max`.
+pub fn check_cache_max(cfg: &Config, total: u64) -> Result {
     if total > cfg.cache_max {
         return Err(format!(
             "the delta needs {total} bytes of download cache, over link.cache_max ({} bytes): nothing was downloaded",
@@ -462,49 +610,36 @@ pub fn poll(
         )
         .into());
     }
-    if o.check {
-        rep.say(&format!(
-            "would install version {} ({to}) into slot {target}: delta {} from {}, {total} bytes ({cached} of them cached); nothing was downloaded or written",
-            plan.release.version,
-            plan.delta.path,
-            plan.delta
-                .source_commit()
-                .map_or("scratch".to_owned(), |c| ObjectId(c).to_hex()),
-        ));
-        return Ok(Outcome::WouldInstall);
-    }
+    Ok(())
+}
 
-    // 3. Downloads (the cache and the usage record are the only things
-    //    written): every byte capped and digest-checked, resumable; then
-    //    the delta's own claims.
-    led.set(atomup_board::status::State::Downloading);
-    check_download_space(&cache, &o.boot.state_dir, plan.delta, cached)?;
-    rep.p.bytes_total = total;
-    let verified_delta = download_delta(
-        &fetcher,
-        &mut meter,
-        rep,
-        plan.release,
-        plan.delta,
-        &trust,
-        &current_commit,
-        &cache,
-    );
-    meter.flush()?;
-    let verified_delta = verified_delta?;
-
-    // 4. Execute the plan. Each step loads the env once (under its lock),
-    //    records first and writes the env last.
-    led.set(atomup_board::status::State::Installing);
+/// Stage 4, shared by a network poll and `atomup install`: the plan carried
+/// out on a verified delta (its superblock and parts in the cache). Each
+/// step loads the env once (under its lock), records first and writes the
+/// env last. The LED shows `installing` throughout.
+pub fn execute(
+    o: &Opts,
+    p: &mut Prepared,
+    plan: &update::Plan<'_>,
+    verified_delta: &VerifiedDelta,
+    cancel: Option<&'static AtomicBool>,
+    rep: &mut Reporter,
+) -> Result<Outcome> {
+    let (target, spec, sd) = (p.target, &p.spec, &p.sd);
+    let bl = p.bl.as_mut();
+    let to = ObjectId(plan.release.commit);
+    let current_commit = p.current_commit;
+    p.led.set(atomup_board::status::State::Installing);
     let mut snap = atomup_bootctl::load(bl)?;
-    if snap.state()? != env {
+    if snap.state()? != p.env {
         return Err(format!(
-            "the env changed while the update was prepared ({} instead of {env}): nothing was installed, try again",
-            snap.state()?
+            "the env changed while the update was prepared ({} instead of {}): nothing was installed, try again",
+            snap.state()?,
+            p.env
         )
         .into());
     }
-    write_trusted_time(&time_file, plan.trusted_time)?;
+    write_trusted_time(&p.time_file, plan.trusted_time)?;
     // Accepted from here on: a replay of anything older is refused even if
     // this install never finishes.
     sd.accept_version(plan.release.version)?;
@@ -516,11 +651,11 @@ pub fn poll(
     let letter = if target == Slot::A { 'A' } else { 'B' };
     rep.phase(Phase::Writing, Some(letter));
     let meta = o.boot.state_dir.join("meta");
-    let mounted = match &spec {
+    let mounted = match spec {
         Target::Device(dev) => Some(Mounted::new(dev, &o.boot.state_dir.join("target"))?),
         Target::Dir(_) => None,
     };
-    let target_root = match (&mounted, &spec) {
+    let target_root = match (&mounted, spec) {
         (Some(m), _) => m.dir.clone(),
         (None, Target::Dir(dir)) => dir.clone(),
         (None, Target::Device(_)) => unreachable!("a device target is mounted"),
@@ -535,14 +670,14 @@ pub fn poll(
         fallback_repo: None,
         meta_out: Some(&meta),
     };
-    let stats = std::thread::scope(|scope| {
-        let writer = scope.spawn(|| -> Result<atomup_deploy::Stats> {
+    let (stats, etc_line) = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| -> Result<(atomup_deploy::Stats, String)> {
             // The slot is out of the boot order and about to be replaced
             // whole: empty it first, so a slot sized for one root never has
             // to hold two (unchanged files come from the active root,
             // re-hashed, not from here).
             empty_slot(&target_root)?;
-            let stats = atomup_deploy::apply(&verified_delta, &deploy_opts)?;
+            let stats = atomup_deploy::apply(verified_delta, &deploy_opts)?;
             // The device's /etc carried onto the new defaults, as the new
             // slot's layer: after the slot is verified (its vendor-owned list
             // is trusted from here), before the env write that makes it
@@ -556,10 +691,9 @@ pub fn poll(
                 &target_root,
                 target,
             )?;
-            println!("{etc_line}");
             // Everything written must be on disk before the env names the slot.
             rustix::fs::sync();
-            Ok(stats)
+            Ok((stats, etc_line))
         });
         loop {
             if writer.is_finished() {
@@ -573,6 +707,8 @@ pub fn poll(
             std::thread::sleep(Duration::from_millis(50));
         }
     })?;
+    // Said here, not in the writer: with `--json` stdout holds only events.
+    rep.say(&etc_line);
     if let Some(m) = mounted {
         m.unmount()?;
     }
@@ -602,11 +738,10 @@ pub fn poll(
         plan.release.version, stats.objects_written, stats.objects_reused, o.attempts
     ));
     // The delta is spent: the cache goes (it is bounded to one delta anyway).
-    match atomup_fetch::prune_cache(&cache, &[]) {
+    match atomup_fetch::prune_cache(&p.cache, &[]) {
         Ok(freed) => rep.say(&format!("download cache cleared: {freed} bytes freed")),
         Err(e) => log::warn!("clearing the download cache: {e}"),
     }
-    led.set(atomup_board::status::State::Idle);
     Ok(Outcome::Installed {
         version: plan.release.version,
         slot: target,
@@ -654,7 +789,7 @@ fn cached_bytes(cache: &Path, delta: &Delta, trust: &Trust) -> u64 {
 /// Rule (issue 11.3): the download fits on the data partition, checked before
 /// it starts. What is already cached of the delta counts; parts are counted
 /// whole (their names are known only from the superblock).
-fn check_download_space(cache: &Path, state_dir: &Path, delta: &Delta, cached: u64) -> Result {
+pub fn check_download_space(cache: &Path, state_dir: &Path, delta: &Delta, cached: u64) -> Result {
     let need = (delta.superblock_size + delta.parts_size).saturating_sub(cached);
     // The cache is made by the first download; it lives in the state dir.
     let on = if cache.exists() { cache } else { state_dir };
@@ -674,7 +809,7 @@ fn check_download_space(cache: &Path, state_dir: &Path, delta: &Delta, cached: u
 /// before any part is fetched: its superblock is signed by a key this device
 /// trusts (checked by `VerifiedSuperblock`), leads to the release's commit and
 /// starts from the booted slot's commit (or from scratch, as the release says).
-fn check_superblock(
+pub fn check_superblock(
     sb: &VerifiedSuperblock,
     release: &Release,
     delta: &Delta,

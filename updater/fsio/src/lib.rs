@@ -218,6 +218,34 @@ pub fn replace(path: &Path, data: &[u8]) -> io::Result<()> {
     sync_parent(path)
 }
 
+/// Appends `data` to the regular file `path` (created, mode 0644, when
+/// missing; the last component never followed; anything but a regular file
+/// refused by type, without blocking) in one `O_APPEND` write, then fsyncs
+/// it, and its directory when the file was new. For logs that collect one
+/// line per run (the result log on a USB stick): after a cut, the lines
+/// before are intact, the last one whole or missing or cut short.
+pub fn append(path: &Path, data: &[u8]) -> io::Result<()> {
+    let existed = std::fs::symlink_metadata(path).is_ok();
+    use std::io::Write;
+    // O_RDWR, not O_WRONLY: a FIFO then opens at once (O_WRONLY|O_NONBLOCK
+    // fails with ENXIO without a reader) and is refused by type, by name.
+    let flags = OFlags::RDWR
+        | OFlags::APPEND
+        | OFlags::CREATE
+        | OFlags::NOFOLLOW
+        | OFlags::NONBLOCK
+        | OFlags::NOCTTY
+        | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(path, flags, Mode::from_raw_mode(0o644))?;
+    let mut f = checked(fd, Want::Regular)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    if !existed {
+        sync_parent(path)?;
+    }
+    Ok(())
+}
+
 /// `<dir>/<name>.tmp`, the temporary file [`replace`] writes first.
 pub fn temp_path(path: &Path) -> PathBuf {
     let mut name: OsString = path.file_name().unwrap_or_default().to_os_string();
@@ -304,6 +332,23 @@ mod tests {
         assert!(is_wrong_type(&open_rw(&d.join("fifo"), true).unwrap_err()));
         std::os::unix::fs::symlink(&f, d.join("l")).unwrap();
         assert!(open_rw(&d.join("l"), true).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A log collects one line per append (created on the first), and a
+    /// FIFO or a symlink in its place is refused without blocking.
+    #[test]
+    fn append_adds_lines_and_refuses_fifos_and_symlinks() {
+        let d = scratch("append");
+        let f = d.join("log");
+        append(&f, b"one\n").unwrap();
+        append(&f, b"two\n").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"one\ntwo\n");
+        mkfifo(&d.join("fifo"));
+        assert!(is_wrong_type(&append(&d.join("fifo"), b"x").unwrap_err()));
+        std::os::unix::fs::symlink(&f, d.join("l")).unwrap();
+        assert!(append(&d.join("l"), b"x").is_err());
+        assert_eq!(std::fs::read(&f).unwrap(), b"one\ntwo\n");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

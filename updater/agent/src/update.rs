@@ -280,6 +280,13 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     // 3. Downloads (the cache is the only thing written): every byte capped
     //    and digest-checked, resumable; then the delta's own claims.
     check_download_space(&cache, plan.delta)?;
+    // The progress of an install, one line per step (`--log-level info`).
+    log::info!(
+        "version {} is due: downloading {} ({} bytes)",
+        plan.release.version,
+        plan.delta.path,
+        plan.delta.superblock_size + plan.delta.parts_size
+    );
     let verified_delta =
         download_delta(&fetcher, plan.release, plan.delta, &trust, &current_commit)?;
 
@@ -301,6 +308,10 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     // ONE env write: the target leaves the boot order before it changes.
     atomup_bootctl::store_state(bl, &mut snap, &plan.start)?;
     drop(snap);
+    log::info!(
+        "slot {target} is out of the boot order: writing version {}",
+        plan.release.version
+    );
 
     let meta = o.boot.state_dir.join("meta");
     let mounted = match &spec {
@@ -326,6 +337,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
             meta_out: Some(&meta),
         },
     )?;
+    log::info!("slot {target} written and verified: syncing");
     // Everything written must be on disk before the env names the slot.
     rustix::fs::sync();
     if let Some(m) = mounted {
@@ -335,6 +347,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     // still out of the boot order.
     atomup_faults::point("update.synced");
 
+    log::info!("slot {target} synced: putting it first in the boot order, on trial");
     let mut snap = atomup_bootctl::load(bl)?;
     if snap.state()? != plan.start {
         return Err(format!(

@@ -1,6 +1,7 @@
 //! A real nginx on loopback serving a directory, as the update server in tests,
-//! and a fault-injecting TCP proxy in front of it that cuts connections: the
-//! server stays real, only the link is made flaky.
+//! and a fault-injecting TCP proxy in front of it (cuts, stalls, 5xx bursts,
+//! a trickle, corrupted bytes): the server stays real, only the link is made
+//! flaky.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -20,13 +21,32 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn serve(root: &Path, work: &Path) -> Nginx {
+        Nginx::start(root, work, None)
+    }
+
+    /// nginx serving `root` over HTTPS with the certificate chain `cert`
+    /// (PEM) and its key `key`.
+    pub fn serve_tls(root: &Path, work: &Path, cert: &Path, key: &Path) -> Nginx {
+        Nginx::start(root, work, Some((cert, key)))
+    }
+
+    fn start(root: &Path, work: &Path, tls: Option<(&Path, &Path)>) -> Nginx {
         crate::require_tool("nginx");
         // nginx resolves relative paths against its prefix, not our cwd.
         let root = std::path::absolute(root).unwrap();
-        let dir = std::path::absolute(work.join("nginx")).unwrap();
+        let dir = std::path::absolute(work.join(if tls.is_some() { "nginx-tls" } else { "nginx" }))
+            .unwrap();
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let port = free_port();
         let d = dir.display();
+        let listen = match tls {
+            None => format!("listen 127.0.0.1:{port};"),
+            Some((cert, key)) => format!(
+                "listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {};",
+                std::path::absolute(cert).unwrap().display(),
+                std::path::absolute(key).unwrap().display()
+            ),
+        };
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
              error_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
@@ -34,7 +54,7 @@ impl Nginx {
              access_log {d}/access.log atomup;\n  default_type application/octet-stream;\n\
              client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;\n\
              fastcgi_temp_path {d}/tmp/fcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;\n\
-             server {{ listen 127.0.0.1:{port}; root {}; }}\n}}\n",
+             server {{ {listen} root {}; }}\n}}\n",
             root.display()
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
@@ -54,6 +74,10 @@ impl Nginx {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn https_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
     }
 
     /// Access log lines: `<status> "<range>" <bytes> <uri>`. nginx logs a
@@ -101,30 +125,93 @@ fn wait_for_port(port: u16) {
     }
 }
 
-/// A proxy to `upstream` whose first `cuts` connections are closed after
-/// `cut_after` response bytes; it counts every response byte it forwards.
+/// Faults a [`FlakyProxy`] injects between the agent and the real server.
+/// Every request gets a connection of its own (the proxy adds `Connection:
+/// close`), so "after N response bytes" counts within one response.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Close a connection once it forwarded this many response bytes
+    /// (headers included)...
+    pub cut_after: Option<u64>,
+    /// ...but only this many times in all (`None`: every connection).
+    pub cuts: Option<usize>,
+    /// After this many response bytes, stop forwarding for this long (a
+    /// stalled link), `stalls` times in all.
+    pub stall: Option<(u64, Duration)>,
+    pub stalls: usize,
+    /// Answer this many requests with this status, without asking the server
+    /// (a burst of 5xx).
+    pub status_burst: Option<(u16, usize)>,
+    /// Forward at most this many bytes per second (a trickle).
+    pub trickle: Option<u64>,
+    /// Flip the body byte at this offset of every response to a request
+    /// whose path contains the string (corrupted bytes).
+    pub corrupt: Option<(String, u64)>,
+}
+
+/// A TCP proxy to `upstream` (a real nginx) that injects [`Faults`] and
+/// counts every response byte it forwards, with the time of each write.
 pub struct FlakyProxy {
     pub port: u16,
     forwarded: Arc<AtomicU64>,
+    connections: Arc<AtomicUsize>,
+    samples: Arc<std::sync::Mutex<Vec<(Instant, u64)>>>,
+}
+
+/// The faults' shared counters (cuts, stalls and statuses left).
+struct Budget {
+    faults: Faults,
+    cuts_left: AtomicUsize,
+    stalls_left: AtomicUsize,
+    statuses_left: AtomicUsize,
+}
+
+fn take_one(counter: &AtomicUsize) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 impl FlakyProxy {
+    /// The first `cuts` connections that reach `cut_after` response bytes are closed there.
     pub fn start(upstream: u16, cut_after: u64, cuts: usize) -> FlakyProxy {
+        FlakyProxy::with_faults(
+            upstream,
+            Faults {
+                cut_after: Some(cut_after),
+                cuts: Some(cuts),
+                ..Faults::default()
+            },
+        )
+    }
+
+    pub fn with_faults(upstream: u16, faults: Faults) -> FlakyProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let forwarded = Arc::new(AtomicU64::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
-        let counter = forwarded.clone();
+        let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let budget = Arc::new(Budget {
+            cuts_left: AtomicUsize::new(faults.cuts.unwrap_or(usize::MAX)),
+            stalls_left: AtomicUsize::new(faults.stalls),
+            statuses_left: AtomicUsize::new(faults.status_burst.map_or(0, |s| s.1)),
+            faults,
+        });
+        let (counter, conns, log) = (forwarded.clone(), connections.clone(), samples.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
-                let n = connections.fetch_add(1, Ordering::SeqCst);
-                let limit = if n < cuts { cut_after } else { u64::MAX };
-                let counter = counter.clone();
-                std::thread::spawn(move || relay(client, upstream, limit, &counter));
+                conns.fetch_add(1, Ordering::SeqCst);
+                let (counter, budget, log) = (counter.clone(), budget.clone(), log.clone());
+                std::thread::spawn(move || relay(client, upstream, &budget, &counter, &log));
             }
         });
-        FlakyProxy { port, forwarded }
+        FlakyProxy {
+            port,
+            forwarded,
+            connections,
+            samples,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -135,34 +222,142 @@ impl FlakyProxy {
     pub fn forwarded(&self) -> u64 {
         self.forwarded.load(Ordering::SeqCst)
     }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// The rate in bytes/s over the part of the transfer after the first
+    /// `skip` bytes (which a socket buffer may have taken in at once), up to
+    /// the last byte forwarded.
+    pub fn rate_after(&self, skip: u64) -> f64 {
+        let samples = self.samples.lock().unwrap();
+        let start = samples.iter().find(|(_, total)| *total >= skip);
+        match (start, samples.last()) {
+            (Some(&(t0, b0)), Some(&(t1, b1))) if t1 > t0 => {
+                (b1 - b0) as f64 / (t1 - t0).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
 }
 
-fn relay(client: TcpStream, upstream: u16, limit: u64, counter: &AtomicU64) {
-    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+/// Reads an HTTP head (up to the blank line, at most 64 KiB).
+fn read_head(r: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match r.read(&mut b) {
+            Ok(1) if head.len() < 64 * 1024 => head.push(b[0]),
+            _ => return None,
+        }
+    }
+    Some(head)
+}
+
+fn relay(
+    mut client: TcpStream,
+    upstream: u16,
+    budget: &Budget,
+    counter: &AtomicU64,
+    log: &std::sync::Mutex<Vec<(Instant, u64)>>,
+) {
+    let Some(head) = read_head(&mut client) else {
         return;
     };
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let path = text.split(' ').nth(1).unwrap_or("").to_owned();
+    let f = &budget.faults;
+    if let Some((status, _)) = f.status_burst {
+        if take_one(&budget.statuses_left) {
+            let answer = format!(
+                "HTTP/1.1 {status} Injected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = client.write_all(answer.as_bytes());
+            counter.fetch_add(answer.len() as u64, Ordering::SeqCst);
+            return;
+        }
+    }
+    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    // One request per connection: drop any Connection header, ask for close.
+    let mut rewritten: Vec<&str> = text
+        .trim_end_matches("\r\n")
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    rewritten.push("Connection: close");
+    let head = rewritten.join("\r\n") + "\r\n\r\n";
+    if server.write_all(head.as_bytes()).is_err() {
+        return;
+    }
     let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut c_read, &mut s_write);
         let _ = s_write.shutdown(Shutdown::Write);
     });
     let (mut s_read, mut c_write) = (server, client);
+    let corrupt_at = f
+        .corrupt
+        .as_ref()
+        .filter(|(needle, _)| path.contains(needle.as_str()))
+        .map(|(_, at)| *at);
+    let mut limit = f.cut_after.unwrap_or(u64::MAX);
     let mut sent = 0u64;
-    let mut buf = [0u8; 16 * 1024];
+    let mut body_start: Option<u64> = None;
+    let mut seen = Vec::new();
+    let mut stall_done = false;
+    let chunk = f
+        .trickle
+        .map_or(16 * 1024, |r| (r / 10).clamp(1, 16 * 1024) as usize);
+    let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let want = buf.len().min((limit - sent).min(buf.len() as u64) as usize);
-        if want == 0 {
-            break;
+        let mut want = chunk.min(buf.len()) as u64;
+        if limit != u64::MAX {
+            match limit.saturating_sub(sent) {
+                0 if take_one(&budget.cuts_left) => break,
+                0 => limit = u64::MAX,
+                room => want = want.min(room),
+            }
         }
+        if let (Some((after, pause)), false) = (f.stall, stall_done) {
+            if sent >= after {
+                stall_done = true;
+                if take_one(&budget.stalls_left) {
+                    std::thread::sleep(pause);
+                }
+            } else {
+                want = want.min(after - sent);
+            }
+        }
+        let want = want as usize;
         let n = match s_read.read(&mut buf[..want]) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if body_start.is_none() {
+            seen.extend_from_slice(&buf[..n]);
+            if let Some(p) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                body_start = Some(sent - (seen.len() - n) as u64 + (p + 4) as u64);
+            }
+        }
+        if let (Some(at), Some(start)) = (corrupt_at, body_start) {
+            let abs = start + at;
+            if abs >= sent && abs < sent + n as u64 {
+                buf[(abs - sent) as usize] ^= 0xff;
+            }
+        }
         if c_write.write_all(&buf[..n]).is_err() {
             break;
         }
         sent += n as u64;
-        counter.fetch_add(n as u64, Ordering::SeqCst);
+        let total = counter.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+        log.lock().unwrap().push((Instant::now(), total));
+        if f.trickle.is_some() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     let _ = c_write.shutdown(Shutdown::Both);
     let _ = s_read.shutdown(Shutdown::Both);

@@ -10,6 +10,9 @@
 //! - the plain debug `atomup` the other tests run: built without them (the
 //!   campaigns' agent is `target/faults/atomup`).
 //!
+//! The /etc merge's own fault points (`atomup-etc/failpoints`) obey the
+//! same rule.
+//!
 //! (`scripts/build-device.sh` also fails on a device binary containing
 //! `ATOMUP_FAILPOINT`.)
 
@@ -19,6 +22,34 @@ fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(atomup_tests::workspace_root());
     cmd
+}
+
+#[test]
+fn etc_merge_fault_points_are_never_a_normal_dependency_feature() {
+    let out = cargo()
+        .args([
+            "tree",
+            "--workspace",
+            "--offline",
+            "--locked",
+            "-e",
+            "normal,features",
+            "-i",
+            "atomup-etc",
+        ])
+        .output()
+        .unwrap();
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tree.contains("atomup-etc v"), "{tree}");
+    assert!(
+        !tree.contains("feature \"failpoints\""),
+        "a normal dependency enables atomup-etc/failpoints:\n{tree}"
+    );
 }
 
 #[test]

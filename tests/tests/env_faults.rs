@@ -6,17 +6,15 @@
 
 use atomup_bootctl::{read, write_state, BootctlError, Bootloader, GrubEnv, UbootEnv};
 use atomup_policy::{BootState, Slot};
+use atomup_scratch::ScratchDir;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The crash point is process-wide: tests that arm it take turns.
 static FAILPOINT: Mutex<()> = Mutex::new(());
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("atomup-env-faults-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn scratch(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("env-faults-{name}"))
 }
 
 fn st(order: &[Slot], trial: Option<Slot>, left: u8) -> BootState {

@@ -15,6 +15,8 @@ fn quick() -> Options {
         connect_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(5),
         attempt_deadline: None,
+        low_speed: None,
+        ..Options::default()
     }
 }
 
@@ -284,6 +286,8 @@ fn link_opts(idle: Duration, deadline: Option<Duration>, attempts: u32) -> Optio
         connect_timeout: Duration::from_secs(5),
         idle_timeout: idle,
         attempt_deadline: deadline,
+        low_speed: None,
+        ..Options::default()
     }
 }
 
@@ -343,4 +347,158 @@ fn a_trickle_that_beats_the_idle_timeout_is_cut_by_the_attempt_deadline() {
     let opts = link_opts(Duration::from_secs(1), Some(Duration::from_secs(1)), 1);
     let err = fetch_bounded(server.url(), tmp.join("cache"), opts, expect_of(&data)).unwrap_err();
     assert!(err.contains("gave up after 1 attempts"), "{err}");
+}
+
+/// The bandwidth cap holds across resumes: through a link that cuts every
+/// 256 KiB, the steady rate stays within 10 % of the cap (one token bucket
+/// per fetcher: a reconnect gets no fresh allowance), and every byte arrives once.
+#[test]
+fn bandwidth_cap_holds_across_resumes_within_ten_percent() {
+    let data = payload(3 << 20);
+    let s = site(&[("capped/0", &data)]);
+    let proxy = atomup_tests::nginx::FlakyProxy::with_faults(
+        s.nginx.port,
+        atomup_tests::nginx::Faults {
+            cut_after: Some(256 * 1024),
+            ..Default::default()
+        },
+    );
+    let cap = 1 << 20;
+    let opts = Options {
+        bandwidth: Some(cap),
+        ..quick()
+    };
+    let f = Fetcher::new(&proxy.url(), &s.cache, opts).unwrap();
+    let path = f
+        .fetch_verified("capped/0", expect_of(&data), &mut no_progress())
+        .unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    let resumes = s
+        .nginx
+        .requests()
+        .iter()
+        .filter(|l| l.starts_with("206 "))
+        .count();
+    assert!(resumes >= 10, "{resumes} resumes");
+    // The first 256 KiB may land in socket buffers at once; after that the
+    // rate is the cap's.
+    let rate = proxy.rate_after(256 * 1024);
+    let ratio = rate / cap as f64;
+    eprintln!("steady rate {rate:.0} B/s = {ratio:.3} of the {cap} B/s cap, {resumes} resumes");
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "rate {rate:.0} B/s, cap {cap} B/s"
+    );
+    assert!(
+        proxy.forwarded() - (data.len() as u64) < 16 * 1024,
+        "{} bytes over the wire for {}",
+        proxy.forwarded(),
+        data.len()
+    );
+}
+
+/// A trickle below the low-speed limit is cut after the window and, once the
+/// attempts are spent, given up on with a message naming the limit.
+#[test]
+fn a_trickle_below_the_low_speed_limit_is_cut_and_given_up_on() {
+    let data = payload(5000);
+    let server = Trickle::start(data.clone(), 20, Duration::from_millis(100));
+    let tmp = ScratchDir::new("fetch-lowspeed");
+    let opts = Options {
+        low_speed: Some(atomup_fetch::LowSpeedLimit {
+            limit: 1000,
+            window: Duration::from_secs(1),
+        }),
+        ..link_opts(Duration::from_secs(5), None, 2)
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cache = tmp.join("cache");
+    std::thread::spawn(move || {
+        let f = Fetcher::new(&server.url(), &cache, opts).unwrap();
+        let r = f.fetch_verified("p", expect_of(&data), &mut no_progress());
+        let _ = tx.send(r.map(|_| ()).map_err(|e| chain(&e)));
+    });
+    let err = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a trickle kept the download alive")
+        .unwrap_err();
+    assert!(
+        err.contains("gave up after 2 attempts")
+            && err.contains("slower than 1000 bytes/s for 1 s"),
+        "{err}"
+    );
+}
+
+/// The error and its sources on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out += &format!(" -> {s}");
+        src = s.source();
+    }
+    out
+}
+
+static CANCEL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The cancel flag (what SIGTERM sets in the daemon) ends a download at its
+/// next read, the partial file synced and kept; the next fetcher continues
+/// it with a Range request from the bytes on disk.
+#[test]
+fn cancel_stops_a_download_and_the_next_run_continues_it() {
+    let data = payload(2 << 20);
+    let s = site(&[("slow/0", &data)]);
+    let opts = Options {
+        bandwidth: Some(512 * 1024),
+        cancel: Some(&CANCEL),
+        ..quick()
+    };
+    let e = expect_of(&data);
+    let (url, cache) = (s.nginx.url(), s.cache.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let f = Fetcher::new(&url, &cache, opts).unwrap();
+        let _ = tx.send(
+            f.fetch_verified("slow/0", e, &mut no_progress())
+                .map(|_| ()),
+        );
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    CANCEL.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the cancel flag did not stop the download")
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Cancelled { .. }), "{err}");
+    let partial = s
+        .cache
+        .join(format!("{}.partial", atomup_ostree::hex::encode(&e.sha256)));
+    let have = std::fs::metadata(&partial).unwrap().len();
+    assert!(have > 0 && have < data.len() as u64, "{have}");
+    let f = Fetcher::new(&s.nginx.url(), &s.cache, quick()).unwrap();
+    f.fetch_verified("slow/0", e, &mut no_progress()).unwrap();
+    let log = s.nginx.requests();
+    assert_eq!(
+        log.last().unwrap(),
+        &format!("206 \"bytes={have}-\" {} /slow/0", data.len() as u64 - have),
+        "{log:#?}"
+    );
+}
+
+/// A file on the server shorter than its signed size is a clear error
+/// naming both sizes, not an endless resume.
+#[test]
+fn a_file_truncated_on_the_server_is_a_clear_error() {
+    let data = payload(300_000);
+    let s = site(&[("t/0", &data[..200_000])]);
+    let f = Fetcher::new(&s.nginx.url(), &s.cache, quick()).unwrap();
+    let err = f
+        .fetch_verified("t/0", expect_of(&data), &mut no_progress())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("the server's file ends after 200000 bytes, the signed size is 300000"),
+        "{err}"
+    );
 }

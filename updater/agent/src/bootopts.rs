@@ -6,6 +6,7 @@
 
 use crate::error::Result;
 use crate::inputs;
+use crate::settings;
 use atomup_board::{Board, Bootloader as BoardBootloader};
 use atomup_bootctl::statedir::StateDir;
 use atomup_bootctl::{cmdline, Bootloader, GrubEnv, UbootEnv};
@@ -46,9 +47,11 @@ pub struct BootOpts {
     pub state_dir: PathBuf,
 }
 
+/// The defaults, then what the configuration says (`device.state_dir`, and
+/// `device.board_profile` when a layer set it), then the flags.
 impl Default for BootOpts {
     fn default() -> Self {
-        BootOpts {
+        let mut b = BootOpts {
             env_config: None,
             env_image: None,
             grubenv: None,
@@ -56,7 +59,11 @@ impl Default for BootOpts {
             booted: None,
             cmdline: CMDLINE.into(),
             state_dir: STATE_DIR.into(),
+        };
+        if let Some(loaded) = settings::base() {
+            b.configure(loaded);
         }
+        b
     }
 }
 
@@ -66,6 +73,15 @@ pub fn slot_arg(v: &str) -> Result<Slot> {
 }
 
 impl BootOpts {
+    /// The state directory and board profile of `loaded`. A board profile
+    /// left at its default is read only when present (a host has none).
+    pub fn configure(&mut self, loaded: &atomup_config::Loaded) {
+        self.state_dir = loaded.config.state_dir.clone();
+        if loaded.sources.contains_key("device.board_profile") {
+            self.board_conf = Some(loaded.config.board_profile.clone());
+        }
+    }
+
     /// Takes the value of `--name` if it is a shared option; `false` when
     /// the option is not one of them (the caller's own or unexpected).
     pub fn take(&mut self, name: &str, args: &mut lexopt::Parser) -> Result<bool> {

@@ -3,3 +3,27 @@
 //! repeat their source in their own message.
 
 pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// `error: <top>` then one ` -> <cause>` line per source, each line ended.
+/// Library errors never repeat their source in their own message, so
+/// nothing prints twice.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = format!("error: {err}\n");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(&format!(" -> {cause}\n"));
+        source = cause.source();
+    }
+    out
+}
+
+/// The chain on one line (`a -> b -> c`), for reports and progress events.
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(&format!(" -> {cause}"));
+        source = cause.source();
+    }
+    out
+}

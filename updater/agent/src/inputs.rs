@@ -34,10 +34,30 @@ pub fn board(explicit: Option<&Path>) -> Result<Option<Board>> {
     })?))
 }
 
-/// The vendor keys a device trusts, minus the revoked ones.
-pub fn trust(trusted: &Path, revoked: Option<&Path>) -> Result<Trust> {
-    let revoked = revoked.map(|p| read_text(p, "revoked keys")).transpose()?;
-    let trusted = read_text(trusted, "trusted keys")?;
+/// The vendor keys of the configuration: `trust.keys_file` (when it exists,
+/// or always when a layer named it) and `trust.keys`, minus
+/// `trust.revoked_file` and `trust.revoked`.
+pub fn trust_of(cfg: &atomup_config::Config, keys_file_named: bool) -> Result<Trust> {
+    let lines = |keys: &[String]| keys.iter().map(|k| format!("{k}\n")).collect::<String>();
+    let file = &cfg.trusted_keys_file;
+    let mut trusted = if keys_file_named || cfg.trusted_keys.is_empty() || file.exists() {
+        read_text(file, "trusted keys")?
+    } else {
+        String::new()
+    };
+    if !trusted.is_empty() && !trusted.ends_with('\n') {
+        trusted.push('\n');
+    }
+    trusted.push_str(&lines(&cfg.trusted_keys));
+    let mut revoked = match &cfg.revoked_keys_file {
+        Some(p) => read_text(p, "revoked keys")?,
+        None => String::new(),
+    };
+    if !revoked.is_empty() && !revoked.ends_with('\n') {
+        revoked.push('\n');
+    }
+    revoked.push_str(&lines(&cfg.revoked_keys));
+    let revoked = (!revoked.is_empty()).then_some(revoked);
     Ok(Trust::from_key_files(&trusted, revoked.as_deref())?)
 }
 

@@ -1,13 +1,22 @@
 //! `atomup`, the device agent. Parses the command line, dispatches to one
 //! command module, and prints an error chain exactly once.
 
+mod board;
 mod bootopts;
+mod budget;
+mod daemon;
 mod delta;
 mod envcmd;
 mod error;
+mod etc;
 mod health;
 mod inputs;
+mod led;
 mod logger;
+mod progress;
+mod reports;
+mod settings;
+mod signals;
 mod status;
 mod target;
 mod transitions;
@@ -22,26 +31,35 @@ const USAGE: &str = "\
 atomup — atomic A/B updates for embedded Linux devices
 
 Usage: atomup <command> [options]
-       atomup --log-level LEVEL <command> [options]
+       atomup [--log-level LEVEL] [--config-dir DIR]... <command> [options]
 
 Commands:
   help                 show this text
   version              show the version
-  update               poll the server; install a due release into the other slot
+  config               the merged configuration, each value with where it came from
+  daemon               the service: poll, install, reboot by policy, report; SIGTERM stops
+  update               poll the server once; install a due release into the other slot
+  upgrade              the same as update (`atomic host upgrade`); --check changes nothing
   status [--json]      each slot: booted marker, commit, version, state, attempts
   mark-good            health passed on the booted slot (confirms a trial)
   mark-bad             health failed on the booted slot (then reboot)
   health               trial boot: run the health checks, confirm or reject the slot
+                       (exit 2: rejected; --arm-watchdog: arm the watchdog in early boot)
+  board check          check the board profile against the running system
   rollback             make the other slot primary (if it is confirmed good)
   install-start        take a slot out of the boot order before writing it
   install-done         put a written slot first in order, on trial
   env                  show / init / set the A/B env variables (host helper)
+  config-diff          the device's changes to /etc against the running defaults (M/A/D)
+  etc mount --slot X   at boot: mount the slot's /etc overlay (its layer on the data partition)
   delta apply          apply a static delta into a directory and verify it
   delta show           describe a static delta (from/to, parts, signed?)
 
-Run `atomup <command> --help` for a command's options. Messages from the libraries
-(download retries, ...) go to stderr at --log-level or $ATOMUP_LOG (off, error, warn,
-info, debug, trace; default warn).
+Run `atomup <command> --help` for a command's options. The configuration is read from
+/usr/lib/atomup/config.d/*.toml, then /etc/atomup/config.d/*.toml (--config-dir DIR,
+repeatable, replaces both); flags override it. Messages from the libraries (download
+retries, progress, ...) go to stderr at --log-level or $ATOMUP_LOG, else the
+configuration's log.level (off, error, warn, info, debug, trace; default info).
 ";
 
 fn main() -> ExitCode {
@@ -50,7 +68,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             report(err.as_ref());
-            ExitCode::FAILURE
+            if err.is::<health::Rejected>() {
+                // The slot was marked bad: the init system reboots.
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -58,9 +81,11 @@ fn main() -> ExitCode {
 fn run(args: &mut lexopt::Parser) -> Result {
     use lexopt::prelude::*;
     let mut log_level = None;
+    let mut config_dirs = Vec::new();
     let command = loop {
         match args.next()? {
             Some(Long("log-level")) => log_level = Some(args.value()?.string()?),
+            Some(Long("config-dir")) => config_dirs.push(std::path::PathBuf::from(args.value()?)),
             Some(Value(cmd)) => break cmd.string()?,
             Some(Long("help") | Short('h')) | None => {
                 print!("{USAGE}");
@@ -71,13 +96,26 @@ fn run(args: &mut lexopt::Parser) -> Result {
         }
     };
     logger::init(log_level.as_deref())?;
+    if !config_dirs.is_empty() {
+        settings::set_dirs(config_dirs);
+    }
+    // Every device command runs on a whole, valid configuration (or not at
+    // all); the host tools and the help do not read it.
+    if !matches!(command.as_str(), "help" | "version" | "delta") {
+        logger::configured(settings::init()?.config.log_level);
+    }
     match command.as_str() {
         "help" => print!("{USAGE}"),
         "version" => println!("atomup {}", env!("CARGO_PKG_VERSION")),
         "delta" => delta::run(args)?,
-        "update" => update::run(args)?,
+        "config" => settings::run(args)?,
+        "daemon" => daemon::run(args)?,
+        "update" | "upgrade" => update::run(args)?,
+        "etc" => etc::run(args)?,
+        "config-diff" => etc::config_diff(args)?,
         "status" => status::run(args)?,
         "health" => health::run(args)?,
+        "board" => board::run(args)?,
         "env" => envcmd::run(args)?,
         cmd if transitions::handles(cmd) => transitions::run(cmd, args)?,
         other => return Err(format!("unknown command `{other}` (see `atomup --help`)").into()),
@@ -85,13 +123,6 @@ fn run(args: &mut lexopt::Parser) -> Result {
     Ok(())
 }
 
-/// Prints `error: <top>` then one ` -> <cause>` line per source. Library
-/// errors never repeat their source in their own message, so nothing prints twice.
 fn report(err: &(dyn Error + 'static)) {
-    eprintln!("error: {err}");
-    let mut source = err.source();
-    while let Some(cause) = source {
-        eprintln!(" -> {cause}");
-        source = cause.source();
-    }
+    eprint!("{}", error::chain(err));
 }

@@ -1,154 +1,297 @@
-//! `atomup update`: one poll of the update server, and if a release is due,
-//! its installation into the inactive slot. It is a plan followed by I/O
+//! `atomup update` (alias `upgrade`): one poll of the update server, and if
+//! a release is due, its installation into the inactive slot. The daemon
+//! runs the same [`poll`] at its interval. It is a plan followed by I/O
 //! steps, and the order of the steps is the safety argument (DESIGN "Slot
 //! state contract"):
 //!
 //! 1. Everything that needs no writing is checked before the first write:
-//!    flags and ranges, the device's own refusals (`atomup_policy::update::
-//!    preflight`), the target (`target.rs`: never the running root or the
-//!    data partition), the signed release metadata and the pure decision over
-//!    it (`atomup_policy::update::plan`: channel, board, expiry, version,
-//!    never-retry, pending trial, rollout), the download's size against the
-//!    free space, and, once downloaded (capped and digest-checked into the
-//!    cache, the only thing written so far), the delta superblock's signature
-//!    and from/to commits.
+//!    flags and ranges, the configuration as a whole, the device's own
+//!    refusals (`atomup_policy::update::preflight`), the target
+//!    (`target.rs`: never the running root or the data partition), the
+//!    signed release metadata and the pure decision over it
+//!    (`atomup_policy::update::plan`: channel, board, expiry, version,
+//!    never-retry, pending trial, rollout, no silent from-scratch fallback),
+//!    the data budgets and the cache bound (`atomup_link::budget`), the
+//!    download's size against the free space, and, once downloaded (capped
+//!    and digest-checked into the cache, the only thing written so far
+//!    besides the month's usage record), the delta superblock's signature
+//!    and from/to commits. `--check` stops before the first download.
 //! 2. The trusted time and the target's record (`installing`) are written,
 //!    then ONE env write takes the target out of the boot order. From here
 //!    until step 4 a power cut boots the running, confirmed slot.
 //! 3. The delta is applied into the target and the written tree is verified
-//!    against the signed commit; everything is synced.
+//!    against the signed commit; then the device's `/etc` is merged onto the
+//!    new defaults as the target's layer (`atomup-etc`); everything is synced.
+//!    A daemon told to stop meanwhile exits here: the slot stays out of the
+//!    boot order.
 //! 4. The target's record (commit, version) is written, then ONE env write
 //!    puts the slot first in order, on trial. The bootloader counts its
-//!    attempts; `atomup mark-good` confirms it, or it falls back.
+//!    attempts; `atomup mark-good` confirms it, or it falls back. The
+//!    download cache is cleared.
 //!
-//! Re-running after a power cut is safe: downloads resume from the cache and
-//! the apply rewrites the (out-of-order) slot from scratch; a record written
-//! before a cut describes a slot that is not in the boot order.
+//! Re-running after a power cut (or a kill) is safe: downloads resume from
+//! the cache with Range requests and the apply rewrites the (out-of-order)
+//! slot from scratch; a record written before a cut describes a slot that is
+//! not in the boot order.
 
 use crate::bootopts::{BootOpts, OPTIONS};
+use crate::budget::Meter;
 use crate::error::Result;
-use crate::inputs;
+use crate::progress::{Mode, Reporter};
 use crate::target::{self, Protected, Target};
+use crate::{inputs, reports, settings};
 use atomup_bootctl::statedir::SlotRecord;
+use atomup_config::{Config, Loaded, Partial};
 use atomup_deploy::{VerifiedDelta, VerifiedSuperblock};
-use atomup_fetch::{Expect, Fetcher, Options as FetchOptions};
+use atomup_fetch::{Expect, FetchError, Fetcher, Options as FetchOptions};
+use atomup_link::budget::Budgets;
 use atomup_ostree::sign::Trust;
 use atomup_ostree::ObjectId;
 use atomup_policy::slot::DEFAULT_ATTEMPTS;
 use atomup_policy::update::{self, Decision, Flags};
+use atomup_policy::Slot;
 use atomup_release::check::verify_signed;
 use atomup_release::{release_path, rollout, Delta, Release};
+use atomup_report::document::Event;
+use atomup_report::progress::Phase;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 pub const HELP: &str = "\
-Usage: atomup update --server URL --channel NAME [--board NAME] [options]
+Usage: atomup update [options]      (or: atomup upgrade)
 Polls the server once; installs a due release into the inactive slot, on trial.
-  --trusted-keys FILE   vendor public keys (default /etc/atomup/trusted.pub)
-  --revoked-keys FILE   revoked keys
-  --board-conf FILE     board profile (default /etc/atomup/board.conf when present): gives
-                        the board name, the env location and the slots' block devices
+The server, channel, keys, link limits, ... come from the configuration
+(`atomup config`); the configuration options below override it.
+  --check               report what would be installed; download and change nothing
+  --json                progress as one JSON event per line on stdout
+  --board NAME          board name (default: from the board profile)
   --target-device DEV   block device of the inactive slot (default: from the board profile)
   --target-dir DIR      the inactive slot as a directory (host tests, pre-mounted)
   --from-root DIR       the running root, source of unchanged files (default /)
+  --etc DIR             the running /etc, carried into the new slot (default FROM-ROOT/etc)
   --attempts N          boot attempts for the new slot (default 3)
   --allow-downgrade     accept a release older than the running one
   --ignore-rollout      install even if this device's rollout wave has not opened
   --now UNIX            the current time (default: system clock; never earlier than
                         the latest trusted time)
-  --machine-id FILE     rollout seed source (default /etc/machine-id)
-  --retry-backoff-ms N  pause before the n-th retry of a cut download is n*N ms (default 2000)
-  --idle-timeout S      a connection that delivers nothing for S seconds counts as cut
-                        and is retried (default 60; each retry is logged on stderr)
+  --retry-backoff-ms N  base of the backoff between retries of a cut download (default 2000)
 ";
 
 /// Largest release metadata file fetched (the format caps the body at 64 KiB).
 const RELEASE_CAP: u64 = 80 * 1024;
+/// Largest CA bundle read.
+const CA_CAP: u64 = 1 << 20;
 
-struct Opts {
-    server: Option<String>,
-    channel: Option<String>,
+/// The options of `update`, `upgrade` and `daemon`.
+pub struct Opts {
+    /// Configuration flags, laid over the drop-ins.
+    pub config: Partial,
     board: Option<String>,
-    trusted: PathBuf,
-    revoked: Option<PathBuf>,
     target_device: Option<PathBuf>,
     target_dir: Option<PathBuf>,
     from_root: PathBuf,
+    etc: Option<PathBuf>,
     attempts: u8,
     allow_downgrade: bool,
     ignore_rollout: bool,
     now: Option<u64>,
-    machine_id: PathBuf,
     backoff_ms: u64,
-    idle_timeout_s: u64,
-    boot: BootOpts,
+    pub check: bool,
+    pub json: bool,
+    pub boot: BootOpts,
 }
 
-fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
+/// Parses the options of `command` (`daemon` takes no `--check`).
+pub fn parse(args: &mut lexopt::Parser, command: &str, help: &str) -> Result<Opts> {
     use lexopt::prelude::*;
     let mut o = Opts {
-        server: None,
-        channel: None,
+        config: Partial::default(),
         board: None,
-        trusted: "/etc/atomup/trusted.pub".into(),
-        revoked: None,
         target_device: None,
         target_dir: None,
         from_root: "/".into(),
+        etc: None,
         attempts: DEFAULT_ATTEMPTS,
         allow_downgrade: false,
         ignore_rollout: false,
         now: None,
-        machine_id: "/etc/machine-id".into(),
         backoff_ms: 2000,
-        idle_timeout_s: 60,
+        check: false,
+        json: false,
         boot: BootOpts::default(),
     };
     while let Some(arg) = args.next()? {
         match arg {
-            Long("server") => o.server = Some(args.value()?.string()?),
-            Long("channel") => o.channel = Some(args.value()?.string()?),
             Long("board") => o.board = Some(args.value()?.string()?),
-            Long("trusted-keys") => o.trusted = args.value()?.into(),
-            Long("revoked-keys") => o.revoked = Some(args.value()?.into()),
             Long("target-device") => o.target_device = Some(args.value()?.into()),
             Long("target-dir") => o.target_dir = Some(args.value()?.into()),
             Long("from-root") => o.from_root = args.value()?.into(),
+            Long("etc") => o.etc = Some(args.value()?.into()),
             Long("attempts") => o.attempts = args.value()?.parse()?,
             Long("allow-downgrade") => o.allow_downgrade = true,
             Long("ignore-rollout") => o.ignore_rollout = true,
             Long("now") => o.now = Some(args.value()?.parse()?),
-            Long("machine-id") => o.machine_id = args.value()?.into(),
             Long("retry-backoff-ms") => o.backoff_ms = args.value()?.parse()?,
-            Long("idle-timeout") => o.idle_timeout_s = args.value()?.parse()?,
+            Long("check") if command != "daemon" => o.check = true,
+            Long("json") => o.json = true,
             Long("help") | Short('h') => {
-                print!("{HELP}{OPTIONS}");
+                print!("{help}{}\n{OPTIONS}", settings::OPTIONS);
                 std::process::exit(0);
             }
             Long(name) => {
                 let name = name.to_owned();
-                if !o.boot.take(&name, args)? {
+                if !settings::take(&mut o.config, &name, args)? && !o.boot.take(&name, args)? {
                     return Err(format!("invalid option '--{name}'").into());
                 }
             }
             other => return Err(other.unexpected().into()),
         }
     }
-    Ok(o)
-}
-
-pub fn run(args: &mut lexopt::Parser) -> Result {
-    let o = parse(args)?;
-    // 1. Flags and the device's own state: no network, no writes.
-    let server = o.server.as_deref().ok_or("--server URL is required")?;
-    let channel = o.channel.as_deref().ok_or("--channel NAME is required")?;
     if o.target_device.is_some() && o.target_dir.is_some() {
         return Err("give only one of --target-device DEV, --target-dir DIR".into());
     }
+    Ok(o)
+}
+
+/// What a poll came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    UpToDate,
+    /// Installed in the other slot on trial before: a reboot tries it.
+    Pending,
+    /// The device's rollout wave has not opened.
+    Waiting,
+    /// `--check`: a release is due (nothing was downloaded or written).
+    WouldInstall,
+    /// Installed into `slot`, which boots next on trial.
+    Installed {
+        version: u64,
+        slot: Slot,
+    },
+}
+
+pub fn run(args: &mut lexopt::Parser) -> Result {
+    let mut o = parse(args, "update", HELP)?;
+    let loaded = settings::load(&o.config)?;
+    crate::logger::configured(loaded.config.log_level);
+    o.boot.configure(&loaded);
+    let mut rep = Reporter::new(
+        Mode::detect(o.json),
+        (!o.check).then_some(o.boot.state_dir.as_path()),
+    );
+    let result = poll(&o, &loaded, None, &mut rep);
+    after_poll(&o, &loaded.config, &result, &mut rep);
+    result.map(|_| ())
+}
+
+/// Reports what a poll did (queued, then delivered with whatever else
+/// waits), and shows a failure as the last progress event.
+pub fn after_poll(o: &Opts, cfg: &Config, result: &Result<Outcome>, rep: &mut Reporter) {
+    match result {
+        Ok(Outcome::Installed { .. }) => {
+            rep.done();
+            reports::record(cfg, &o.boot, Event::Installed, None);
+        }
+        Ok(_) => rep.done(),
+        Err(e) if is_cancelled(e.as_ref()) => rep.done(),
+        Err(e) => {
+            let text = crate::error::one_line(e.as_ref());
+            rep.failed(&text);
+            if !o.check {
+                reports::record(cfg, &o.boot, Event::Failed, Some(text));
+            }
+        }
+    }
+    if o.check || cfg.report_url.is_none() {
+        return;
+    }
+    match fetch_options(cfg, o.backoff_ms, None)
+        .and_then(|opts| {
+            Ok(Fetcher::new(
+                &report_base(cfg),
+                &o.boot.state_dir.join("cache"),
+                opts,
+            )?)
+        })
+        .and_then(|f| reports::deliver(cfg, &f))
+    {
+        Ok(0) => {}
+        Ok(n) => log::info!("{n} report(s) delivered"),
+        Err(e) => log::warn!("delivering reports: {}", crate::error::one_line(e.as_ref())),
+    }
+}
+
+fn report_base(cfg: &Config) -> String {
+    cfg.report_url.clone().unwrap_or_default()
+}
+
+/// Whether `e` is a download stopped by the cancel flag (a daemon told to stop).
+pub fn is_cancelled(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if matches!(
+            err.downcast_ref::<FetchError>(),
+            Some(FetchError::Cancelled { .. })
+        ) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The downloader's options from the configuration.
+pub fn fetch_options(
+    cfg: &Config,
+    backoff_ms: u64,
+    cancel: Option<&'static AtomicBool>,
+) -> Result<FetchOptions> {
+    let ca_pem = match &cfg.ca_bundle {
+        Some(p) => Some(
+            atomup_fsio::read_capped(p, CA_CAP)
+                .map_err(|e| format!("cannot read the CA bundle {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    Ok(FetchOptions {
+        attempts: cfg.retries,
+        backoff: Duration::from_millis(backoff_ms),
+        backoff_max: cfg.backoff_max.as_duration(),
+        connect_timeout: cfg.connect_timeout.as_duration(),
+        idle_timeout: cfg.stall_timeout.as_duration(),
+        bandwidth: cfg.bandwidth,
+        low_speed: Some(atomup_fetch::LowSpeedLimit {
+            limit: cfg.low_speed_limit,
+            window: cfg.low_speed_time.as_duration(),
+        }),
+        ca_pem,
+        cancel,
+        ..FetchOptions::default()
+    })
+}
+
+/// One poll: check, plan, and (unless `--check`) download and install.
+/// `cancel`: the daemon's stop flag (downloads end at their next read; an
+/// apply in progress ends the process, see step 3).
+pub fn poll(
+    o: &Opts,
+    loaded: &Loaded,
+    cancel: Option<&'static AtomicBool>,
+    rep: &mut Reporter,
+) -> Result<Outcome> {
+    let cfg = &loaded.config;
+    // 1. Flags, configuration and the device's own state: no network, no writes.
+    let server = cfg.server.as_ref().ok_or(
+        "no update server: set server.url and server.channel in config.d (or --server URL --channel NAME)",
+    )?;
+    let (server, channel) = (server.url.as_str(), server.channel.as_str());
     let flags = Flags {
         attempts: o.attempts,
         allow_downgrade: o.allow_downgrade,
         ignore_rollout: o.ignore_rollout,
+        allow_scratch_fallback: cfg.allow_scratch_fallback,
     };
     let profile = o.boot.board()?;
     let board = match (&o.board, &profile) {
@@ -156,7 +299,13 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         (None, Some(p)) => p.name.as_str(),
         (None, None) => return Err("--board NAME is required (or a board profile)".into()),
     };
-    let trust = inputs::trust(&o.trusted, o.revoked.as_deref())?;
+    // The status LED while this runs; dropped mid-download or mid-install
+    // (an error returned early) it shows `error`.
+    let mut led = crate::led::StatusLed::start(
+        profile.as_ref().and_then(|p| p.led.as_ref()),
+        atomup_board::status::State::Idle,
+    );
+    let trust = inputs::trust_of(cfg, loaded.sources.contains_key("trust.keys_file"))?;
     let mut bl = o.boot.open_env(profile.as_ref())?;
     let bl = bl.as_mut();
     let booted = o.boot.require_booted()?;
@@ -218,20 +367,28 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         .filter_map(|r| r.commit)
         .map(|id| id.0)
         .collect();
-    let seed = rollout::RolloutSeed::from_machine_id(&inputs::machine_id(&o.machine_id)?);
+    let seed = rollout::RolloutSeed::from_machine_id(&inputs::machine_id(&cfg.machine_id)?);
     let now = o.now.unwrap_or_else(system_now);
+    let budgets = Budgets {
+        per_update: cfg.update_budget,
+        monthly: cfg.monthly_budget,
+    };
+    // The month's usage: read before anything is fetched (a damaged record
+    // on a metered link refuses here); written only when bytes arrive.
+    let mut meter = Meter::load(&o.boot.state_dir, budgets, now)?;
 
     // 2. Release metadata, fetched capped and verified before it is parsed,
     //    then the decision: everything a release decides is decided here.
     let cache = o.boot.state_dir.join("cache");
-    let fetch_opts = FetchOptions {
-        backoff: std::time::Duration::from_millis(o.backoff_ms),
-        idle_timeout: std::time::Duration::from_secs(o.idle_timeout_s),
-        ..FetchOptions::default()
-    };
-    let fetcher = Fetcher::new(server, &cache, fetch_opts)?;
-    let bytes = fetcher.fetch_small(&release_path(channel, board), RELEASE_CAP)?;
+    let fetcher = Fetcher::new(server, &cache, fetch_options(cfg, o.backoff_ms, cancel)?)?;
+    rep.phase(Phase::Checking, None);
+    let fetched = fetcher.fetch_small(&release_path(channel, board), RELEASE_CAP);
+    if !o.check {
+        meter.charge(fetcher.received())?;
+    }
+    let bytes = fetched?;
     let verified = verify_signed(&bytes, &trust)?;
+    rep.version(verified.release().version);
     // Crash point `update.metadata`: the signed release fetched and verified.
     atomup_faults::point("update.metadata");
     let device = update::Device {
@@ -249,49 +406,96 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     };
     let plan = match update::plan(&verified, &device, &flags, now)? {
         Decision::UpToDate => {
-            println!("up to date: version {current_version} ({current_commit})");
-            return Ok(());
+            rep.say(&format!(
+                "up to date: version {current_version} ({current_commit})"
+            ));
+            return Ok(Outcome::UpToDate);
         }
         Decision::PendingOnTrial { target } => {
-            println!(
+            rep.say(&format!(
                 "version {} is installed in slot {target} on trial: reboot to try it",
                 verified.release().version
-            );
-            return Ok(());
+            ));
+            return Ok(Outcome::Pending);
         }
         Decision::Waiting { opens_at: Some(t) } => {
-            println!(
+            rep.say(&format!(
                 "version {} is rolling out; this device's wave opens at {t}",
                 verified.release().version
-            );
-            return Ok(());
+            ));
+            return Ok(Outcome::Waiting);
         }
         Decision::Waiting { opens_at: None } => {
-            println!(
+            rep.say(&format!(
                 "version {} is rolling out; this device is not in any wave yet",
                 verified.release().version
-            );
-            return Ok(());
+            ));
+            return Ok(Outcome::Waiting);
         }
         Decision::Install(plan) => plan,
     };
     let to = ObjectId(plan.release.commit);
 
-    // 3. Downloads (the cache is the only thing written): every byte capped
-    //    and digest-checked, resumable; then the delta's own claims.
-    check_download_space(&cache, plan.delta)?;
-    // The progress of an install, one line per step (`--log-level info`).
-    log::info!(
-        "version {} is due: downloading {} ({} bytes)",
-        plan.release.version,
-        plan.delta.path,
-        plan.delta.superblock_size + plan.delta.parts_size
+    // Rules (metered links, bounded cache): the whole delta against the
+    // per-update budget and the cache bound, what is left to fetch against
+    // the month's; all before the first byte of the delta is fetched.
+    let total = plan
+        .delta
+        .superblock_size
+        .saturating_add(plan.delta.parts_size);
+    let cached = cached_bytes(&cache, plan.delta, &trust);
+    let need = total.saturating_sub(cached);
+    Budgets {
+        per_update: budgets.per_update,
+        monthly: None,
+    }
+    .admit(total, &meter.usage)?;
+    Budgets {
+        per_update: None,
+        monthly: budgets.monthly,
+    }
+    .admit(need, &meter.usage)?;
+    if total > cfg.cache_max {
+        return Err(format!(
+            "the delta needs {total} bytes of download cache, over link.cache_max ({} bytes): nothing was downloaded",
+            cfg.cache_max
+        )
+        .into());
+    }
+    if o.check {
+        rep.say(&format!(
+            "would install version {} ({to}) into slot {target}: delta {} from {}, {total} bytes ({cached} of them cached); nothing was downloaded or written",
+            plan.release.version,
+            plan.delta.path,
+            plan.delta
+                .source_commit()
+                .map_or("scratch".to_owned(), |c| ObjectId(c).to_hex()),
+        ));
+        return Ok(Outcome::WouldInstall);
+    }
+
+    // 3. Downloads (the cache and the usage record are the only things
+    //    written): every byte capped and digest-checked, resumable; then
+    //    the delta's own claims.
+    led.set(atomup_board::status::State::Downloading);
+    check_download_space(&cache, &o.boot.state_dir, plan.delta, cached)?;
+    rep.p.bytes_total = total;
+    let verified_delta = download_delta(
+        &fetcher,
+        &mut meter,
+        rep,
+        plan.release,
+        plan.delta,
+        &trust,
+        &current_commit,
+        &cache,
     );
-    let verified_delta =
-        download_delta(&fetcher, plan.release, plan.delta, &trust, &current_commit)?;
+    meter.flush()?;
+    let verified_delta = verified_delta?;
 
     // 4. Execute the plan. Each step loads the env once (under its lock),
     //    records first and writes the env last.
+    led.set(atomup_board::status::State::Installing);
     let mut snap = atomup_bootctl::load(bl)?;
     if snap.state()? != env {
         return Err(format!(
@@ -308,11 +512,9 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     // ONE env write: the target leaves the boot order before it changes.
     atomup_bootctl::store_state(bl, &mut snap, &plan.start)?;
     drop(snap);
-    log::info!(
-        "slot {target} is out of the boot order: writing version {}",
-        plan.release.version
-    );
 
+    let letter = if target == Slot::A { 'A' } else { 'B' };
+    rep.phase(Phase::Writing, Some(letter));
     let meta = o.boot.state_dir.join("meta");
     let mounted = match &spec {
         Target::Device(dev) => Some(Mounted::new(dev, &o.boot.state_dir.join("target"))?),
@@ -323,23 +525,55 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         (None, Target::Dir(dir)) => dir.clone(),
         (None, Target::Device(_)) => unreachable!("a device target is mounted"),
     };
-    // The slot is out of the boot order and about to be replaced whole: empty
-    // it first, so a slot sized for one root never has to hold two (unchanged
-    // files come from the active root, re-hashed, not from here).
-    empty_slot(&target_root)?;
-    let stats = atomup_deploy::apply(
-        &verified_delta,
-        &atomup_deploy::Options {
-            target: &target_root,
-            from_root: plan.delta.source_commit().map(|_| o.from_root.as_path()),
-            from_meta: plan.delta.source_commit().map(|_| meta.as_path()),
-            fallback_repo: None,
-            meta_out: Some(&meta),
-        },
-    )?;
-    log::info!("slot {target} written and verified: syncing");
-    // Everything written must be on disk before the env names the slot.
-    rustix::fs::sync();
+    // The engine re-hashes unchanged objects read from the running root: it
+    // must see the slot's own /etc, not the device's overlay on it.
+    let running = atomup_etc::mount::slot_view(&o.from_root)?;
+    let deploy_opts = atomup_deploy::Options {
+        target: &target_root,
+        from_root: plan.delta.source_commit().map(|_| running.path()),
+        from_meta: plan.delta.source_commit().map(|_| meta.as_path()),
+        fallback_repo: None,
+        meta_out: Some(&meta),
+    };
+    let stats = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| -> Result<atomup_deploy::Stats> {
+            // The slot is out of the boot order and about to be replaced
+            // whole: empty it first, so a slot sized for one root never has
+            // to hold two (unchanged files come from the active root,
+            // re-hashed, not from here).
+            empty_slot(&target_root)?;
+            let stats = atomup_deploy::apply(&verified_delta, &deploy_opts)?;
+            // The device's /etc carried onto the new defaults, as the new
+            // slot's layer: after the slot is verified (its vendor-owned list
+            // is trusted from here), before the env write that makes it
+            // bootable.
+            let current_etc = o.etc.clone().unwrap_or_else(|| o.from_root.join("etc"));
+            let etc_line = crate::etc::merge_into(
+                &o.boot.state_dir,
+                current_commit,
+                to,
+                &current_etc,
+                &target_root,
+                target,
+            )?;
+            println!("{etc_line}");
+            log::info!("slot {target} written and verified: syncing");
+            // Everything written must be on disk before the env names the slot.
+            rustix::fs::sync();
+            Ok(stats)
+        });
+        loop {
+            if writer.is_finished() {
+                break writer
+                    .join()
+                    .unwrap_or_else(|_| Err("the slot writer panicked".into()));
+            }
+            if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+                stop_during_apply(rep, target, mounted.as_ref().map(|m| m.dir.as_path()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })?;
     if let Some(m) = mounted {
         m.unmount()?;
     }
@@ -347,7 +581,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     // still out of the boot order.
     atomup_faults::point("update.synced");
 
-    log::info!("slot {target} synced: putting it first in the boot order, on trial");
+    rep.phase(Phase::Finishing, Some(letter));
     let mut snap = atomup_bootctl::load(bl)?;
     if snap.state()? != plan.start {
         return Err(format!(
@@ -363,22 +597,69 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     )?;
     // ONE env write: the written, verified slot goes first, on trial.
     atomup_bootctl::store_state(bl, &mut snap, &plan.done)?;
-    println!(
+    drop(snap);
+    rep.say(&format!(
         "installed version {} ({to}) into slot {target}: {} objects written, {} reused; slot {target} boots next on trial ({} attempts)",
         plan.release.version, stats.objects_written, stats.objects_reused, o.attempts
-    );
-    Ok(())
+    ));
+    // The delta is spent: the cache goes (it is bounded to one delta anyway).
+    match atomup_fetch::prune_cache(&cache, &[]) {
+        Ok(freed) => rep.say(&format!("download cache cleared: {freed} bytes freed")),
+        Err(e) => log::warn!("clearing the download cache: {e}"),
+    }
+    led.set(atomup_board::status::State::Idle);
+    Ok(Outcome::Installed {
+        version: plan.release.version,
+        slot: target,
+    })
+}
+
+/// A daemon told to stop while a slot is written stops here, at once: the
+/// slot is out of the boot order (the first env write), so leaving it half
+/// written is what a power cut would do, and the next poll rewrites it.
+fn stop_during_apply(rep: &mut Reporter, target: Slot, mounted: Option<&Path>) -> ! {
+    if let Some(dir) = mounted {
+        let _ = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH);
+    }
+    rep.say(&format!(
+        "stopped while slot {target} was written: it stays out of the boot order; the next poll writes it again"
+    ));
+    rep.done();
+    std::process::exit(0);
+}
+
+/// Bytes of `delta` already in the cache: the superblock (finished or
+/// partial), and when it is finished and verifies, the parts it names.
+/// Counted so that a resumed download is admitted for what it still needs.
+fn cached_bytes(cache: &Path, delta: &Delta, trust: &Trust) -> u64 {
+    let len = |name: &str| fs::symlink_metadata(cache.join(name)).map_or(0, |m| m.len());
+    let have = |sha: &[u8; 32], size: u64| {
+        let name = atomup_ostree::hex::encode(sha);
+        len(&name).max(len(&format!("{name}.partial"))).min(size)
+    };
+    let mut total = have(&delta.superblock_sha256, delta.superblock_size);
+    let sb_path = cache.join(atomup_ostree::hex::encode(&delta.superblock_sha256));
+    if total == delta.superblock_size && sb_path.is_file() {
+        if let Ok(sb) = VerifiedSuperblock::read(&sb_path, Some(trust)) {
+            total += sb
+                .parts()
+                .iter()
+                .filter(|p| !p.is_inline())
+                .map(|p| have(&p.checksum.0, p.size))
+                .sum::<u64>();
+        }
+    }
+    total
 }
 
 /// Rule (issue 11.3): the download fits on the data partition, checked before
-/// it starts. What is already cached of the superblock counts; parts are
-/// counted whole (their names are known only from the superblock).
-fn check_download_space(cache: &Path, delta: &Delta) -> Result {
-    let sha = atomup_ostree::hex::encode(&delta.superblock_sha256);
-    let cached = |name: &str| fs::symlink_metadata(cache.join(name)).map_or(0, |m| m.len());
-    let have = cached(&sha).max(cached(&format!("{sha}.partial")));
-    let need = (delta.superblock_size + delta.parts_size).saturating_sub(have);
-    let st = rustix::fs::statvfs(cache).map_err(|e| format!("statvfs {}: {e}", cache.display()))?;
+/// it starts. What is already cached of the delta counts; parts are counted
+/// whole (their names are known only from the superblock).
+fn check_download_space(cache: &Path, state_dir: &Path, delta: &Delta, cached: u64) -> Result {
+    let need = (delta.superblock_size + delta.parts_size).saturating_sub(cached);
+    // The cache is made by the first download; it lives in the state dir.
+    let on = if cache.exists() { cache } else { state_dir };
+    let st = rustix::fs::statvfs(on).map_err(|e| format!("statvfs {}: {e}", on.display()))?;
     let free = st.f_bavail.saturating_mul(st.f_frsize);
     if need > free {
         return Err(format!(
@@ -438,32 +719,71 @@ fn check_superblock(
 
 /// Fetches the superblock (capped and digest-checked against the signed
 /// release) and verifies it once (signature against the device's trust, the
-/// release's from/to commits), then each separate part (capped and checked
-/// against the superblock), and hands the engine the verified delta.
+/// release's from/to commits), drops anything else from the cache (an older
+/// download: the cache holds one delta), then fetches each separate part
+/// (capped and checked against the superblock), charging the month's usage
+/// as bytes arrive, and hands the engine the verified delta.
+#[allow(clippy::too_many_arguments)]
 fn download_delta(
     fetcher: &Fetcher,
+    meter: &mut Meter,
+    rep: &mut Reporter,
     release: &Release,
     delta: &Delta,
     trust: &Trust,
     booted_commit: &ObjectId,
+    cache: &Path,
 ) -> Result<VerifiedDelta> {
-    let mut progress = |_: u64, _: u64| {};
-    let sb_path = fetcher.fetch_verified(
+    let mut charged = fetcher.received();
+    let mut meter_err = None;
+    let mut done_before = 0u64;
+    let mut fetch = |rep: &mut Reporter, rel: &str, expect: Expect| -> Result<PathBuf> {
+        let base = done_before;
+        let got = fetcher.fetch_verified(rel, expect, &mut |have, _| {
+            let now = fetcher.received();
+            if let Err(e) = meter.charge(now - charged) {
+                meter_err.get_or_insert(e);
+            }
+            charged = now;
+            rep.received(base + have);
+        });
+        if let Err(e) = meter.charge(fetcher.received() - charged) {
+            meter_err.get_or_insert(e);
+        }
+        charged = fetcher.received();
+        if let Some(e) = meter_err.take() {
+            return Err(e);
+        }
+        done_before += expect.size;
+        Ok(got?)
+    };
+    let sb_path = fetch(
+        rep,
         &format!("{}/superblock", delta.path),
         Expect {
             size: delta.superblock_size,
             sha256: delta.superblock_sha256,
         },
-        &mut progress,
     )?;
     let sb = VerifiedSuperblock::read(&sb_path, Some(trust))?;
     check_superblock(&sb, release, delta, booted_commit)?;
+    let separate: Vec<_> = sb
+        .parts()
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.is_inline())
+        .collect();
+    let mut keep: Vec<[u8; 32]> = separate.iter().map(|(_, p)| p.checksum.0).collect();
+    keep.push(delta.superblock_sha256);
+    let freed = atomup_fetch::prune_cache(cache, &keep)?;
+    if freed > 0 {
+        log::info!("download cache: {freed} bytes of an older download removed");
+    }
+    rep.p.parts_total = separate.len() as u64;
+    rep.phase(Phase::Receiving, None);
     let mut total = 0u64;
     let mut files = Vec::new();
-    for (i, part) in sb.parts().iter().enumerate() {
-        if part.is_inline() {
-            continue;
-        }
+    for (i, part) in separate {
         total += part.size;
         // Rule: the signed release caps the total download, the superblock each part.
         if total > delta.parts_size {
@@ -473,14 +793,15 @@ fn download_delta(
             )
             .into());
         }
-        let got = fetcher.fetch_verified(
+        let got = fetch(
+            rep,
             &format!("{}/{i}", delta.path),
             Expect {
                 size: part.size,
                 sha256: part.checksum.0,
             },
-            &mut progress,
         )?;
+        rep.p.parts_done += 1;
         files.push((i, got));
     }
     // The download proved each part's size and sha256; the engine holds the

@@ -167,11 +167,8 @@ mod tests {
     use super::*;
     use atomup_policy::Slot;
 
-    fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("atomup-bootctl-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    fn tmpdir(name: &str) -> atomup_scratch::ScratchDir {
+        atomup_scratch::ScratchDir::new(&format!("bootctl-{name}"))
     }
 
     fn st(order: &[Slot], trial: Option<Slot>, left: u8) -> BootState {

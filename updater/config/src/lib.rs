@@ -85,6 +85,20 @@ impl RebootPolicy {
             RebootPolicy::Window { start, end } => minute >= start || minute < end,
         }
     }
+
+    /// Seconds from `now` until a reboot is allowed: 0 when it is now (or
+    /// `now` lies in the window), `None` for `Never`.
+    pub fn wait_secs(&self, now: u64) -> Option<u64> {
+        match *self {
+            RebootPolicy::Never => None,
+            _ if self.allows(now) => Some(0),
+            RebootPolicy::Window { start, .. } => {
+                let into_day = now % 86_400;
+                Some((u64::from(start) * 60 + 86_400 - into_day) % 86_400)
+            }
+            RebootPolicy::Now => Some(0),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -172,6 +186,7 @@ schema! {
         channel: String,
         ca_bundle: PathBuf,
         report_url: String,
+        report_queue_max: u32,
     }
     trust: Trust {
         keys_file: PathBuf,
@@ -182,6 +197,7 @@ schema! {
     device: Device {
         board_profile: PathBuf,
         state_dir: PathBuf,
+        machine_id: PathBuf,
     }
     poll: Poll {
         interval: Seconds,
@@ -203,9 +219,18 @@ schema! {
     reboot: Reboot {
         policy: String,
         window: String,
+        command: Vec<String>,
     }
     log: Log {
         level: String,
+    }
+    health: Health {
+        timeout: Seconds,
+        read_only_root: bool,
+        data_partition: bool,
+        min_free: Bytes,
+        server_reachable: bool,
+        services: Vec<String>,
     }
 }
 
@@ -224,6 +249,9 @@ pub struct Config {
     /// PEM bundle of the CAs trusted for HTTPS; `None`: the built-in web roots.
     pub ca_bundle: Option<PathBuf>,
     pub report_url: Option<String>,
+    /// Most status reports kept queued while the report URL is unreachable;
+    /// beyond it the oldest are dropped (and counted).
+    pub report_queue_max: u32,
     pub trusted_keys_file: PathBuf,
     /// Base64 ed25519 public keys trusted besides those in the file.
     pub trusted_keys: Vec<String>,
@@ -231,6 +259,8 @@ pub struct Config {
     pub revoked_keys: Vec<String>,
     pub board_profile: PathBuf,
     pub state_dir: PathBuf,
+    /// The machine id: the rollout seed and the reports' device id derive from it.
+    pub machine_id: PathBuf,
     pub poll_interval: Seconds,
     /// Each poll waits `interval + random(0..=jitter)`.
     pub poll_jitter: Seconds,
@@ -257,7 +287,48 @@ pub struct Config {
     /// Largest download cache kept on the data partition.
     pub cache_max: u64,
     pub reboot: RebootPolicy,
+    /// The program (and its arguments) that reboots the device: the init
+    /// system's own `reboot`, so services stop in order.
+    pub reboot_command: Vec<String>,
     pub log_level: LogLevel,
+    pub health: HealthConfig,
+}
+
+/// What `atomup health` checks besides the release's own check scripts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// A check's time limit unless it declares its own.
+    pub timeout: Seconds,
+    /// Built-in (required): the root file system is mounted read-only.
+    pub read_only_root: bool,
+    /// Built-in (required): the state directory is on a mounted, writable
+    /// data partition (the board's `data` when the profile names one).
+    pub data_partition: bool,
+    /// Built-in (required): at least this many bytes free on the data
+    /// partition; `None` (configured as 0): not checked.
+    pub min_free: Option<u64>,
+    /// Built-in (wanted, never required): the update server answers a TCP
+    /// connection; only with a `server.url`.
+    pub server_reachable: bool,
+    /// Built-in (required): each must be running: a systemd unit name, or
+    /// the absolute path of a pidfile.
+    pub services: Vec<String>,
+}
+
+/// Longest per-check time limit.
+pub const MAX_HEALTH_TIMEOUT: u64 = 3600;
+
+/// A systemd unit name as `systemctl` takes it (letters, digits, `:-_.\@`,
+/// at most 255, not an option), or an absolute pidfile path.
+fn is_service(s: &str) -> bool {
+    if s.starts_with('/') {
+        return s.len() > 1 && !s.chars().any(char::is_control);
+    }
+    !s.is_empty()
+        && s.len() <= 255
+        && !s.starts_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -331,6 +402,10 @@ impl Layered {
         if let Some(url) = &v.server.report_url {
             check_url(url).map_err(|m| self.err("server.report_url", m))?;
         }
+        let report_queue_max = v.server.report_queue_max.unwrap_or(100);
+        if !(1..=10_000).contains(&report_queue_max) {
+            return Err(self.err("server.report_queue_max", "must be between 1 and 10000"));
+        }
         let abs = |key: &'static str, p: &Option<PathBuf>| -> Result<(), ConfigError> {
             match p {
                 Some(p) if !p.is_absolute() => {
@@ -344,6 +419,7 @@ impl Layered {
         abs("trust.revoked_file", &v.trust.revoked_file)?;
         abs("device.board_profile", &v.device.board_profile)?;
         abs("device.state_dir", &v.device.state_dir)?;
+        abs("device.machine_id", &v.device.machine_id)?;
         for (key, list) in [
             ("trust.keys", &v.trust.keys),
             ("trust.revoked", &v.trust.revoked),
@@ -435,6 +511,16 @@ impl Layered {
                 ))
             }
         };
+        let reboot_command = match &v.reboot.command {
+            None => vec!["reboot".to_owned()],
+            Some(c) if c.is_empty() || c[0].is_empty() => {
+                return Err(self.err(
+                    "reboot.command",
+                    "must name a program (a list: the program, then its arguments)",
+                ))
+            }
+            Some(c) => c.clone(),
+        };
         let log_level = match &v.log.level {
             None => LogLevel::Info,
             Some(s) => LogLevel::parse(s).ok_or_else(|| {
@@ -445,10 +531,41 @@ impl Layered {
             })?,
         };
 
+        let h = &v.health;
+        let health_timeout = h.timeout.unwrap_or(Seconds(120));
+        if !(1..=MAX_HEALTH_TIMEOUT).contains(&health_timeout.0) {
+            return Err(self.err("health.timeout", "must be between 1s and 1h"));
+        }
+        let services = h.services.clone().unwrap_or_default();
+        if let Some(bad) = services.iter().find(|s| !is_service(s)) {
+            return Err(self.err(
+                "health.services",
+                format!("`{bad}` is neither a systemd unit name nor an absolute pidfile path"),
+            ));
+        }
+        if h.server_reachable == Some(true) && server.is_none() {
+            return Err(self.err(
+                "health.server_reachable",
+                "is true but server.url is not set: there is no server to reach",
+            ));
+        }
+        let health = HealthConfig {
+            timeout: health_timeout,
+            read_only_root: h.read_only_root.unwrap_or(true),
+            data_partition: h.data_partition.unwrap_or(true),
+            min_free: match h.min_free.map_or(16 << 20, |b| b.0) {
+                0 => None,
+                n => Some(n),
+            },
+            server_reachable: h.server_reachable.unwrap_or(server.is_some()),
+            services,
+        };
+
         let config = Config {
             server,
             ca_bundle: v.server.ca_bundle.clone(),
             report_url: v.server.report_url.clone(),
+            report_queue_max,
             trusted_keys_file: v
                 .trust
                 .keys_file
@@ -467,6 +584,11 @@ impl Layered {
                 .state_dir
                 .clone()
                 .unwrap_or_else(|| "/var/lib/atomup".into()),
+            machine_id: v
+                .device
+                .machine_id
+                .clone()
+                .unwrap_or_else(|| "/etc/machine-id".into()),
             poll_interval: interval,
             poll_jitter: jitter,
             bandwidth,
@@ -481,7 +603,9 @@ impl Layered {
             backoff_max,
             cache_max,
             reboot,
+            reboot_command,
             log_level,
+            health,
         };
         Ok(Loaded {
             config,
@@ -507,12 +631,14 @@ impl Config {
             "server.channel" => opt(self.server.as_ref().map(|v| s(&v.channel))),
             "server.ca_bundle" => opt(self.ca_bundle.as_deref().map(p)),
             "server.report_url" => opt(self.report_url.as_deref().map(s)),
+            "server.report_queue_max" => self.report_queue_max.to_string(),
             "trust.keys_file" => p(&self.trusted_keys_file),
             "trust.keys" => list(&self.trusted_keys),
             "trust.revoked_file" => opt(self.revoked_keys_file.as_deref().map(p)),
             "trust.revoked" => list(&self.revoked_keys),
             "device.board_profile" => p(&self.board_profile),
             "device.state_dir" => p(&self.state_dir),
+            "device.machine_id" => p(&self.machine_id),
             "poll.interval" => secs(self.poll_interval),
             "poll.jitter" => secs(self.poll_jitter),
             "link.bandwidth" => bytes(self.bandwidth),
@@ -541,7 +667,17 @@ impl Config {
                 ),
                 _ => "(unset)".into(),
             },
+            "reboot.command" => list(&self.reboot_command),
             "log.level" => s(LogLevel::NAMES[self.log_level as usize]),
+            "health.timeout" => secs(self.health.timeout),
+            "health.read_only_root" => self.health.read_only_root.to_string(),
+            "health.data_partition" => self.health.data_partition.to_string(),
+            "health.min_free" => self
+                .health
+                .min_free
+                .map_or("0".into(), |b| s(&Bytes(b).to_string())),
+            "health.server_reachable" => self.health.server_reachable.to_string(),
+            "health.services" => list(&self.health.services),
             _ => "(unknown key)".into(),
         }
     }
@@ -640,6 +776,19 @@ pub fn load(dirs: &[&Path]) -> Result<Layered, ConfigError> {
         }
     }
     Ok(layered)
+}
+
+/// Fuzz/corpus entry point: arbitrary bytes as one drop-in file, then the
+/// whole validation; must never panic.
+pub fn fuzz(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let mut l = Layered::default();
+        if l.add_text(Path::new("/fuzz.toml"), text).is_ok() {
+            if let Ok(loaded) = l.finish() {
+                let _ = loaded.listing();
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,7 @@
 use super::*;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("atomup-config-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn scratch(name: &str) -> atomup_scratch::ScratchDir {
+    atomup_scratch::ScratchDir::new(&format!("config-{name}"))
 }
 
 fn layered(files: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
@@ -92,6 +89,8 @@ fn no_files_give_the_defaults() {
     assert_eq!(c.reboot, RebootPolicy::Now);
     assert_eq!(c.log_level, LogLevel::Info);
     assert!(!c.allow_scratch_fallback);
+    assert_eq!(c.report_queue_max, 100);
+    assert_eq!(c.reboot_command, ["reboot"]);
 }
 
 /// An unknown key is refused with the file, the key and the keys that exist.
@@ -105,7 +104,8 @@ fn unknown_key_names_the_file_and_the_key() {
     assert_eq!(
         e.to_string(),
         "/etc/atomup/config.d/50-site.toml: unknown field `ulr`, expected one of `url`, \
-         `channel`, `ca_bundle`, `report_url` for key `server` at line 1 column 1"
+         `channel`, `ca_bundle`, `report_url`, `report_queue_max` for key `server` at line 1 \
+         column 1"
     );
     let e = layered(&[("/x.toml", "[serverr]\n")]).unwrap_err();
     assert!(
@@ -203,6 +203,14 @@ fn impossible_combinations_are_refused() {
             )],
             "reboot.window (from /v.toml): `25:00-04:00` is not a daily window HH:MM-HH:MM (UTC)",
         ),
+        (
+            &[("/v.toml", "[reboot]\ncommand = []\n")],
+            "reboot.command (from /v.toml): must name a program (a list: the program, then its arguments)",
+        ),
+        (
+            &[("/v.toml", "[server]\nreport_queue_max = 0\n")],
+            "server.report_queue_max (from /v.toml): must be between 1 and 10000",
+        ),
     ];
     for (files, want) in cases {
         assert_eq!(layered(files).unwrap_err().to_string(), *want);
@@ -231,6 +239,12 @@ fn reboot_window_bounds_and_wrap() {
     let wrap = w("23:30-00:30");
     assert!(wrap.allows(at(23, 45)) && wrap.allows(at(0, 15)));
     assert!(!wrap.allows(at(0, 30)) && !wrap.allows(at(12, 0)));
+    assert_eq!(night.wait_secs(at(1, 59)), Some(60));
+    assert_eq!(night.wait_secs(at(2, 30)), Some(0));
+    assert_eq!(night.wait_secs(at(4, 0)), Some(22 * 3600));
+    assert_eq!(wrap.wait_secs(at(12, 0)), Some(11 * 3600 + 1800));
+    assert_eq!(RebootPolicy::Now.wait_secs(at(12, 0)), Some(0));
+    assert_eq!(RebootPolicy::Never.wait_secs(at(12, 0)), None);
     assert!(RebootPolicy::Now.allows(at(12, 0)));
     assert!(!RebootPolicy::Never.allows(at(12, 0)));
 }
@@ -291,4 +305,90 @@ fn rustix_mkfifo(p: &Path) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// The health keys: defaults (every built-in on, 2 min per check, 16 MiB
+/// free, the server check only with a server), overrides, `min_free = 0`
+/// switching the free-space check off, and the listing.
+#[test]
+fn health_keys_default_override_and_switch_off() {
+    let h = layered(&[]).unwrap().config.health;
+    assert_eq!(h.timeout, Seconds(120));
+    assert!(h.read_only_root && h.data_partition);
+    assert_eq!(h.min_free, Some(16 << 20));
+    assert!(!h.server_reachable, "no server, nothing to reach");
+    assert!(h.services.is_empty());
+    assert!(
+        layered(&[("/v.toml", VENDOR)])
+            .unwrap()
+            .config
+            .health
+            .server_reachable
+    );
+
+    let loaded = layered(&[
+        ("/v.toml", VENDOR),
+        (
+            "/etc/atomup/config.d/50-site.toml",
+            "[health]\ntimeout = \"30s\"\nread_only_root = false\nmin_free = 0\n\
+             server_reachable = false\nservices = [\"sshd.service\", \"/run/app.pid\"]\n",
+        ),
+    ])
+    .unwrap();
+    let h = &loaded.config.health;
+    assert_eq!(h.timeout, Seconds(30));
+    assert!(!h.read_only_root && h.data_partition && !h.server_reachable);
+    assert_eq!(h.min_free, None);
+    assert_eq!(h.services, ["sshd.service", "/run/app.pid"]);
+    let listing = loaded.listing();
+    for line in [
+        "health.timeout = \"30s\"  # /etc/atomup/config.d/50-site.toml\n",
+        "health.data_partition = true  # default\n",
+        "health.min_free = 0  # /etc/atomup/config.d/50-site.toml\n",
+        "health.services = [\"sshd.service\", \"/run/app.pid\"]  # /etc/atomup/config.d/50-site.toml\n",
+    ] {
+        assert!(listing.contains(line), "{line} not in {listing}");
+    }
+    assert!(layered(&[("/v.toml", "[health]\nmin_free = \"1MiB\"\n")])
+        .unwrap()
+        .listing()
+        .contains("health.min_free = \"1MiB\""));
+}
+
+/// Impossible health values are refused with the key and the file.
+#[test]
+fn impossible_health_values_name_the_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[health]\ntimeout = 0\n",
+            "health.timeout (from /v.toml): must be between 1s and 1h",
+        ),
+        (
+            "[health]\ntimeout = \"2h\"\n",
+            "health.timeout (from /v.toml): must be between 1s and 1h",
+        ),
+        (
+            "[health]\nservices = [\"--now\"]\n",
+            "health.services (from /v.toml): `--now` is neither a systemd unit name nor an absolute pidfile path",
+        ),
+        (
+            "[health]\nservices = [\"run/app.pid\"]\n",
+            "health.services (from /v.toml): `run/app.pid` is neither a systemd unit name nor an absolute pidfile path",
+        ),
+        (
+            "[health]\nserver_reachable = true\n",
+            "health.server_reachable (from /v.toml): is true but server.url is not set: there is no server to reach",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(
+            layered(&[("/v.toml", text)]).unwrap_err().to_string(),
+            *want
+        );
+    }
+    let e = layered(&[("/v.toml", "[health]\nread_only_root = \"yes\"\n")]).unwrap_err();
+    assert!(
+        e.to_string().contains("for key `health.read_only_root`"),
+        "{e}"
+    );
 }

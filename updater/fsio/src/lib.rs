@@ -12,6 +12,10 @@
 //!   refused at the limit, never read to its end.
 //! - **One atomic, durable replace** ([`replace`]), with its crash guarantee
 //!   written on it.
+//! - **The mount table** ([`mountinfo`]), read and parsed once for everyone
+//!   who asks what is mounted where and how.
+
+pub mod mountinfo;
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -252,11 +256,8 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("atomup-fsio-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    fn scratch(name: &str) -> atomup_scratch::ScratchDir {
+        atomup_scratch::ScratchDir::new(&format!("fsio-{name}"))
     }
 
     fn mkfifo(p: &Path) {

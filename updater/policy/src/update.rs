@@ -26,6 +26,9 @@ pub struct Flags {
     pub attempts: u8,
     pub allow_downgrade: bool,
     pub ignore_rollout: bool,
+    /// May the (bigger) from-scratch delta stand in for a missing delta from
+    /// the running commit (`link.allow_scratch_fallback`)?
+    pub allow_scratch_fallback: bool,
 }
 
 /// What the device knows about itself, all from its own env and records.
@@ -66,6 +69,12 @@ pub enum PlanError {
     },
     #[error("release {version} ({commit}) rolled back on this device before: not retrying it")]
     RolledBack { version: u64, commit: String },
+    #[error("release {version} has no delta from the running commit {commit}; its from-scratch delta ({size} bytes) is used only with link.allow_scratch_fallback = true (--allow-scratch-fallback)")]
+    NoDeltaFromRunning {
+        version: u64,
+        commit: String,
+        size: u64,
+    },
     #[error("the release was refused")]
     Release(#[source] ReleaseError),
     #[error("the env states to write are invalid")]
@@ -167,6 +176,16 @@ pub fn plan<'r>(
             opens_at: rollout::eligible_at(&release.waves, &device.seed),
         });
     }
+    // Rule (metered links): never silently trade the small delta for the
+    // whole tree. A from-scratch delta serves a running commit only when the
+    // operator allows it.
+    if delta.source_commit().is_none() && !flags.allow_scratch_fallback {
+        return Err(PlanError::NoDeltaFromRunning {
+            version: release.version,
+            commit: atomup_ostree::hex::encode(&device.booted_commit),
+            size: delta.superblock_size.saturating_add(delta.parts_size),
+        });
+    }
     let start = device.env.install_start(target);
     let done = start
         .install_done(target, flags.attempts)
@@ -243,6 +262,8 @@ mod tests {
             attempts: 3,
             allow_downgrade: false,
             ignore_rollout: false,
+            // The sample release offers only a from-scratch delta.
+            allow_scratch_fallback: true,
         }
     }
 
@@ -402,5 +423,44 @@ mod tests {
             plan(&v, &d, &flags(), NOW),
             Err(PlanError::Release(ReleaseError::Downgrade { .. }))
         ));
+    }
+
+    /// A release without a delta from the running commit is refused rather
+    /// than replaced by its from-scratch delta, unless that is allowed; a
+    /// delta from the running commit is taken either way.
+    #[test]
+    fn no_silent_fallback_to_the_from_scratch_delta() {
+        let env = st(&[A], None, 0);
+        let strict = Flags {
+            allow_scratch_fallback: false,
+            ..flags()
+        };
+        let mut r = release(2, 0xab, vec![]);
+        let v = verified(&r);
+        let e = plan(&v, &device(&env, &[]), &strict, NOW).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "release 2 has no delta from the running commit {}; its from-scratch delta \
+                 (100234 bytes) is used only with link.allow_scratch_fallback = true \
+                 (--allow-scratch-fallback)",
+                "11".repeat(32)
+            )
+        );
+        assert!(matches!(
+            plan(&v, &device(&env, &[]), &flags(), NOW),
+            Ok(Decision::Install(_))
+        ));
+        let scratch = r.deltas[0].clone();
+        r.deltas.push(Delta {
+            from: DeltaSource::From([0x11; 32]),
+            path: "deltas/Ee/small".into(),
+            ..scratch
+        });
+        let v = verified(&r);
+        let Ok(Decision::Install(p)) = plan(&v, &device(&env, &[]), &strict, NOW) else {
+            panic!()
+        };
+        assert_eq!(p.delta.path, "deltas/Ee/small");
     }
 }

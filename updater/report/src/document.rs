@@ -71,6 +71,8 @@ pub struct Report {
     pub last_error: Option<String>,
     pub rollbacks: Vec<Rollback>,
     pub budget: Option<Budget>,
+    /// Reports dropped before this one was made because the queue was full.
+    pub reports_dropped: u64,
 }
 
 /// The id a device reports under: the first 16 bytes, in hex, of
@@ -120,6 +122,7 @@ impl Report {
             .field("last_error", self.last_error.as_deref())
             .field("rollbacks", Value::Raw(&rollbacks))
             .field("budget", budget.as_deref().map_or(Value::Null, Value::Raw))
+            .field("reports_dropped", self.reports_dropped)
             .finish()
     }
 }
@@ -165,6 +168,7 @@ mod tests {
                 used: 123,
                 monthly: Some(1 << 20),
             }),
+            reports_dropped: 0,
         };
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["schema"], 1);
@@ -191,6 +195,7 @@ mod tests {
             "last_error",
             "rollbacks",
             "budget",
+            "reports_dropped",
         ];
         let mut keys = keys;
         keys.sort();

@@ -1,0 +1,215 @@
+//! `atomup daemon`: the service. It polls at `poll.interval` plus a random
+//! jitter (a fleet that booted together does not poll together), installs
+//! what is due with the same [`update::poll`] as `atomup update`, applies
+//! the reboot policy, and reports. Failed polls back off exponentially from
+//! a minute, capped (`atomup_link::backoff::poll_wait`). The decisions are
+//! pure (`atomup-link`, `RebootPolicy`); this loop only sleeps and acts.
+//!
+//! Signals (`signals.rs`): SIGTERM or SIGINT stop it at the next safe point
+//! and it exits 0. A download in progress ends at its next read, its
+//! partial synced and kept (the next start resumes it with a Range
+//! request); a slot being written is left out of the boot order, as a power
+//! cut would (the next start writes it again). SIGHUP reloads the
+//! configuration (an invalid one is refused and the old one kept) and polls
+//! at once.
+
+use crate::error::{self, Result};
+use crate::progress::{Mode, Reporter};
+use crate::signals::{self, Wake};
+use crate::update::{self, Outcome};
+use crate::{logger, settings};
+use atomup_config::{Loaded, RebootPolicy};
+use std::time::Duration;
+
+pub const HELP: &str = "\
+Usage: atomup daemon [options]
+The device's update service: polls at poll.interval + random(0..=poll.jitter), installs
+a due release into the inactive slot, reboots by reboot.policy (now, in the daily
+reboot.window, or never: the operator reboots), reports to server.report_url.
+SIGTERM/SIGINT: stop at the next safe point, exit 0. SIGHUP: reload the configuration
+and poll at once. Takes the options of `atomup update` (but --check):
+  --json                progress as one JSON event per line on stdout
+  --board NAME, --target-device DEV, --target-dir DIR, --from-root DIR, --attempts N,
+  --allow-downgrade, --ignore-rollout, --now UNIX, --retry-backoff-ms N: as for update
+";
+
+pub fn run(args: &mut lexopt::Parser) -> Result {
+    let mut o = update::parse(args, "daemon", HELP)?;
+    signals::install().map_err(|e| format!("installing the signal handlers: {e}"))?;
+    let boot_flags = o.boot.clone();
+    let mut loaded = settings::load(&o.config)?;
+    apply(&mut o, &boot_flags, &loaded);
+    println!(
+        "atomup daemon {}: {}",
+        env!("CARGO_PKG_VERSION"),
+        describe(&loaded)
+    );
+    let mut failures = 0u32;
+    loop {
+        let mut rep = Reporter::new(Mode::detect(o.json), Some(&o.boot.state_dir));
+        let result = update::poll(&o, &loaded, Some(&signals::STOP), &mut rep);
+        if let Err(e) = &result {
+            if !update::is_cancelled(e.as_ref()) {
+                eprint!("{}", error::chain(e.as_ref()));
+            }
+        }
+        update::after_poll(&o, &loaded.config, &result, &mut rep);
+        if signals::stop_requested() {
+            return stopped();
+        }
+        match result {
+            Ok(Outcome::Installed { version, slot }) => {
+                failures = 0;
+                if let Wake::Stop = reboot(&mut o, &boot_flags, &mut loaded, version, slot) {
+                    return stopped();
+                }
+            }
+            Ok(_) => failures = 0,
+            Err(_) => failures = failures.saturating_add(1),
+        }
+        if signals::take_reload() {
+            reload(&mut o, &boot_flags, &mut loaded);
+            continue;
+        }
+        let c = &loaded.config;
+        let wait = atomup_link::backoff::poll_wait(
+            failures,
+            c.poll_interval.as_duration(),
+            c.poll_jitter.as_duration(),
+            c.backoff_max.as_duration(),
+            atomup_fetch::random_u64(),
+        );
+        log::info!(
+            "next poll in {} s{}",
+            wait.as_secs(),
+            if failures > 0 {
+                format!(" ({failures} failed in a row)")
+            } else {
+                String::new()
+            }
+        );
+        match signals::sleep(wait) {
+            Wake::Stop => return stopped(),
+            Wake::Reload => {
+                signals::take_reload();
+                reload(&mut o, &boot_flags, &mut loaded);
+            }
+            Wake::Elapsed => {}
+        }
+    }
+}
+
+fn stopped() -> Result {
+    println!("atomup daemon: stopped by signal");
+    Ok(())
+}
+
+fn describe(loaded: &Loaded) -> String {
+    let c = &loaded.config;
+    let server = c
+        .server
+        .as_ref()
+        .map_or("no server configured".to_owned(), |s| {
+            format!("server {} channel {}", s.url, s.channel)
+        });
+    let reboot = match c.reboot {
+        RebootPolicy::Now => "now".to_owned(),
+        RebootPolicy::Never => "never".to_owned(),
+        RebootPolicy::Window { start, end } => format!(
+            "window {:02}:{:02}-{:02}:{:02} UTC",
+            start / 60,
+            start % 60,
+            end / 60,
+            end % 60
+        ),
+    };
+    format!(
+        "{server}, every {} + up to {}, reboot {reboot}",
+        c.poll_interval, c.poll_jitter
+    )
+}
+
+/// The boot-state options for `loaded`: the command line's, then the
+/// configuration's state directory and board profile.
+fn apply(o: &mut update::Opts, boot_flags: &crate::bootopts::BootOpts, loaded: &Loaded) {
+    logger::configured(loaded.config.log_level);
+    o.boot = boot_flags.clone();
+    o.boot.configure(loaded);
+}
+
+/// SIGHUP: the drop-ins are read again under the same flags; an invalid
+/// configuration is refused and the running one kept.
+fn reload(o: &mut update::Opts, boot_flags: &crate::bootopts::BootOpts, loaded: &mut Loaded) {
+    match settings::load(&o.config) {
+        Ok(new) => {
+            *loaded = new;
+            apply(o, boot_flags, loaded);
+            println!(
+                "atomup daemon: configuration reloaded: {}",
+                describe(loaded)
+            );
+        }
+        Err(e) => log::error!(
+            "configuration reload refused, the previous one stays: {}",
+            error::one_line(e.as_ref())
+        ),
+    }
+}
+
+/// The reboot policy after an install: now, in the maintenance window
+/// (waiting for it, still answering signals), or never (the operator
+/// reboots; later polls find the release pending). The reboot is the init
+/// system's own (`reboot.command`), so services stop in order and ours is
+/// sent SIGTERM like the rest.
+fn reboot(
+    o: &mut update::Opts,
+    boot_flags: &crate::bootopts::BootOpts,
+    loaded: &mut Loaded,
+    version: u64,
+    slot: atomup_policy::Slot,
+) -> Wake {
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let Some(wait) = loaded.config.reboot.wait_secs(now) else {
+            println!(
+                "version {version} waits in slot {slot}: reboot.policy is never, reboot to try it"
+            );
+            return Wake::Elapsed;
+        };
+        if wait == 0 {
+            break;
+        }
+        println!("version {version} waits in slot {slot}: rebooting in the maintenance window, in {wait} s");
+        match signals::sleep(Duration::from_secs(wait.min(3600))) {
+            Wake::Stop => return Wake::Stop,
+            Wake::Reload => {
+                signals::take_reload();
+                reload(o, boot_flags, loaded);
+            }
+            Wake::Elapsed => {}
+        }
+    }
+    let command = &loaded.config.reboot_command;
+    println!(
+        "rebooting into slot {slot} (version {version}): {}",
+        command.join(" ")
+    );
+    rustix::fs::sync();
+    match std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!(
+            "error: the reboot command {} failed ({s}): reboot to try slot {slot}",
+            command[0]
+        ),
+        Err(e) => eprintln!(
+            "error: cannot run the reboot command {}: {e}: reboot to try slot {slot}",
+            command[0]
+        ),
+    }
+    Wake::Elapsed
+}

@@ -46,10 +46,10 @@ const RERUN: &str = "cargo test -p atomup-tests --test crash_qemu -- --nocapture
 /// the reboot into B until its health check confirmed it).
 const MARKS: &[(&str, &str)] = &[
     ("boot", "ATOMUP-DEMO: booted slot=A trial=0"),
-    ("download", "info: Receiving"),
-    ("apply", "info: Writing slot B"),
+    ("download", "Receiving"),
+    ("apply", "Writing slot B"),
     ("sync", "info: slot B written and verified: syncing"),
-    ("env flip", "info: Finishing"),
+    ("env flip", "Finishing"),
     ("trial boot", "ATOMUP-DEMO: installed, rebooting"),
     ("confirmed", "slot B confirmed good"),
     ("done", "ATOMUP-DEMO: done on slot B version 2"),
@@ -144,14 +144,14 @@ fn world() -> World {
         let t = dir.join(format!("tree-v{v}"));
         sh(
             r#"cp -a "$1" "$2"; t=$2
-            mkdir -p "$t/etc/atomup/health.d" "$t/usr/share/demo" "$t/boot/efi"
+            mkdir -p "$t/etc/atomup/health.d/required.d" "$t/usr/share/demo" "$t/boot/efi"
             cp "$3" "$t/etc/atomup/trusted.pub"
             printf 'SERVER=http://10.0.2.2:%s\nCHANNEL=stable\n' "$4" >"$t/etc/atomup/device.conf"
             printf 'board = qemu-virt\nbootloader = uboot\nslot.A = /dev/vda2\nslot.B = /dev/vda3\ndata = /dev/vda4\nwatchdog = /dev/watchdog\n' >"$t/etc/atomup/board.conf"
             echo "$5" >"$t/etc/atomup/version"
             echo "atomup-demo $5" >"$t/etc/atomup-image"
-            printf '#!/bin/sh\nexit 0\n' >"$t/etc/atomup/health.d/10-demo"
-            chmod 755 "$t/etc/atomup/health.d/10-demo""#,
+            printf '#!/bin/sh\nexit 0\n' >"$t/etc/atomup/health.d/required.d/10-demo"
+            chmod 755 "$t/etc/atomup/health.d/required.d/10-demo""#,
             &[
                 base.as_os_str(),
                 t.as_os_str(),
@@ -430,6 +430,7 @@ fn power_cut(vm: &mut Child) {
     for p in descendants(vm.id()) {
         let _ = Command::new("kill")
             .args(["-KILL", &p.to_string()])
+            .stderr(Stdio::null())
             .status();
     }
     let _ = vm.kill();

@@ -4,11 +4,11 @@
 #   host  tests/tests/crash_host.rs: the agent built with its crash points is
 #         killed at every crash point of update, mark-good, mark-bad and the
 #         rollback record, and inside every write at byte offsets, on a U-Boot
-#         image and a GRUB pair (875 cuts, about 4 min on 2 cores)
+#         image and a GRUB pair (1108 cuts, about 13 min on 2 cores)
 #   qemu  tests/tests/crash_qemu.rs: a QEMU aarch64 device (U-Boot, Linux, the
 #         static agent) is killed at random moments of the download, apply,
 #         sync, env flip and trial boot of a real update, 10 cuts per phase
-#         (50 cuts), plus Ctrl-C in the guest (about an hour on 2 cores)
+#         (50 cuts), plus Ctrl-C in the guest (about 20 min on 2 cores)
 # Each prints its seed, a table (point, cuts, outcomes) and the totals.
 #
 # Usage: scripts/crash-campaign.sh [host|qemu|all] [--seed N]

@@ -54,6 +54,10 @@ const MARKS: &[(&str, &str)] = &[
     ("confirmed", "slot B confirmed good"),
     ("done", "ATOMUP-DEMO: done on slot B version 2"),
 ];
+/// The longest one VM run may take (seconds; a clean update boots twice in
+/// about 20 s, a few times that on a loaded machine): a guest that stalls
+/// fails its cut with its console rather than holding the campaign.
+const VM_LIMIT: u64 = 240;
 /// The phases a cut aims at: MARKS[i]..MARKS[i + 1] for these i.
 const PHASES: std::ops::Range<usize> = 1..6;
 
@@ -478,10 +482,10 @@ fn calibrate(w: &World) -> Result<Vec<Duration>, String> {
     );
     let log = work.join("console.log");
     let start = Instant::now();
-    let mut vm = start_vm(w, &disk, &log, None, 600);
+    let mut vm = start_vm(w, &disk, &log, None, VM_LIMIT);
     let mut times = Vec::new();
     for (name, mark) in MARKS {
-        match wait_for(&log, mark, &mut vm, Duration::from_secs(600)) {
+        match wait_for(&log, mark, &mut vm, Duration::from_secs(VM_LIMIT)) {
             Some(t) => times.push(t - start),
             None => {
                 power_cut(&mut vm);
@@ -538,9 +542,9 @@ fn cut(w: &World, n: usize, phase: usize, delay: Duration) -> Result<Vec<String>
             .arg(&disk),
     );
     let log = work.join("console-cut.log");
-    let mut vm = start_vm(w, &disk, &log, None, 600);
+    let mut vm = start_vm(w, &disk, &log, None, VM_LIMIT);
     let (name, mark) = MARKS[phase];
-    if wait_for(&log, mark, &mut vm, Duration::from_secs(600)).is_none() {
+    if wait_for(&log, mark, &mut vm, Duration::from_secs(VM_LIMIT)).is_none() {
         power_cut(&mut vm);
         return Err(format!("never reached {name}:\n{}", console_tail(&log)));
     }
@@ -575,7 +579,7 @@ fn cut(w: &World, n: usize, phase: usize, delay: Duration) -> Result<Vec<String>
     }
     // 3. Power returns: the device completes the update by itself.
     let log2 = work.join("console-after.log");
-    let mut vm = start_vm(w, &disk, &log2, None, 600);
+    let mut vm = start_vm(w, &disk, &log2, None, VM_LIMIT);
     let status = vm.wait().unwrap();
     if !status.success() {
         return Err(format!(
@@ -625,7 +629,7 @@ fi
     )
     .unwrap();
     let log = work.join("console.log");
-    let mut vm = start_vm(w, &disk, &log, Some(&script), 600);
+    let mut vm = start_vm(w, &disk, &log, Some(&script), VM_LIMIT);
     let status = vm.wait().unwrap();
     let console = String::from_utf8_lossy(&fs::read(&log).unwrap_or_default()).into_owned();
     if !console.contains("ATOMUP-CTRLC: the interrupted update exited with status 130") {

@@ -1217,7 +1217,8 @@ fn health_script(loader: Loader, scenario: &str, site: Option<&str>) -> String {
             "mkdir -p /tmp/site-config\ncat >/tmp/site-config/50-site.toml <<'TOML'\n{toml}TOML\n\
              printf 'HEALTH_ARGS=\"--config-dir /usr/lib/atomup/config.d --config-dir /tmp/site-config\"\\n\
              REBOOT=\"reboot -f\"\\nRUN_DIR=/tmp/atomup\\n' >/tmp/defaults\n\
-             export ATOMUP_DEFAULTS=/tmp/defaults\n"
+             export ATOMUP_DEFAULTS=/tmp/defaults\n\
+             export ATOMUP='atomup --config-dir /usr/lib/atomup/config.d --config-dir /tmp/site-config'\n"
         ));
     }
     s.push_str(
@@ -1225,7 +1226,8 @@ fn health_script(loader: Loader, scenario: &str, site: Option<&str>) -> String {
          [ -e /tmp/atomup/boot-complete ] && echo 'TEST: boot complete'\n\
          atomup status || echo 'TEST: status FAILED'\n\
          echo \"TEST-JSON: $(atomup status --json)\"\n\
-         atomup board check || echo 'TEST: board check FAILED'\n",
+         atomup board check || echo 'TEST: board check FAILED'\n\
+         for f in /var/lib/atomup/reports/*.json; do [ -f \"$f\" ] && echo \"TEST-REPORT: $(cat \"$f\")\"; done\n",
     );
     if loader == Loader::Grub {
         // The board.conf-only GRUB device: mark-good and status find the
@@ -1245,6 +1247,21 @@ fn guest_status_json(console: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no status JSON in:\n{console}"));
     serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
+
+/// The reports queued on the device (`server.report_url` set by the site
+/// configuration, nothing listens), as the guest printed them on its last boot.
+fn guest_reports(console: &str) -> Vec<serde_json::Value> {
+    let start = console.rfind("TEST: health exit").unwrap_or(0);
+    console[start..]
+        .lines()
+        .filter_map(|l| l.strip_prefix("TEST-REPORT: "))
+        .map(|l| serde_json::from_str(l.trim()).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The site configuration of the scenarios that prove the reports.
+const SITE_REPORTS: &str = "[server]\nurl = \"http://10.0.2.2:18080/repo\"\nchannel = \"stable\"\n\
+     report_url = \"http://10.0.2.2:18080/report\"\n";
 
 /// Line 0 levels of the PL061 (the profile's LED), in order.
 fn led_levels(trace: &Path) -> Vec<u8> {
@@ -1274,7 +1291,11 @@ fn required_check_fails_rolls_back(loader: Loader) {
     );
     m.atomup(&["install-done", "--slot", "B"]);
     let console = timed(&format!("{}: required check fails", loader.name()), || {
-        m.boot_with(Some(&health_script(loader, "fail-required", None)), 2, true)
+        m.boot_with(
+            Some(&health_script(loader, "fail-required", Some(SITE_REPORTS))),
+            2,
+            true,
+        )
     });
     assert_eq!(
         booted_lines(&console),
@@ -1296,6 +1317,17 @@ fn required_check_fails_rolls_back(loader: Loader) {
     assert_eq!(j["rollbacks"][0]["reason"], reason);
     assert_eq!(j["rollbacks"][0]["version"], 2);
     assert_eq!(j["health"]["verdict"], "failed");
+    // The report slot B's verdict queued, still there on A's boot.
+    let r = guest_reports(&console);
+    assert_eq!(r.len(), 1, "{console}");
+    assert_eq!(r[0]["event"], "rolled-back");
+    assert_eq!(r[0]["booted_slot"], "B");
+    assert_eq!(r[0]["rollbacks"][0]["reason"], reason);
+    assert_eq!(r[0]["rollbacks"][0]["version"], 2);
+    assert_eq!(
+        r[0]["last_error"],
+        format!("slot B failed on its trial boot: {reason}")
+    );
     assert_eq!(m.upstream_state(), Some(st("A", "", "0")));
     assert_eq!(bootloader_writes(loader, &console), 1);
 }
@@ -1305,7 +1337,8 @@ fn required_check_fails_rolls_back(loader: Loader) {
 /// failures are in the status JSON a report carries, the boot-complete
 /// marker is written, and the profile's LED (the PL061's line 0) blinked
 /// "on trial" and was left on ("confirmed"). On GRUB, every command found
-/// the env through the board profile alone.
+/// the env through the board profile alone. The next boot, confirmed, writes
+/// nothing to the env.
 fn only_wanted_checks_fail_confirms(loader: Loader) {
     let m = Machine::of_image(
         loader,
@@ -1315,7 +1348,7 @@ fn only_wanted_checks_fail_confirms(loader: Loader) {
     m.atomup(&["install-done", "--slot", "B"]);
     let trace = m.dir.join("gpio.log");
     let _ = fs::remove_file(&trace);
-    let site = "[server]\nurl = \"http://10.0.2.2:18080/repo\"\nchannel = \"stable\"\n";
+    let site = SITE_REPORTS;
     let console = timed(
         &format!("{}: only wanted checks fail", loader.name()),
         || {
@@ -1362,6 +1395,18 @@ fn only_wanted_checks_fail_confirms(loader: Loader) {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(failed, ["atomup:server-reachable", "50-scenario-wanted"]);
+    // The confirmation's report carries the failed wanted checks.
+    let r = guest_reports(&console);
+    assert_eq!(r.len(), 1, "{console}");
+    assert_eq!(r[0]["event"], "confirmed");
+    assert_eq!(r[0]["health"]["verdict"], "passed");
+    let reported: Vec<&str> = r[0]["health"]["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(reported, failed);
     let w = h["checks"].as_array().unwrap().last().unwrap();
     assert_eq!(
         (&w["kind"], &w["output"]),
@@ -1387,6 +1432,33 @@ fn only_wanted_checks_fail_confirms(loader: Loader) {
         toggles >= 4 && led.last() == Some(&1),
         "LED line 0: {led:?}"
     );
+
+    // The next boot is a confirmed one: the whole boot integration runs
+    // again (early watchdog script, health, status, board check, and on
+    // GRUB mark-good) and writes nothing to the env, nor reports anything.
+    let before = m.env_bytes();
+    let console = timed(
+        &format!("{}: the next, confirmed boot", loader.name()),
+        || m.boot_with(Some(&health_script(loader, "pass", Some(site))), 1, true),
+    );
+    assert_eq!(
+        booted_lines(&console),
+        vec![booted("B", false, false)],
+        "{console}"
+    );
+    assert!(
+        console.contains("slot B is confirmed (not on trial): nothing to write")
+            && console.contains("TEST: health exit 0")
+            && console.contains("TEST: boot complete"),
+        "{console}"
+    );
+    assert!(!console.contains("armed for slot B"), "{console}");
+    assert_eq!(bootloader_writes(loader, &console), 0, "{console}");
+    assert!(
+        m.env_bytes() == before,
+        "env bytes changed on a confirmed boot"
+    );
+    assert_eq!(guest_reports(&console).len(), 1, "{console}");
 }
 
 /// A check hangs the trial (it stops the agent): nothing feeds the watchdog,

@@ -502,3 +502,109 @@ fn documentation_in_the_checks_dir_is_skipped() {
     );
     assert_eq!(env_show(&t.d), CONFIRMED);
 }
+
+/// The queued report of each verdict (`server.report_url` configured; the
+/// queue is in the state dir `--state-dir` names): a confirmed trial's
+/// carries the wanted checks that failed, a rejected trial's carries the
+/// rollback with the check's reason (regression: reports said only "slot B
+/// was rolled back", and went to the configuration's state dir).
+#[test]
+fn reports_carry_failed_wanted_checks_and_the_rollback_reason() {
+    let reports = |t: &Trial| -> Vec<serde_json::Value> {
+        let mut names: Vec<PathBuf> = fs::read_dir(t.d.state.join("reports"))
+            .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .map(|p| serde_json::from_slice(&fs::read(p).unwrap()).unwrap())
+            .collect()
+    };
+    let with_reports = |t: &Trial| {
+        config(
+            t,
+            "[health]\nread_only_root = false\ndata_partition = false\nmin_free = 0\n\
+             server_reachable = false\n\
+             [server]\nurl = \"http://127.0.0.1:9/repo\"\nchannel = \"stable\"\n\
+             report_url = \"http://127.0.0.1:9/report\"\n",
+        )
+    };
+
+    // The configuration the reports are made from is the agent's
+    // (`atomup --config-dir DIR health`), as for every command.
+    let health = |t: &Trial| {
+        let mut a: Vec<OsString> = vec!["--config-dir".into(), t.config.clone().into()];
+        a.extend(
+            args(t, &["health", "--no-reboot", "--booted-slot", "B"])
+                .into_iter()
+                .chain(["--checks".into(), t.site.clone().into()])
+                .chain(["--vendor-checks".into(), t.vendor.clone().into()])
+                .chain(["--config-dir".into(), t.config.clone().into()]),
+        );
+        atomup_bounded(a)
+    };
+
+    let dir = ScratchDir::new("health-report-wanted");
+    let t = on_trial(&dir);
+    with_reports(&t);
+    script(&t.site.join("wanted.d/20-uplink"), "exit 4", 0o755);
+    let out = health(&t);
+    assert!(out.status.success(), "{}", text(&out));
+    let r = reports(&t);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0]["event"], "confirmed");
+    let h = &r[0]["health"];
+    assert_eq!((&h["slot"], &h["version"]), (&"B".into(), &3.into()));
+    assert_eq!(h["verdict"], "passed");
+    assert_eq!(
+        h["failed"],
+        serde_json::json!([{"kind": "wanted", "name": "20-uplink",
+            "outcome": "failed", "detail": "exit status 4"}])
+    );
+
+    let dir = ScratchDir::new("health-report-required");
+    let t = on_trial(&dir);
+    with_reports(&t);
+    script(&t.vendor.join("required.d/20-app"), "exit 1", 0o755);
+    let out = health(&t);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let r = reports(&t);
+    assert_eq!(r.len(), 1, "{r:?}");
+    let reason = "required check 20-app failed: exit status 1";
+    assert_eq!(r[0]["event"], "rolled-back");
+    assert_eq!(r[0]["rollbacks"][0]["reason"], reason);
+    assert_eq!(r[0]["rollbacks"][0]["version"], 3);
+    assert_eq!(
+        r[0]["last_error"],
+        format!("slot B failed on its trial boot: {reason}")
+    );
+    assert_eq!(r[0]["health"]["verdict"], "failed");
+}
+
+/// `atomup --config-dir DIR health` (the option every command takes) sets
+/// the configuration of the checks too, as it does the reports' (regression:
+/// health read its checks' configuration from the default directories, so
+/// the host's read-write root failed the built-in read-only-root check).
+#[test]
+fn the_global_config_dir_configures_the_checks() {
+    let dir = ScratchDir::new("health-global-config");
+    let t = on_trial(&dir);
+    script(&t.vendor.join("required.d/10-app"), "exit 0", 0o755);
+    let mut a: Vec<OsString> = vec!["--config-dir".into(), t.config.clone().into()];
+    a.extend(args(&t, &["health", "--no-reboot", "--booted-slot", "B"]));
+    a.extend([
+        "--checks".into(),
+        t.site.clone().into(),
+        "--vendor-checks".into(),
+        t.vendor.clone().into(),
+    ]);
+    let out = atomup_bounded(a);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !text(&out).contains("atomup:read-only-root"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(env_show(&t.d), CONFIRMED);
+}

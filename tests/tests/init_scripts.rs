@@ -217,3 +217,96 @@ fn sysvinit_early_script_arms_the_watchdog_on_a_trial_boot() {
     );
     assert_eq!(fs::read(&wdt).unwrap(), b"\0");
 }
+
+/// The value of `key=` in a unit file (the one line that sets it).
+fn unit_value(unit: &str, key: &str) -> String {
+    let prefix = format!("{key}=");
+    let mut found = unit.lines().filter_map(|l| l.strip_prefix(prefix.as_str()));
+    let v = found
+        .next()
+        .unwrap_or_else(|| panic!("no {key}= in the unit"));
+    assert!(found.next().is_none(), "{key}= set twice");
+    v.to_owned()
+}
+
+/// atomup-health.service's own commands on a trial boot, as systemd runs
+/// them: ExecStart confirms the slot once (one env write); run again, as a
+/// restart of the unit or the next confirmed boot would, it writes nothing
+/// to the env; ExecStopPost reboots only on exit status 2 (a rejected slot),
+/// never after a confirmation or a run that decided nothing.
+#[test]
+fn systemd_unit_commands_confirm_once_and_reboot_only_a_rejected_slot() {
+    let dir = ScratchDir::new("unit-run");
+    let s = trial(&dir);
+    script(&s.checks.join("required.d/10-ok"), "exit 0");
+    let unit = fs::read_to_string(dist().join("systemd/atomup-health.service")).unwrap();
+    let exec = unit_value(&unit, "ExecStart");
+    let mut argv = exec.split_whitespace();
+    assert_eq!(argv.next(), Some("/usr/bin/atomup"));
+    let start = || {
+        let mut cmd = Command::new(workspace_bin("atomup"));
+        cmd.args(argv.clone())
+            .arg("--env-image")
+            .arg(&s.d.env)
+            .arg("--state-dir")
+            .arg(&s.d.state)
+            .args(["--booted-slot", "B", "--checks"])
+            .arg(&s.checks)
+            .arg("--vendor-checks")
+            .arg(dir.join("no-vendor"))
+            .arg("--config-dir")
+            .arg(dir.join("config.d"));
+        run_bounded(&mut cmd, Duration::from_secs(30))
+    };
+    let on_trial = fs::read(&s.d.env).unwrap();
+    let out = start();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        env_show(&s.d),
+        "ATOMUP_ORDER=B A\nATOMUP_TRIAL=\nATOMUP_LEFT=0\n"
+    );
+    let confirmed = fs::read(&s.d.env).unwrap();
+    assert!(confirmed != on_trial, "the trial was not confirmed");
+    for _ in 0..2 {
+        let out = start();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("nothing to write"), "{}", text(&out));
+        assert!(
+            fs::read(&s.d.env).unwrap() == confirmed,
+            "a confirmed boot wrote the env"
+        );
+    }
+
+    // ExecStopPost, with systemd's $EXIT_STATUS, and a systemctl that
+    // records how it was called (the host's must not reboot the host).
+    let post = unit_value(&unit, "ExecStopPost");
+    let body = post
+        .strip_prefix("/bin/sh -c '")
+        .and_then(|p| p.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("ExecStopPost is not /bin/sh -c '...': {post}"));
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let calls = dir.join("systemctl-calls");
+    script(
+        &bin.join("systemctl"),
+        &format!("echo \"$*\" >>{}", calls.display()),
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    for (status, reboots) in [("0", false), ("1", false), ("2", true)] {
+        let _ = fs::remove_file(&calls);
+        let out = run_bounded(
+            Command::new("/bin/sh")
+                .args(["-c", body])
+                .env("PATH", &path)
+                .env("EXIT_STATUS", status),
+            Duration::from_secs(10),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let called = fs::read_to_string(&calls).unwrap_or_default();
+        if reboots {
+            assert_eq!(called, "--no-block reboot\n", "exit status {status}");
+        } else {
+            assert_eq!(called, "", "exit status {status} rebooted");
+        }
+    }
+}

@@ -103,10 +103,9 @@ fn parse(args: &mut lexopt::Parser) -> Result<Opts> {
         return Err("give only one of --watchdog DEV, --no-watchdog".into());
     }
     if o.config_dirs.is_empty() {
-        o.config_dirs = vec![
-            atomup_config::VENDOR_DIR.into(),
-            atomup_config::SITE_DIR.into(),
-        ];
+        // The agent's (`atomup --config-dir DIR health`, else the vendor's
+        // and the site's): the checks and the reports read one configuration.
+        o.config_dirs = crate::settings::dirs();
     }
     Ok(o)
 }

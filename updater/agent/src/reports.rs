@@ -13,8 +13,8 @@ use crate::bootopts::BootOpts;
 use crate::error::Result;
 use atomup_config::Config;
 use atomup_fetch::Fetcher;
-use atomup_policy::Slot;
-use atomup_report::document::{device_id, Budget, Event, Report, Rollback};
+use atomup_policy::{BootState, Slot};
+use atomup_report::document::{device_id, Budget, Event, FailedCheck, Health, Report, Rollback};
 use atomup_report::queue::Queue;
 
 fn queue(cfg: &Config) -> Queue {
@@ -30,16 +30,32 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The report of `event` from what the device records now.
-pub fn make(cfg: &Config, boot: &BootOpts, event: Event, last_error: Option<String>) -> Report {
+/// The report of `event` from what the device records now. `env` is the
+/// boot state when the caller holds the env (its lock): loading it again
+/// here would wait on that lock for ever (regression: `mark-good` and
+/// `health` hung once a report URL was configured).
+pub fn make(
+    cfg: &Config,
+    boot: &BootOpts,
+    event: Event,
+    last_error: Option<String>,
+    env: Option<&BootState>,
+) -> Report {
     let sd = boot.state();
     let booted = boot.booted().ok().and_then(|b| b.slot);
     let record = |s: Slot| sd.slot_record(s).ok().flatten().unwrap_or_default();
     let running = booted.map(record).unwrap_or_default();
     // Installed in the other slot and first in the boot order, on trial.
     let pending_version = booted.and_then(|b| {
-        let mut bl = boot.open_env(boot.board().ok().flatten().as_ref()).ok()?;
-        let state = atomup_bootctl::load(bl.as_mut()).ok()?.state().ok()?;
+        let loaded;
+        let state = match env {
+            Some(s) => s,
+            None => {
+                let mut bl = boot.open_env(boot.board().ok().flatten().as_ref()).ok()?;
+                loaded = atomup_bootctl::load(bl.as_mut()).ok()?.state().ok()?;
+                &loaded
+            }
+        };
         (state.trial == Some(!b) && state.order.first() == Some(&!b))
             .then(|| record(!b).version())
             .flatten()
@@ -52,9 +68,34 @@ pub fn make(cfg: &Config, boot: &BootOpts, event: Event, last_error: Option<Stri
             at: r.at,
             version: r.version,
             commit: r.commit.map(|c| c.to_hex()),
-            reason: format!("slot {} was rolled back", r.slot),
+            reason: r
+                .reason
+                .clone()
+                .unwrap_or_else(|| format!("slot {} was rolled back", r.slot)),
         })
         .collect();
+    // The last health run: its verdict and what failed (on a confirmed boot,
+    // the wanted checks: logged and reported, issue 15).
+    let health = atomup_health::Store::new(&boot.state_dir)
+        .read()
+        .ok()
+        .flatten()
+        .map(|h| Health {
+            slot: if h.slot == Slot::A { 'A' } else { 'B' },
+            version: h.version,
+            verdict: h.verdict.name().to_owned(),
+            failed: h
+                .checks
+                .iter()
+                .filter(|c| c.outcome.is_failure())
+                .map(|c| FailedCheck {
+                    kind: c.kind.name().to_owned(),
+                    name: c.name.clone(),
+                    outcome: c.outcome.name().to_owned(),
+                    detail: c.detail.clone(),
+                })
+                .collect(),
+        });
     let budget = atomup_link::budget::Budgets {
         per_update: cfg.update_budget,
         monthly: cfg.monthly_budget,
@@ -82,6 +123,7 @@ pub fn make(cfg: &Config, boot: &BootOpts, event: Event, last_error: Option<Stri
         pending_version,
         last_error,
         rollbacks,
+        health,
         budget,
         reports_dropped,
     }
@@ -89,10 +131,20 @@ pub fn make(cfg: &Config, boot: &BootOpts, event: Event, last_error: Option<Stri
 
 /// Queues the report of `event` when a report URL is configured.
 pub fn record(cfg: &Config, boot: &BootOpts, event: Event, last_error: Option<String>) {
+    record_on(cfg, boot, event, last_error, None)
+}
+
+fn record_on(
+    cfg: &Config,
+    boot: &BootOpts,
+    event: Event,
+    last_error: Option<String>,
+    env: Option<&BootState>,
+) {
     if cfg.report_url.is_none() {
         return;
     }
-    let json = make(cfg, boot, event, last_error).to_json();
+    let json = make(cfg, boot, event, last_error, env).to_json();
     match queue(cfg).push(&json) {
         Ok(0) => {}
         Ok(n) => log::warn!("report queue full: dropped the {n} oldest report(s)"),
@@ -101,10 +153,14 @@ pub fn record(cfg: &Config, boot: &BootOpts, event: Event, last_error: Option<St
 }
 
 /// Queues from the slot commands (`mark-good`, `mark-bad`, `health`), which
-/// run on the configuration's files alone.
-pub fn record_for(boot: &BootOpts, event: Event, last_error: Option<String>) {
+/// run on the configuration's files alone; the queue is in their state dir
+/// (`--state-dir` overrides the configuration's, as for their records).
+/// They hold the env while they report: `env` is its state after their write.
+pub fn record_for(boot: &BootOpts, event: Event, last_error: Option<String>, env: &BootState) {
     if let Some(loaded) = crate::settings::base() {
-        record(&loaded.config, boot, event, last_error);
+        let mut cfg = loaded.config.clone();
+        cfg.state_dir.clone_from(&boot.state_dir);
+        record_on(&cfg, boot, event, last_error, Some(env));
     }
 }
 

@@ -21,7 +21,8 @@ pub fn set_dirs(dirs: Vec<PathBuf>) {
     let _ = DIRS.set(dirs);
 }
 
-fn dirs() -> Vec<PathBuf> {
+/// The drop-in directories: `--config-dir`, else the vendor's and the site's.
+pub fn dirs() -> Vec<PathBuf> {
     DIRS.get().cloned().unwrap_or_else(|| {
         vec![
             PathBuf::from(atomup_config::VENDOR_DIR),

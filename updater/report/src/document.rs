@@ -44,6 +44,28 @@ pub struct Rollback {
     pub reason: String,
 }
 
+/// A check of the last health run that did not pass (failed or ran past
+/// its limit): on a confirmed boot, the wanted checks that failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedCheck {
+    /// `required` or `wanted`.
+    pub kind: String,
+    pub name: String,
+    /// `failed` or `timeout`.
+    pub outcome: String,
+    pub detail: String,
+}
+
+/// The device's last health run (`<state dir>/health/last`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub slot: char,
+    pub version: Option<u64>,
+    /// `passed`, `failed`, or `running` (no verdict: cut by a reset).
+    pub verdict: String,
+    pub failed: Vec<FailedCheck>,
+}
+
 /// Data used this month on a metered link.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Budget {
@@ -70,6 +92,8 @@ pub struct Report {
     pub pending_version: Option<u64>,
     pub last_error: Option<String>,
     pub rollbacks: Vec<Rollback>,
+    /// The last health run, if the device has one on record.
+    pub health: Option<Health>,
     pub budget: Option<Budget>,
     /// Reports dropped before this one was made because the queue was full.
     pub reports_dropped: u64,
@@ -100,6 +124,23 @@ impl Report {
                 .field("reason", r.reason.as_str())
                 .finish()
         }));
+        let health = self.health.as_ref().map(|h| {
+            let slot = h.slot.to_string();
+            let failed = array(h.failed.iter().map(|c| {
+                Object::new()
+                    .field("kind", c.kind.as_str())
+                    .field("name", c.name.as_str())
+                    .field("outcome", c.outcome.as_str())
+                    .field("detail", c.detail.as_str())
+                    .finish()
+            }));
+            Object::new()
+                .field("slot", slot.as_str())
+                .field("version", h.version)
+                .field("verdict", h.verdict.as_str())
+                .field("failed", Value::Raw(&failed))
+                .finish()
+        });
         let budget = self.budget.as_ref().map(|b| {
             Object::new()
                 .field("month", b.month.as_str())
@@ -121,6 +162,7 @@ impl Report {
             .field("pending_version", self.pending_version)
             .field("last_error", self.last_error.as_deref())
             .field("rollbacks", Value::Raw(&rollbacks))
+            .field("health", health.as_deref().map_or(Value::Null, Value::Raw))
             .field("budget", budget.as_deref().map_or(Value::Null, Value::Raw))
             .field("reports_dropped", self.reports_dropped)
             .finish()
@@ -163,6 +205,17 @@ mod tests {
                 commit: None,
                 reason: "health check failed".into(),
             }],
+            health: Some(Health {
+                slot: 'A',
+                version: Some(3),
+                verdict: "failed".into(),
+                failed: vec![FailedCheck {
+                    kind: "required".into(),
+                    name: "20-app".into(),
+                    outcome: "timeout".into(),
+                    detail: "did not finish within 1m (killed)".into(),
+                }],
+            }),
             budget: Some(Budget {
                 month: "2027-01".into(),
                 used: 123,
@@ -178,6 +231,10 @@ mod tests {
         assert!(v["pending_version"].is_null());
         assert_eq!(v["rollbacks"][0]["version"], 3);
         assert_eq!(v["rollbacks"][0]["reason"], "health check failed");
+        assert_eq!(v["health"]["slot"], "A");
+        assert_eq!(v["health"]["verdict"], "failed");
+        assert_eq!(v["health"]["failed"][0]["outcome"], "timeout");
+        assert_eq!(v["health"]["failed"][0]["name"], "20-app");
         assert_eq!(v["budget"]["used"], 123);
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
         let mut want = vec![
@@ -194,6 +251,7 @@ mod tests {
             "pending_version",
             "last_error",
             "rollbacks",
+            "health",
             "budget",
             "reports_dropped",
         ];

@@ -56,12 +56,19 @@ ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 ||
   echo "ATOMUP-DEMO: no network"
 
+# A test may hand the device a script (run-vm.sh --script: QEMU fw_cfg
+# opt/atomup/test.sh), sourced here, before the update: the Ctrl-C test
+# interrupts an update with it. Devices have none.
+hook=/sys/firmware/qemu_fw_cfg/by_name/opt/atomup/test.sh/raw
+if [ -r "$hook" ]; then cp "$hook" /tmp/test.sh; . /tmp/test.sh; fi
+
 # Board name, env location and the other slot's device come from
-# /etc/atomup/board.conf.
-if atomup update --server "$SERVER" --channel "$CHANNEL" \
+# /etc/atomup/board.conf. The progress (and any error) goes to the console as
+# it happens, the result line to /tmp/update.log.
+if atomup --log-level info update --server "$SERVER" --channel "$CHANNEL" \
     --trusted-keys /etc/atomup/trusted.pub --state-dir "$state" \
     --machine-id "$state/machine-id" --from-root / \
-    >/tmp/update.log 2>&1; then
+    >/tmp/update.log; then
   cat /tmp/update.log
   if grep -q "^installed version" /tmp/update.log; then
     echo "ATOMUP-DEMO: installed, rebooting into the new slot"

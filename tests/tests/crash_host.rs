@@ -96,7 +96,7 @@ fn world() -> World {
     let check = |pass: bool| format!("#!/bin/sh\nexit {}\n", if pass { 0 } else { 1 });
     t.file("etc/os-release", b"VERSION_ID=1\n", 0o644)
         .file(
-            "etc/atomup/health.d/10-check",
+            "etc/atomup/health.d/required.d/10-check",
             check(true).as_bytes(),
             0o755,
         )
@@ -153,14 +153,14 @@ fn world() -> World {
     }
     let v2 = repo.commit(&t.root, "v2");
     t.file("etc/os-release", b"VERSION_ID=3\n", 0o644).file(
-        "etc/atomup/health.d/10-check",
+        "etc/atomup/health.d/required.d/10-check",
         check(false).as_bytes(),
         0o755,
     );
     let v3 = repo.commit(&t.root, "v3");
     t.file("etc/os-release", b"VERSION_ID=4\n", 0o644)
         .file(
-            "etc/atomup/health.d/10-check",
+            "etc/atomup/health.d/required.d/10-check",
             check(true).as_bytes(),
             0o755,
         )
@@ -205,6 +205,15 @@ fn world() -> World {
         digest.insert(commit.clone(), tree_digest(&out));
     }
     let nginx = Nginx::serve(&repo.path, dir.path());
+    // The slots are directories on the host's root: the built-in checks of a
+    // device's root (read-only, a data partition, free space) do not apply.
+    let config = dir.join("config.d");
+    fs::create_dir_all(&config).unwrap();
+    fs::write(
+        config.join("host.toml"),
+        "[health]\nread_only_root = false\ndata_partition = false\nmin_free = 0\n",
+    )
+    .unwrap();
     World {
         dir,
         keys,
@@ -352,6 +361,11 @@ fn step_args(w: &World, d: &Dev, step: Step) -> Vec<OsString> {
         Step::Health => {
             a.extend(["health".into(), "--no-reboot".into(), "--checks".into()]);
             a.push(d.slot(booted).join("etc/atomup/health.d").into());
+            a.extend([
+                "--vendor-checks".into(),
+                w.dir.join("no-vendor-checks").into(),
+            ]);
+            a.extend(["--config-dir".into(), w.dir.join("config.d").into()]);
         }
     }
     a.extend(d.env_args());

@@ -691,6 +691,7 @@ pub fn execute(
                 &target_root,
                 target,
             )?;
+            log::info!("slot {target} written and verified: syncing");
             // Everything written must be on disk before the env names the slot.
             rustix::fs::sync();
             Ok((stats, etc_line))

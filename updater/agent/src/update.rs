@@ -534,6 +534,11 @@ pub fn poll(
             std::thread::sleep(Duration::from_millis(50));
         }
     })?;
+    // A stop asked for during the apply holds after it too: the slot stays
+    // out of the boot order (the same state a cut during the apply leaves).
+    if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+        stop_during_apply(rep, target, mounted.as_ref().map(|m| m.dir.as_path()));
+    }
     if let Some(m) = mounted {
         m.unmount()?;
     }

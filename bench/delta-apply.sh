@@ -62,7 +62,9 @@ apt_mirror() {
         fi
     done | head -n1
 }
-MIRROR=${MIRROR:-$(apt_mirror)}
+# `head -n1` may close the pipe early (SIGPIPE, status 141 under pipefail): keep the
+# first line whatever the loop's status.
+MIRROR=${MIRROR:-$(apt_mirror || true)}
 [ -n "$MIRROR" ] || die "no $SUITE mirror found in /etc/apt/sources.list*; set MIRROR="
 
 # Builds a first-stage arm64 minbase tree once; later runs reuse it.

@@ -19,6 +19,8 @@
 #   --root-b-dir DIR   same for slot B
 #   --empty-b          slot B is an empty filesystem (nothing installed there yet)
 #   --data-dir DIR     the data partition (/var) starts with DIR's content
+#   --extra-tree DIR   copy DIR's content over both generated slots (repeatable): board
+#                      profile, init scripts, health checks, configuration of a test image
 #
 # Output in DIR:
 #   disk.img    GPT: 1 boot FAT (U-Boot: /boot.scr; GRUB: /EFI/BOOT/BOOTAA64.EFI + /grub/grubenv{,2}),
@@ -38,7 +40,7 @@ root=$(cd "$here/.." && pwd)
 hooks=$root/bootloader-hooks
 
 bootloader= out= cache= image_a=A image_b=B bad_slot= blank_env=0 uboot_variant=raw
-guest_bins=() uboot_env=()
+guest_bins=() uboot_env=() extra_trees=()
 init_script=$here/guest/test-init.sh rootfs_out= root_a_dir= root_b_dir= empty_b=0 data_dir=
 while [ $# -gt 0 ]; do
     case $1 in
@@ -58,6 +60,7 @@ while [ $# -gt 0 ]; do
         --root-b-dir) root_b_dir=$(cd "$2" && pwd); shift 2;;
         --empty-b) empty_b=1; shift;;
         --data-dir) data_dir=$(cd "$2" && pwd); shift 2;;
+        --extra-tree) extra_trees+=("$(cd "$2" && pwd)"); shift 2;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;;
         *) echo "build-image: unknown option $1" >&2; exit 2;;
     esac
@@ -92,7 +95,7 @@ b_start=$((a_start + root_size))
 data_start=$((b_start + root_size)) data_size=131072  # 64 MiB: /var, download cache
 disk_sectors=$((data_start + data_size + 2048))
 
-# --- initramfs: busybox, modules for virtio/ext4/fw_cfg/vfat, /init ---------
+# --- initramfs: busybox, modules for virtio/ext4/fw_cfg/vfat/overlay, /init ---
 moddir=$cache/kernel/modules/$kver
 ird=$work/initramfs
 mkdir -p "$ird/bin" "$ird/lib/modules"
@@ -114,7 +117,7 @@ add_module() { # $1 = module name
     done
     order+=("$path")
 }
-for m in virtio_pci virtio_mmio virtio_blk virtio_net crc32c_generic ext4 qemu_fw_cfg vfat nls_cp437 nls_ascii nls_iso8859-1 nls_utf8 i6300esb; do
+for m in virtio_pci virtio_mmio virtio_blk virtio_net crc32c_generic ext4 qemu_fw_cfg vfat nls_cp437 nls_ascii nls_iso8859-1 nls_utf8 i6300esb overlay; do
     add_module "$m"
 done
 : >"$ird/lib/modules/load-order"
@@ -140,8 +143,9 @@ populate_root() { # $1 = directory, $2 = image label, $3 = slot letter (or -)
     cp "$work/initrd.img" "$r/boot/initrd.img"
     echo "$2" >"$r/etc/atomup-image"
     [ "$bad_slot" != "$3" ] || : >"$r/etc/atomup-bad-image"
-    printf '/dev/vda 0x80000 0x4000\n/dev/vda 0x84000 0x4000\n' >"$r/etc/fw_env.config"
+    cp "$root/board-support/profiles/qemu-virt-uboot/fw_env.config" "$r/etc/fw_env.config"
     for b in "${guest_bins[@]}"; do cp "$b" "$r/usr/bin/"; done
+    for t in "${extra_trees[@]}"; do cp -a "$t/." "$r/"; done
 }
 if [ -n "$rootfs_out" ]; then
     find "$rootfs_out" -mindepth 1 -delete

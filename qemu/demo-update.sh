@@ -3,8 +3,10 @@
 #   vendor:  build product trees v1, v2, v3 → atomup-publish commit / delta / sign / release
 #   server:  nginx serves the repository on the host's loopback
 #   device:  QEMU aarch64, real U-Boot + Linux; factory image with v1 in slot A
-#   phase 1: the device polls, installs v2 into slot B, reboots into B on trial,
-#            passes its health check and confirms B
+#   phase 1: the device writes its own /etc/site.conf, polls, installs v2 into slot B
+#            (its /etc carried over by the three-way merge), reboots into B on trial,
+#            passes its health check and confirms B; /etc/site.conf is there, the
+#            vendor's changed /etc files are v2's, config-diff lists the change
 #   phase 2: the vendor releases v3, whose health check fails; the device installs
 #            it into A, boots it on trial, rejects it, falls back to B and never
 #            retries v3
@@ -125,9 +127,9 @@ make_tree() { # $1 = version, $2 = health exit status, $3 = "bad-init" for a rel
         >>"$t/etc/atomup/board.conf"
     echo "$1" >"$t/etc/atomup/version"
     echo "atomup-demo $1" >"$t/etc/atomup-image"
-    mkdir -p "$t/etc/atomup/health.d"
-    printf '#!/bin/sh\n# health check of release %s\nexit %s\n' "$1" "$2" >"$t/etc/atomup/health.d/10-demo"
-    chmod 755 "$t/etc/atomup/health.d/10-demo"
+    mkdir -p "$t/etc/atomup/health.d/required.d"
+    printf '#!/bin/sh\n# health check of release %s\nexit %s\n' "$1" "$2" >"$t/etc/atomup/health.d/required.d/10-demo"
+    chmod 755 "$t/etc/atomup/health.d/required.d/10-demo"
     echo "release $1 of the demo product" >"$t/usr/share/demo/release-$1.txt"
     if [ "${3:-}" = bad-init ]; then
         # The kernel boots, but init exits at once: "Attempted to kill init",
@@ -205,10 +207,22 @@ run_vm phase1
 expect phase1 'booted slot=A trial=0 version=1' "factory slot A booted"
 expect phase1 "installed version 2 .* into slot B" "v2 downloaded, verified and written into slot B"
 expect phase1 'booted slot=B trial=1 version=2' "$loader_name booted slot B on trial"
+expect phase1 "health: watchdog /dev/watchdog armed for slot B's trial" "the i6300esb watchdog was armed in early boot of slot B's trial"
 expect phase1 'health: watchdog /dev/watchdog armed for slot B' "the i6300esb watchdog guarded slot B's trial checks"
-expect phase1 'health: 1 check\(s\) passed on slot B' "slot B's health check passed"
+expect phase1 'health: required 10-demo passed' "slot B's health check passed"
+expect phase1 'health: required atomup:data-partition passed' "the built-in checks passed: /var is the data partition, writable"
+expect phase1 'health: [0-9]+ check\(s\) passed on slot B' "every required check passed on slot B"
 expect phase1 'slot B confirmed good' "health passed: slot B confirmed"
 expect phase1 'up to date: version 2' "the next poll finds nothing to do"
+expect phase1 'ATOMUP-DEMO: wrote /etc/site.conf' "the device wrote its own /etc/site.conf on v1"
+expect phase1 '/etc: 0 modified, 0 removed, 1 added, 0 conflicts' "the update carried the device's /etc change into slot B"
+after_b=$(sed -n '/booted slot=B trial=1/,$p' "$work/phase1.log")
+grep -aq 'ATOMUP-DEMO: etc site.conf=site=demo-device-0001 image=atomup-demo 2' <<<"$after_b" &&
+    echo "ok: on slot B /etc/site.conf is there with its content, and the vendor's /etc/atomup-image is v2's" ||
+    { echo "FAILED: /etc on slot B"; tail -n 60 "$work/phase1.log"; exit 1; }
+grep -aqE 'ATOMUP-DEMO: config-diff: A +site.conf' <<<"$after_b" &&
+    echo "ok: config-diff on slot B shows the device's change (A site.conf)" ||
+    { echo "FAILED: config-diff on slot B"; tail -n 60 "$work/phase1.log"; exit 1; }
 env_is 'ATOMUP_ORDER=B A;ATOMUP_TRIAL=;ATOMUP_LEFT=0'
 bytes=$(awk '{s+=$2} END {print s}' "$work/nginx/access.log")
 echo "bytes served for v1 -> v2: $bytes (release metadata + superblock + parts)"
@@ -218,7 +232,8 @@ release 3 "$v3" "$((ts + 1))"
 run_vm phase2
 expect phase2 "installed version 3 .* into slot A" "v3 written into slot A"
 expect phase2 'booted slot=A trial=1 version=3' "slot A booted on trial"
-expect phase2 'health: slot A FAILED' "v3's health check failed"
+expect phase2 'health: slot A FAILED: required check 10-demo failed: exit status 1' "v3's health check failed"
+expect phase2 'rolled back from version 3 \(required check 10-demo failed: exit status 1\)' "the rollback of v3 is recorded with its reason"
 expect phase2 'booted slot=B trial=0 version=2' "the device fell back to slot B (v2) by itself"
 expect phase2 'rolled back on this device before: not retrying' "v3 is never retried"
 env_is 'ATOMUP_ORDER=B;ATOMUP_TRIAL=;ATOMUP_LEFT=0'
@@ -230,6 +245,7 @@ run_vm phase3
 expect phase3 "installed version 4 .* into slot A" "v4 written into slot A"
 expect phase3 'ATOMUP-DEMO: v4 init exits: kernel panic' "slot A's v4 kernel panicked on its trial boot"
 expect phase3 'rollback detected: slot A ran out of attempts' "the bootloader spent slot A's attempts and fell back to slot B"
+expect phase3 'rolled back from version 4 \(ran out of boot attempts: no health run of it was recorded' "the rollback of v4 is recorded with its reason"
 expect phase3 'booted slot=B trial=0 version=2' "the device is back on slot B (v2)"
 expect phase3 'release 4 .* rolled back on this device before: not retrying' "v4 is never retried"
 panics=$(grep -ac 'ATOMUP-DEMO: v4 init exits' "$work/phase3.log")

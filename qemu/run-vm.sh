@@ -10,12 +10,14 @@
 #   --no-reboot        exit QEMU instead of rebooting (a panic then ends the run)
 #   --watchdog         add an i6300esb watchdog whose expiry resets the VM
 #   --net              user-mode network: the guest is 10.0.2.15, the host's loopback is 10.0.2.2
+#   --gpio-trace FILE  log every level change of the machine's PL061 GPIO lines to FILE
+#                      (QEMU's pl061_set_output trace event): the status LED's sequence
 # The boot path follows DIR/layout.env: U-Boot (Debian's qemu_arm64 u-boot.bin,
 # its env pflash read-only) or GRUB (AAVMF code read-only + DIR/vars.fd).
 # Exit status: QEMU's (0 after a guest poweroff), or 124 on timeout.
 set -euo pipefail
 
-dir= disk= log= timeout=90 script= noreboot=0 watchdog=0 net=0
+dir= disk= log= timeout=90 script= noreboot=0 watchdog=0 net=0 gpio_trace=
 while [ $# -gt 0 ]; do
     case $1 in
         --dir) dir=$2; shift 2;;
@@ -26,6 +28,7 @@ while [ $# -gt 0 ]; do
         --no-reboot) noreboot=1; shift;;
         --watchdog) watchdog=1; shift;;
         --net) net=1; shift;;
+        --gpio-trace) gpio_trace=$2; shift 2;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;;
         *) echo "run-vm: unknown option $1" >&2; exit 2;;
     esac
@@ -35,8 +38,10 @@ disk=${disk:-$dir/disk.img}
 bootloader=$(sed -n 's/^BOOTLOADER=//p' "$dir/layout.env")
 
 # cortex-a57: -cpu max is ~4x slower under TCG (pointer-auth emulation);
-# one vCPU: more do not speed up TCG boots.
-args=(-M virt -cpu cortex-a57 -smp 1 -m 512 -accel tcg -no-user-config)
+# one vCPU: more do not speed up TCG boots. acpi=off: the kernel gets the
+# device tree, whose PL061 GPIO controller (/dev/gpiochip0) is the boards'
+# status LED (with ACPI, virt has a GED power button and no PL061).
+args=(-M virt,acpi=off -cpu cortex-a57 -smp 1 -m 512 -accel tcg -no-user-config)
 if [ "$net" = 1 ]; then
     args+=(-nic user,model=virtio-net-pci)
 else
@@ -57,6 +62,7 @@ args+=(-drive "if=none,id=hd0,format=raw,file=$disk" -device virtio-blk-pci,driv
 [ -z "$script" ] || args+=(-fw_cfg "name=opt/atomup/test.sh,file=$script")
 [ "$noreboot" = 0 ] || args+=(-no-reboot)
 [ "$watchdog" = 0 ] || args+=(-device i6300esb -watchdog-action reset)
+[ -z "$gpio_trace" ] || args+=(-trace "pl061_set_output,file=$gpio_trace")
 if [ -n "$log" ]; then
     args+=(-display none -monitor none -serial "file:$log")
 else

@@ -1,6 +1,6 @@
 //! The status LED as an `embedded-hal` output pin, so health and update code
-//! can drive it the same way on any board; on Linux it is a sysfs LED
-//! (`/sys/class/leds/<name>/brightness`).
+//! can drive it the same way on any board: a sysfs LED
+//! (`/sys/class/leds/<name>/brightness`) here, a GPIO line in `gpio`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,10 +17,15 @@ impl SysfsLed {
         }
     }
 
+    /// The `brightness` attribute this LED writes.
+    pub fn brightness(&self) -> &Path {
+        &self.brightness
+    }
+
+    /// Opened per write, without blocking and only as a regular file (sysfs
+    /// attributes are): a FIFO planted there cannot hang the agent.
     fn set(&mut self, on: bool) -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.brightness)?;
+        let mut f = atomup_fsio::open_rw(&self.brightness, false)?;
         f.write_all(if on { b"1\n" } else { b"0\n" })
     }
 }

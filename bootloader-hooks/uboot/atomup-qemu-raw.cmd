@@ -3,8 +3,9 @@
 # saveenv cannot be trusted). Contract: bootloader-hooks/README.md.
 # Compile: mkimage -A arm64 -O linux -T script -C none -d atomup-qemu-raw.cmd boot.scr
 #
-# Env copies on virtio 0: copy 1 at byte 0x80000 (LBA 0x400), copy 2 at byte
-# 0x84000 (LBA 0x420), 0x4000 bytes each:
+# Env copies on the boot disk (${au_if} ${au_devnum}: virtio 0 on QEMU, mmc 0 on a
+# Raspberry Pi 4): copy 1 at byte 0x80000 (LBA 0x400), copy 2 at byte 0x84000
+# (LBA 0x420), 0x4000 bytes each:
 #   crc32 (LE, over the 0x3ffb data bytes) | flags (1 byte) | "k=v\0...\0\0" zero padded
 # Newer copy = higher flags (0xff -> 0x00 wraps), as in libubootenv; a copy whose
 # CRC fails is ignored. The env is written ONLY on a trial boot (ATOMUP_LEFT - 1),
@@ -13,16 +14,25 @@
 # A confirmed boot and the fallback boot write nothing.
 
 echo "ATOMUP-UBOOT: script start"
-setenv au_buf1 0x50000000
-setenv au_buf2 0x50010000
-setenv au_tmp  0x50020000
+# Board values: the defaults are the QEMU machine's; a board sets its own
+# before this script runs (board-support/profiles/rpi4-uboot/boot.cmd).
+test -n "${au_if}" || setenv au_if virtio
+test -n "${au_devnum}" || setenv au_devnum 0
+test -n "${au_part_a}" || setenv au_part_a 2
+test -n "${au_part_b}" || setenv au_part_b 3
+test -n "${au_root_a}" || setenv au_root_a /dev/vda2
+test -n "${au_root_b}" || setenv au_root_b /dev/vda3
+test -n "${au_console}" || setenv au_console console=ttyAMA0
+test -n "${au_buf1}" || setenv au_buf1 0x50000000
+test -n "${au_buf2}" || setenv au_buf2 0x50010000
+test -n "${au_tmp}" || setenv au_tmp 0x50020000
 setenv au_blk1 0x400
 setenv au_blk2 0x420
 setenv au_cnt  0x20
 
-virtio dev 0
-virtio read ${au_buf1} ${au_blk1} ${au_cnt}
-virtio read ${au_buf2} ${au_blk2} ${au_cnt}
+${au_if} dev ${au_devnum}
+${au_if} read ${au_buf1} ${au_blk1} ${au_cnt}
+${au_if} read ${au_buf2} ${au_blk2} ${au_cnt}
 
 # flags bytes
 setexpr au_t ${au_buf1} + 4
@@ -121,7 +131,7 @@ for au_pass in 1 2; do
         cp.b ${au_tmp} ${au_wbuf} 4
         setexpr au_t ${au_wbuf} + 4
         mw.b ${au_t} ${au_fn}
-        if virtio write ${au_wbuf} ${au_wblk} ${au_cnt}; then setenv au_ok 1; fi
+        if ${au_if} write ${au_wbuf} ${au_wblk} ${au_cnt}; then setenv au_ok 1; fi
       fi
       if test ${au_ok} = 1; then
         echo "ATOMUP-UBOOT: wrote copy=${au_wcopy} flags=${au_fn} LEFT=${ATOMUP_LEFT}"
@@ -146,11 +156,15 @@ elif test ${au_trial} = 1; then
 else
   setenv au_args "atomup.slot=${au_slot}"
 fi
-if test "${au_slot}" = B; then setenv au_part 3; else setenv au_part 2; fi
-echo "ATOMUP-UBOOT: boot slot=${au_slot} trial=${au_trial} (virtio 0:${au_part}) ${au_args}"
-setenv bootargs "console=ttyAMA0 root=/dev/vda${au_part} rootfstype=ext4 ro rootwait panic=1 quiet ${au_args}"
-if load virtio 0:${au_part} ${kernel_addr_r} /boot/Image; then
-  if load virtio 0:${au_part} ${ramdisk_addr_r} /boot/initrd.img; then
+if test "${au_slot}" = B; then
+  setenv au_part ${au_part_b}; setenv au_root ${au_root_b}
+else
+  setenv au_part ${au_part_a}; setenv au_root ${au_root_a}
+fi
+echo "ATOMUP-UBOOT: boot slot=${au_slot} trial=${au_trial} (${au_if} ${au_devnum}:${au_part}) ${au_args}"
+setenv bootargs "${au_console} root=${au_root} rootfstype=ext4 ro rootwait panic=1 quiet ${au_args}"
+if load ${au_if} ${au_devnum}:${au_part} ${kernel_addr_r} /boot/Image; then
+  if load ${au_if} ${au_devnum}:${au_part} ${ramdisk_addr_r} /boot/initrd.img; then
     booti ${kernel_addr_r} ${ramdisk_addr_r}:${filesize} ${fdtcontroladdr}
   fi
 fi

@@ -7,6 +7,9 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t tmpfs tmpfs /tmp
+# A trial boot is guarded from here to the health verdict: the board's watchdog
+# (board.conf) is armed now and left running; `atomup health` feeds it.
+atomup health --arm-watchdog || echo "ATOMUP-DEMO: cannot arm the watchdog"
 # /var is the data partition: persistent, never written by an update.
 mount -t ext4 /dev/vda4 /var || { echo "ATOMUP-DEMO: cannot mount /var"; poweroff -f; }
 
@@ -17,14 +20,19 @@ for x in $(cat /proc/cmdline); do
     atomup.trial=1) trial=1;;
   esac
 done
+state=/var/lib/atomup
+# /etc: the slot's own (the vendor defaults, read-only) under the device's
+# changes, the slot's layer on /var. Before anything else reads /etc.
+if [ "$slot" != - ]; then
+  atomup etc mount --slot "$slot" --state-dir "$state" || echo "ATOMUP-DEMO: /etc overlay FAILED"
+fi
 . /etc/atomup/device.conf
 # GRUB boards keep the A/B env (the grubenv pair) on the ESP: mounted read-write
 # for atomup's one-block writes, unmounted before every reboot or poweroff.
 if [ -n "${ESP:-}" ]; then
   mount -t vfat -o rw,sync,flush "$ESP" /boot/efi || { echo "ATOMUP-DEMO: cannot mount the ESP"; poweroff -f; }
 fi
-finish() { sync; [ -z "${ESP:-}" ] || umount /boot/efi; umount /var; }
-state=/var/lib/atomup
+finish() { sync; [ -z "${ESP:-}" ] || umount /boot/efi; umount /etc 2>/dev/null; umount /var; }
 echo "ATOMUP-DEMO: booted slot=$slot trial=$trial version=$(cat /etc/atomup/version)"
 
 # Health: on a trial boot the release's own checks (/etc/atomup/health.d) run
@@ -33,6 +41,15 @@ echo "ATOMUP-DEMO: booted slot=$slot trial=$trial version=$(cat /etc/atomup/vers
 wd=; [ -c /dev/watchdog ] && wd="--watchdog /dev/watchdog"
 atomup health --state-dir "$state" $wd || { echo "ATOMUP-DEMO: health did not pass"; finish; reboot -f; }
 atomup status --state-dir "$state"
+
+# The device's own configuration: written once, on the factory release; every
+# later boot shows it survived, with what the device changed in /etc.
+if [ "$(cat /etc/atomup/version)" = 1 ] && [ ! -e /etc/site.conf ]; then
+  echo "site=demo-device-0001" >/etc/site.conf
+  echo "ATOMUP-DEMO: wrote /etc/site.conf"
+fi
+echo "ATOMUP-DEMO: etc site.conf=$(cat /etc/site.conf 2>/dev/null) image=$(cat /etc/atomup-image)"
+atomup config-diff --state-dir "$state" | sed 's/^/ATOMUP-DEMO: config-diff: /'
 
 # Network: QEMU user networking; the host's loopback is 10.0.2.2.
 ip link set lo up

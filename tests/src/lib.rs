@@ -1,6 +1,7 @@
 //! Shared helpers for the end-to-end tests: locating the built binaries and
 //! the real peer tools the tests use as oracles.
 
+pub mod crash;
 pub mod delta_craft;
 pub mod device;
 pub mod nginx;

@@ -560,51 +560,8 @@ impl Apply {
     }
 }
 
-/// A directory under the workspace's target dir (same filesystem as the
-/// build), removed when dropped unless `ATOMUP_KEEP_SCRATCH` is set.
-pub struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    pub fn new(name: &str) -> Self {
-        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let base = crate::target_dir().join("test-scratch");
-        let dir = base.join(format!("{name}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        // Shared fixtures live in statics, which are never dropped: remove
-        // what earlier test processes (now gone) left behind.
-        for entry in fs::read_dir(&base).into_iter().flatten().flatten() {
-            let file_name = entry.file_name();
-            let rest = file_name.to_string_lossy();
-            let pid = rest
-                .strip_prefix(&format!("{name}-"))
-                .and_then(|r| r.split('-').next());
-            if let Some(pid) = pid.filter(|p| p.parse::<u32>().is_ok()) {
-                if !Path::new("/proc").join(pid).exists() {
-                    let _ = fs::remove_dir_all(entry.path());
-                }
-            }
-        }
-        fs::create_dir_all(&dir).unwrap();
-        ScratchDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
-        self.0.join(rel)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        if std::env::var_os("ATOMUP_KEEP_SCRATCH").is_none() {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
+/// The workspace's one scratch-directory helper (crate `atomup-scratch`).
+pub use atomup_scratch::ScratchDir;
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,11 @@
 //! back on the host with the upstream tools, so the bootloader's writes are
 //! checked by a second implementation. Every test boots 1-3 times.
 //!
+//! The health scenarios (last section) boot a device image instead: the board
+//! profile, the busybox init scripts and vendor checks in both slots, and the
+//! guest's own `atomup health` decides (required fails, only wanted fail, a
+//! hang the watchdog resets), on U-Boot and GRUB.
+//!
 //! Images are built once per test binary by `qemu/build-image.sh` (under the
 //! target dir, `boot-tests/`); each test boots its own copy. At most two VMs
 //! run at once (`ATOMUP_QEMU_JOBS` overrides), as the CI machine has 2 cores.
@@ -225,7 +230,11 @@ const UBOOT_ENV_SIZE: u64 = 0x4000;
 
 impl Machine {
     fn new(loader: Loader, name: &str) -> Machine {
-        let base = base_image(loader);
+        Machine::of_image(loader, base_image(loader), name)
+    }
+
+    /// A private copy of the image in `base`.
+    fn of_image(loader: Loader, base: &Path, name: &str) -> Machine {
         let dir = target_dir().join("boot-tests").join("runs").join(name);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("esp/grub")).unwrap();
@@ -277,10 +286,16 @@ impl Machine {
 
     /// As `boot`, optionally with an i6300esb watchdog that resets the VM.
     fn boot_with(&self, script: Option<&str>, boots: u64, watchdog: bool) -> String {
+        self.boot_vm(script, boots, watchdog, &[])
+    }
+
+    /// As `boot_with`, with more `qemu/run-vm.sh` options.
+    fn boot_vm(&self, script: Option<&str>, boots: u64, watchdog: bool, extra: &[&str]) -> String {
         let log = self.dir.join("console.log");
         let _ = fs::remove_file(&log);
         let mut cmd = Command::new(workspace_root().join("qemu/run-vm.sh"));
         cmd.arg("--dir").arg(&self.dir).arg("--log").arg(&log);
+        cmd.args(extra);
         // Generous per-boot allowance: the CI machine is shared with builds.
         cmd.args(["--timeout", &(30 + 90 * boots).to_string()]);
         if watchdog {
@@ -1068,4 +1083,391 @@ fn uboot_guest_atomup_mark_good_confirms_trial() {
 #[test]
 fn grub_guest_atomup_mark_good_confirms_trial() {
     guest_mark_good_confirms_trial(Loader::Grub);
+}
+
+// ---- health checks on the device (issue 15) --------------------------------------
+//
+// A device image like a vendor's: the board profile of its bootloader
+// (board-support/profiles), the busybox init scripts (updater/agent/dist/sysvinit),
+// a vendor configuration (a service pidfile to watch, 30 s per check, 1 MiB free)
+// and two vendor checks whose outcome the guest script picks ($SCENARIO); the data
+// partition holds the slot records (A version 1, B version 2). No env option is given
+// to any atomup command in the guest: the profile says where the env is.
+
+/// The vendor's checks: what `$SCENARIO` says. `hang` stops the agent itself
+/// (SIGSTOP of its parent): a hang no per-check time limit can end, so only
+/// the watchdog can.
+const SCENARIO_REQUIRED: &str = r#"#!/bin/sh
+# Test vendor check: its outcome is the boot test's $SCENARIO.
+echo "required check: scenario ${SCENARIO:-pass}"
+case "${SCENARIO:-pass}" in
+  fail-required) echo "the application did not come up" >&2; exit 1 ;;
+  hang) echo "stopping the agent: a hang it cannot time out"; kill -STOP "$PPID"; sleep 600 ;;
+esac
+exit 0
+"#;
+const SCENARIO_WANTED: &str = r#"#!/bin/sh
+# Test vendor check (wanted): fails in the fail-wanted scenario.
+case "${SCENARIO:-pass}" in
+  fail-wanted) echo "the optional uplink is down" >&2; exit 1 ;;
+esac
+exit 0
+"#;
+
+/// The health image of `loader`, built once per test binary.
+fn health_image(loader: Loader) -> &'static Path {
+    static UBOOT: OnceLock<PathBuf> = OnceLock::new();
+    static GRUB: OnceLock<PathBuf> = OnceLock::new();
+    let cell = match loader {
+        Loader::UBoot => &UBOOT,
+        Loader::Grub => &GRUB,
+    };
+    cell.get_or_init(|| {
+        let root = workspace_root();
+        let work = target_dir()
+            .join("boot-tests")
+            .join(format!("health-parts-{}", loader.name()));
+        let _ = fs::remove_dir_all(&work);
+        let tree = work.join("tree");
+        let profile = match loader {
+            Loader::UBoot => "qemu-virt-uboot",
+            Loader::Grub => "qemu-virt-grub-efi",
+        };
+        let put = |rel: &str, body: &[u8], mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            let p = tree.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, body).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let read = |rel: &str| fs::read(root.join(rel)).unwrap();
+        put(
+            "etc/atomup/board.conf",
+            &read(&format!("board-support/profiles/{profile}/board.conf")),
+            0o644,
+        );
+        for s in ["S01atomup-watchdog", "S99atomup-health"] {
+            put(
+                &format!("etc/init.d/{s}"),
+                &read(&format!("updater/agent/dist/sysvinit/{s}")),
+                0o755,
+            );
+        }
+        put(
+            "etc/default/atomup-health",
+            b"REBOOT=\"reboot -f\"\nRUN_DIR=/tmp/atomup\n",
+            0o644,
+        );
+        put(
+            "usr/lib/atomup/config.d/00-vendor.toml",
+            b"[health]\ntimeout = \"30s\"\nmin_free = \"1MiB\"\nservices = [\"/tmp/test-service.pid\"]\n",
+            0o644,
+        );
+        put(
+            "usr/lib/atomup/health.d/required.d/50-scenario",
+            SCENARIO_REQUIRED.as_bytes(),
+            0o755,
+        );
+        put(
+            "usr/lib/atomup/health.d/wanted.d/50-scenario-wanted",
+            SCENARIO_WANTED.as_bytes(),
+            0o755,
+        );
+        fs::create_dir_all(tree.join("boot/efi")).unwrap();
+        let data = work.join("data/lib/atomup/slots");
+        fs::create_dir_all(&data).unwrap();
+        for (slot, v, c) in [("A", 1, "aa"), ("B", 2, "bb")] {
+            fs::write(
+                data.join(slot),
+                format!("format=2\ncommit={}\nversion={v}\n", c.repeat(32)),
+            )
+            .unwrap();
+        }
+        let bin = guest_atomup().to_string_lossy().into_owned();
+        build_image(
+            loader,
+            &format!("health-{}", loader.name()),
+            &[
+                "--guest-bin",
+                &bin,
+                "--extra-tree",
+                &tree.to_string_lossy(),
+                "--data-dir",
+                &work.join("data").to_string_lossy(),
+            ],
+        )
+    })
+}
+
+/// The guest's boot, as a busybox device runs it: the early watchdog script,
+/// /var (and the ESP) mounted, the watched service started, the health
+/// script last; then what the device reports. `site` is an extra site
+/// configuration for this scenario.
+fn health_script(loader: Loader, scenario: &str, site: Option<&str>) -> String {
+    let mut s = format!("export SCENARIO={scenario}\n/etc/init.d/S01atomup-watchdog start\n");
+    s.push_str("mount -t ext4 /dev/vda4 /var || echo 'TEST: mount /var FAILED'\n");
+    if loader == Loader::Grub {
+        s.push_str(
+            "mount -t vfat -o rw,sync /dev/vda1 /boot/efi || echo 'TEST: mount ESP FAILED'\n",
+        );
+    }
+    s.push_str("sleep 100000 </dev/null >/dev/null 2>&1 &\necho $! >/tmp/test-service.pid\n");
+    if let Some(toml) = site {
+        s.push_str(&format!(
+            "mkdir -p /tmp/site-config\ncat >/tmp/site-config/50-site.toml <<'TOML'\n{toml}TOML\n\
+             printf 'HEALTH_ARGS=\"--config-dir /usr/lib/atomup/config.d --config-dir /tmp/site-config\"\\n\
+             REBOOT=\"reboot -f\"\\nRUN_DIR=/tmp/atomup\\n' >/tmp/defaults\n\
+             export ATOMUP_DEFAULTS=/tmp/defaults\n"
+        ));
+    }
+    s.push_str(
+        "/etc/init.d/S99atomup-health start; echo \"TEST: health exit $?\"\n\
+         [ -e /tmp/atomup/boot-complete ] && echo 'TEST: boot complete'\n\
+         atomup status || echo 'TEST: status FAILED'\n\
+         echo \"TEST-JSON: $(atomup status --json)\"\n\
+         atomup board check || echo 'TEST: board check FAILED'\n",
+    );
+    if loader == Loader::Grub {
+        // The board.conf-only GRUB device: mark-good and status find the
+        // grubenv pair on the mounted ESP from the profile alone.
+        s.push_str("atomup mark-good || echo 'TEST: mark-good FAILED'\numount /boot/efi\n");
+    }
+    s.push_str("umount /var\n");
+    s
+}
+
+/// The status JSON the guest printed last.
+fn guest_status_json(console: &str) -> serde_json::Value {
+    let line = console
+        .lines()
+        .filter_map(|l| l.strip_prefix("TEST-JSON: "))
+        .next_back()
+        .unwrap_or_else(|| panic!("no status JSON in:\n{console}"));
+    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// Line 0 levels of the PL061 (the profile's LED), in order.
+fn led_levels(trace: &Path) -> Vec<u8> {
+    fs::read_to_string(trace)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once("setting output 0 to "))
+        .filter_map(|(_, v)| v.trim().parse().ok())
+        .collect()
+}
+
+fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let r = f();
+    eprintln!("SCENARIO {what}: {:.1}s", t.elapsed().as_secs_f64());
+    r
+}
+
+/// A required check fails on the trial boot: the slot is marked bad with the
+/// check's reason, the device reboots into A, and A reports "rolled back from
+/// version 2 (reason)".
+fn required_check_fails_rolls_back(loader: Loader) {
+    let m = Machine::of_image(
+        loader,
+        health_image(loader),
+        &format!("{}-health-required-fails", loader.name()),
+    );
+    m.atomup(&["install-done", "--slot", "B"]);
+    let console = timed(&format!("{}: required check fails", loader.name()), || {
+        m.boot_with(Some(&health_script(loader, "fail-required", None)), 2, true)
+    });
+    assert_eq!(
+        booted_lines(&console),
+        vec![booted("B", true, false), booted("A", false, false)],
+        "{console}"
+    );
+    let reason = "required check 50-scenario failed: exit status 1";
+    assert!(
+        console.contains(&format!("health: slot B FAILED: {reason}")),
+        "{console}"
+    );
+    assert!(
+        console.contains(&format!(
+            "Rollback: rolled back from version 2 ({reason}); slot B"
+        )),
+        "{console}"
+    );
+    let j = guest_status_json(&console);
+    assert_eq!(j["rollbacks"][0]["reason"], reason);
+    assert_eq!(j["rollbacks"][0]["version"], 2);
+    assert_eq!(j["health"]["verdict"], "failed");
+    assert_eq!(m.upstream_state(), Some(st("A", "", "0")));
+    assert_eq!(bootloader_writes(loader, &console), 1);
+}
+
+/// Only wanted checks fail (the vendor's wanted check and the built-in
+/// server check, the VM has no network): the slot is confirmed, the
+/// failures are in the status JSON a report carries, the boot-complete
+/// marker is written, and the profile's LED (the PL061's line 0) blinked
+/// "on trial" and was left on ("confirmed"). On GRUB, every command found
+/// the env through the board profile alone.
+fn only_wanted_checks_fail_confirms(loader: Loader) {
+    let m = Machine::of_image(
+        loader,
+        health_image(loader),
+        &format!("{}-health-wanted-fails", loader.name()),
+    );
+    m.atomup(&["install-done", "--slot", "B"]);
+    let trace = m.dir.join("gpio.log");
+    let _ = fs::remove_file(&trace);
+    let site = "[server]\nurl = \"http://10.0.2.2:18080/repo\"\nchannel = \"stable\"\n";
+    let console = timed(
+        &format!("{}: only wanted checks fail", loader.name()),
+        || {
+            m.boot_vm(
+                Some(&health_script(loader, "fail-wanted", Some(site))),
+                1,
+                true,
+                &["--gpio-trace", &trace.to_string_lossy()],
+            )
+        },
+    );
+    assert_eq!(
+        booted_lines(&console),
+        vec![booted("B", true, false)],
+        "{console}"
+    );
+    for want in [
+        "health: watchdog /dev/watchdog armed for slot B's trial",
+        "health: required atomup:read-only-root passed",
+        "health: required atomup:data-partition passed",
+        "health: required atomup:services passed",
+        "health: wanted atomup:server-reachable FAILED",
+        "health: wanted 50-scenario-wanted FAILED (",
+        "wanted check(s) failed, recorded and reported: atomup:server-reachable, 50-scenario-wanted",
+        "slot B confirmed good",
+        "TEST: health exit 0",
+        "TEST: boot complete",
+        "board check: /etc/atomup/board.conf matches this system",
+    ] {
+        assert!(console.contains(want), "no `{want}` in:\n{console}");
+    }
+    assert!(
+        !console.contains("FAILED\n") && !console.contains("TEST: board check FAILED"),
+        "{console}"
+    );
+    let j = guest_status_json(&console);
+    let h = &j["health"];
+    assert_eq!(h["verdict"], "passed");
+    let failed: Vec<&str> = h["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["outcome"] == "failed")
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["atomup:server-reachable", "50-scenario-wanted"]);
+    let w = h["checks"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        (&w["kind"], &w["output"]),
+        (&"wanted".into(), &"the optional uplink is down\n".into())
+    );
+    if loader == Loader::Grub {
+        assert!(
+            console
+                .contains("ok    ESP: /boot/efi/grub is on /boot/efi (vfat /dev/vda1), read-write"),
+            "{console}"
+        );
+        assert!(
+            console.contains("slot B is confirmed (not on trial): nothing to write"),
+            "{console}"
+        );
+        assert!(!console.contains("TEST: mark-good FAILED"), "{console}");
+    }
+    assert!(console.contains("Boot order: B A"), "{console}");
+    assert_eq!(m.upstream_state(), Some(st("B A", "", "0")));
+    let led = led_levels(&trace);
+    let toggles = led.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(
+        toggles >= 4 && led.last() == Some(&1),
+        "LED line 0: {led:?}"
+    );
+}
+
+/// A check hangs the trial (it stops the agent): nothing feeds the watchdog,
+/// the board resets, the bootloader counts the attempt; after both attempts
+/// the confirmed slot boots and records the rollback with the check the
+/// board reset in.
+fn hanging_check_watchdog_resets_then_falls_back(loader: Loader) {
+    let m = Machine::of_image(
+        loader,
+        health_image(loader),
+        &format!("{}-health-hang", loader.name()),
+    );
+    m.atomup(&["install-done", "--slot", "B", "--attempts", "2"]);
+    let console = timed(&format!("{}: hanging check", loader.name()), || {
+        m.boot_with(Some(&health_script(loader, "hang", None)), 3, true)
+    });
+    assert_eq!(
+        booted_lines(&console),
+        vec![
+            booted("B", true, false),
+            booted("B", true, false),
+            booted("A", false, false)
+        ],
+        "{console}"
+    );
+    // The check's own output went to the agent, which never got to keep it:
+    // each trial got as far as the checks, the board reset in them.
+    assert_eq!(
+        console.matches("armed for slot B's checks").count(),
+        2,
+        "{console}"
+    );
+    assert!(
+        !console.contains("health: required 50-scenario"),
+        "{console}"
+    );
+    assert_eq!(bootloader_writes(loader, &console), 2);
+    let reason = "ran out of boot attempts: its last health run";
+    assert!(
+        console.contains("rollback detected: slot B ran out of attempts"),
+        "{console}"
+    );
+    assert!(
+        console.contains(
+            "never finished, the board reset during required check 50-scenario (watchdog)"
+        ),
+        "{console}"
+    );
+    let j = guest_status_json(&console);
+    let r = j["rollbacks"][0]["reason"].as_str().unwrap();
+    assert!(r.starts_with(reason) && r.contains("50-scenario"), "{r}");
+    assert_eq!(j["rollbacks"][0]["version"], 2);
+    assert_eq!(m.upstream_state(), Some(st("A", "", "0")));
+}
+
+#[test]
+fn uboot_health_required_check_fails_rolls_back_with_reason() {
+    required_check_fails_rolls_back(Loader::UBoot);
+}
+
+#[test]
+fn grub_health_required_check_fails_rolls_back_with_reason() {
+    required_check_fails_rolls_back(Loader::Grub);
+}
+
+#[test]
+fn uboot_health_only_wanted_checks_fail_confirms_and_reports() {
+    only_wanted_checks_fail_confirms(Loader::UBoot);
+}
+
+#[test]
+fn grub_board_conf_only_device_confirms_with_wanted_failures_reported() {
+    only_wanted_checks_fail_confirms(Loader::Grub);
+}
+
+#[test]
+fn uboot_health_hanging_check_watchdog_resets_then_falls_back() {
+    hanging_check_watchdog_resets_then_falls_back(Loader::UBoot);
+}
+
+#[test]
+fn grub_health_hanging_check_watchdog_resets_then_falls_back() {
+    hanging_check_watchdog_resets_then_falls_back(Loader::Grub);
 }

@@ -1,6 +1,8 @@
 //! The main job as a test: `qemu/demo-update.sh` publishes releases with
 //! atomup-publish, serves them with nginx, and a QEMU aarch64 device on real
-//! firmware and Linux updates v1 -> v2 (trial boot, health check, confirm),
+//! firmware and Linux updates v1 -> v2 (trial boot, health check, confirm;
+//! the device's own /etc file carried over, the vendor's changed ones
+//! updated, config-diff listing the change),
 //! then rejects v3 (its health check fails) and v4 (its kernel panics on
 //! every boot) and falls back by itself, never retrying either. The script
 //! checks every step; these tests run it with the binaries `./test` built,
@@ -61,6 +63,9 @@ fn run_demo(grub: bool, loader_name: &str) {
         "ok: v2 downloaded, verified and written into slot B",
         booted_b.as_str(),
         "ok: health passed: slot B confirmed",
+        "ok: the update carried the device's /etc change into slot B",
+        "ok: on slot B /etc/site.conf is there with its content, and the vendor's /etc/atomup-image is v2's",
+        "ok: config-diff on slot B shows the device's change (A site.conf)",
         "ok: env is ATOMUP_ORDER=B A;ATOMUP_TRIAL=;ATOMUP_LEFT=0",
         "ok: the device fell back to slot B (v2) by itself",
         "ok: v3 is never retried",

@@ -4,19 +4,17 @@
 //! read afterwards is the state before or after the transition, it boots a
 //! good slot, and the real fw_printenv agrees with our reading.
 
-use atomup_bootctl::{failpoint, read, write_state, BootctlError, Bootloader, GrubEnv, UbootEnv};
+use atomup_bootctl::{read, write_state, BootctlError, Bootloader, GrubEnv, UbootEnv};
 use atomup_policy::{BootState, Slot};
+use atomup_scratch::ScratchDir;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// The failpoint is process-wide: tests that arm it take turns.
+/// The crash point is process-wide: tests that arm it take turns.
 static FAILPOINT: Mutex<()> = Mutex::new(());
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("atomup-env-faults-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn scratch(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("env-faults-{name}"))
 }
 
 fn st(order: &[Slot], trial: Option<Slot>, left: u8) -> BootState {
@@ -71,7 +69,7 @@ fn torture(
         let saved = snapshot(files);
         for &n in offsets {
             restore(files, &saved);
-            failpoint::set(Some(&format!("env-write-torn:{n}")));
+            atomup_faults::set(Some(&format!("env.write:{n}")));
             let err = write_state(bl, &next).unwrap_err();
             assert!(matches!(err, BootctlError::Injected { .. }), "{err}");
             injected += 1;
@@ -92,7 +90,7 @@ fn torture(
             );
             check(bl, &got);
         }
-        failpoint::set(None);
+        atomup_faults::set(None);
         restore(files, &saved);
         write_state(bl, &next).unwrap();
         assert_eq!(read(bl).unwrap().state().unwrap(), next);
@@ -129,7 +127,7 @@ fn uboot_redundant_env_survives_a_cut_at_every_write_point() {
         (0x3fff, 0),
     ] {
         std::fs::write(&img, vec![0u8; 0x88000]).unwrap();
-        failpoint::set(Some(&format!("env-write-torn:{n}@{after}")));
+        atomup_faults::set(Some(&format!("env.write@{after}:{n}")));
         let r = atomup_bootctl::init_state(&mut env, &st(&[Slot::A], None, 0));
         assert!(matches!(r, Err(BootctlError::Injected { .. })));
         injected += 1;
@@ -148,7 +146,7 @@ fn uboot_redundant_env_survives_a_cut_at_every_write_point() {
             assert!(got.state().unwrap().boot().fallback);
         }
     }
-    failpoint::set(None);
+    atomup_faults::set(None);
     atomup_bootctl::init_state(&mut env, &st(&[Slot::A, Slot::B], None, 0)).unwrap();
     // Byte classes of one 0x4000 copy: CRC (0..4), flags (4), first data
     // bytes, mid-data, the last byte, and complete-but-unacknowledged.
@@ -192,9 +190,9 @@ fn single_copy_env_loses_the_state_on_a_torn_write_as_documented() {
     std::fs::write(&cfg, format!("{} 0x0 0x1000\n", img.display())).unwrap();
     let mut env = UbootEnv::from_config_file(&cfg, Path::new("/")).unwrap();
     atomup_bootctl::init_state(&mut env, &st(&[Slot::A, Slot::B], None, 0)).unwrap();
-    failpoint::set(Some("env-write-torn:20"));
+    atomup_faults::set(Some("env.write:20"));
     assert!(write_state(&mut env, &st(&[Slot::A], None, 0)).is_err());
-    failpoint::set(None);
+    atomup_faults::set(None);
     // No valid copy: the bootloader falls back to slot A (never bricks, but
     // the A/B state is gone). Only redundant envs are crash-safe.
     let got = read(&mut env).unwrap();

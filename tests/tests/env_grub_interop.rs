@@ -5,14 +5,12 @@
 use atomup_bootctl::{Bootloader, GrubEnv};
 use atomup_bootenv::grub_pair::{self, Pair};
 use atomup_bootenv::{grub, Vars};
-use std::path::{Path, PathBuf};
+use atomup_scratch::ScratchDir;
+use std::path::Path;
 use std::process::Command;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("atomup-env-grub-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn scratch(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("env-grub-{name}"))
 }
 
 /// Blocks compared as text so a mismatch prints readably.

@@ -5,15 +5,13 @@
 use atomup_bootctl::{Bootloader, UbootEnv};
 use atomup_bootenv::uboot::{self, Layout};
 use atomup_bootenv::{FwEnvConfig, Vars};
+use atomup_scratch::ScratchDir;
 use atomup_tests::uboot::{fw_printenv, redundant_image};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("atomup-env-uboot-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn scratch(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("env-uboot-{name}"))
 }
 
 fn env(cfg: &Path) -> UbootEnv {

@@ -4,18 +4,16 @@
 //! the result: install, trial, confirm, fallback + recorded rollback, manual
 //! rollback, and the refusals that keep a confirmed slot.
 
-use std::path::{Path, PathBuf};
+use atomup_scratch::ScratchDir;
+use std::path::Path;
 use std::process::{Command, Output};
 
 /// The commits the records name (typed: 64 lower-case hex digits).
 const GOOD: &str = "c0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ff";
 const BAD: &str = "bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0bad0";
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("atomup-slot-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn scratch(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("slot-cli-{name}"))
 }
 
 fn atomup(args: &[&str], env: &[&str]) -> Output {
@@ -128,7 +126,8 @@ fn update_life_on_a_uboot_disk_image() {
     assert_eq!(
         json["slots"][1],
         serde_json::json!({"slot": "B", "booted": true, "state": "trial", "commit": GOOD,
-            "version": 2, "timestamp": 1_795_305_600u64, "attempts_left": 2}),
+            "version": 2, "timestamp": 1_795_305_600u64, "attempts_left": 2,
+            "etc_merge": null}),
         "{json}"
     );
     let text = ok(&["status"], &on_b);

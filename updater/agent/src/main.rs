@@ -1,14 +1,17 @@
 //! `atomup`, the device agent. Parses the command line, dispatches to one
 //! command module, and prints an error chain exactly once.
 
+mod board;
 mod bootopts;
 mod budget;
 mod daemon;
 mod delta;
 mod envcmd;
 mod error;
+mod etc;
 mod health;
 mod inputs;
+mod led;
 mod logger;
 mod progress;
 mod reports;
@@ -41,10 +44,14 @@ Commands:
   mark-good            health passed on the booted slot (confirms a trial)
   mark-bad             health failed on the booted slot (then reboot)
   health               trial boot: run the health checks, confirm or reject the slot
+                       (exit 2: rejected; --arm-watchdog: arm the watchdog in early boot)
+  board check          check the board profile against the running system
   rollback             make the other slot primary (if it is confirmed good)
   install-start        take a slot out of the boot order before writing it
   install-done         put a written slot first in order, on trial
   env                  show / init / set the A/B env variables (host helper)
+  config-diff          the device's changes to /etc against the running defaults (M/A/D)
+  etc mount --slot X   at boot: mount the slot's /etc overlay (its layer on the data partition)
   delta apply          apply a static delta into a directory and verify it
   delta show           describe a static delta (from/to, parts, signed?)
 
@@ -61,7 +68,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             report(err.as_ref());
-            ExitCode::FAILURE
+            if err.is::<health::Rejected>() {
+                // The slot was marked bad: the init system reboots.
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -99,8 +111,11 @@ fn run(args: &mut lexopt::Parser) -> Result {
         "config" => settings::run(args)?,
         "daemon" => daemon::run(args)?,
         "update" | "upgrade" => update::run(args)?,
+        "etc" => etc::run(args)?,
+        "config-diff" => etc::config_diff(args)?,
         "status" => status::run(args)?,
         "health" => health::run(args)?,
+        "board" => board::run(args)?,
         "env" => envcmd::run(args)?,
         cmd if transitions::handles(cmd) => transitions::run(cmd, args)?,
         other => return Err(format!("unknown command `{other}` (see `atomup --help`)").into()),

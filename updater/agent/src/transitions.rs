@@ -18,7 +18,9 @@ use atomup_report::document::Event;
 
 pub const USAGE: &str = "\
   mark-good            health passed on the booted slot (confirms a trial)
-  mark-bad             health failed on the booted slot (then reboot)
+  mark-bad [--reason TEXT]
+                       health failed on the booted slot (then reboot); TEXT is
+                       recorded with the rollback (default: marked bad by hand)
   rollback             make the other slot primary (if it is confirmed good)
   install-start --slot X               take slot X out of the boot order
   install-done --slot X [--attempts N] [--commit C --version V] [--timestamp T]
@@ -41,6 +43,7 @@ struct Opts {
     commit: Option<String>,
     version: Option<String>,
     timestamp: Option<String>,
+    reason: Option<String>,
 }
 
 fn parse(command: &str, args: &mut lexopt::Parser) -> Result<Opts> {
@@ -61,6 +64,7 @@ fn parse(command: &str, args: &mut lexopt::Parser) -> Result<Opts> {
             Long("timestamp") if command == "install-done" => {
                 o.timestamp = Some(args.value()?.string()?)
             }
+            Long("reason") if command == "mark-bad" => o.reason = Some(args.value()?.string()?),
             Long("help") | Short('h') => {
                 print!("Usage: atomup {command} [options]\n\nCommands:\n{USAGE}\n{OPTIONS}");
                 std::process::exit(0);
@@ -83,9 +87,13 @@ pub fn run(command: &str, args: &mut lexopt::Parser) -> Result {
     let mut bl = o.boot.open_env(board.as_ref())?;
     let bl = bl.as_mut();
     match command {
-        "mark-good" => mark_good(&o.boot, bl),
+        "mark-good" => mark_good(&o.boot, bl).map(|_| ()),
         "mark-bad" => {
-            mark_bad(&o.boot, bl)?;
+            let reason = o
+                .reason
+                .as_deref()
+                .unwrap_or("marked bad by hand (atomup mark-bad)");
+            mark_bad(&o.boot, bl, Some(reason))?;
             println!("reboot now");
             Ok(())
         }
@@ -168,7 +176,7 @@ fn now() -> u64 {
 /// The record of `slot` for a rollback entry. An unreadable record must not
 /// keep the rollback from being recorded (or the slot from leaving the
 /// order): the entry is then written without commit and version, and said so.
-fn rollback_of(boot: &BootOpts, slot: Slot) -> RollbackRecord {
+fn rollback_of(boot: &BootOpts, slot: Slot, reason: Option<String>) -> RollbackRecord {
     let record = match boot.state().slot_record(slot) {
         Ok(r) => r.unwrap_or_default(),
         Err(e) => {
@@ -181,12 +189,54 @@ fn rollback_of(boot: &BootOpts, slot: Slot) -> RollbackRecord {
         slot,
         commit: record.commit(),
         version: record.version(),
+        reason,
+    }
+}
+
+/// Why a trial that ran out of boot attempts failed, from the health record
+/// its last boot left (if that record is of the same slot and release): a
+/// run the board reset in names the check it was in; no run at all means
+/// the slot never got as far as its checks.
+fn exhausted_reason(boot: &BootOpts, slot: Slot, version: Option<u64>) -> String {
+    use atomup_health::record::Verdict;
+    let base = "ran out of boot attempts";
+    let record = match atomup_health::Store::new(&boot.state_dir).read() {
+        Ok(r) => r.filter(|r| r.slot == slot && (version.is_none() || r.version == version)),
+        Err(e) => {
+            log::warn!("rollback of slot {slot}: {e}");
+            None
+        }
+    };
+    let Some(r) = record else {
+        return format!(
+            "{base}: no health run of it was recorded (it crashed, hung or reset before its checks)"
+        );
+    };
+    let at = atomup_bootctl::statedir::rfc3339(r.started);
+    match (r.verdict, r.interrupted_in()) {
+        (Verdict::Running, Some(c)) => format!(
+            "{base}: its last health run ({at}) never finished, the board reset during {} check {} (watchdog)",
+            c.kind.name(),
+            c.name
+        ),
+        (Verdict::Running, None) => format!(
+            "{base}: its last health run ({at}) never finished (the board reset between checks)"
+        ),
+        (Verdict::Failed, _) => format!(
+            "{base}: its last health run ({at}) failed: {}",
+            r.failed_required()
+                .map_or_else(|| "see atomup status".into(), atomup_health::reason_of)
+        ),
+        (Verdict::Passed, _) => format!(
+            "{base}: its last health run ({at}) passed, but the confirmation never reached the env"
+        ),
     }
 }
 
 /// Health failed on the booted slot: record its release as rolled back (so
-/// `update` never retries it), then take the slot out of the boot order.
-pub fn mark_bad(boot: &BootOpts, bl: &mut dyn Bootloader) -> Result {
+/// `update` never retries it) with `reason`, then take the slot out of the
+/// boot order.
+pub fn mark_bad(boot: &BootOpts, bl: &mut dyn Bootloader, reason: Option<&str>) -> Result {
     let slot = boot.require_booted()?;
     let mut snap = atomup_bootctl::load(bl)?;
     let state = snap.state()?;
@@ -195,7 +245,9 @@ pub fn mark_bad(boot: &BootOpts, bl: &mut dyn Bootloader) -> Result {
     // recorded before the env changes, so `update` never retries it whatever
     // the order of a power cut.
     if state.trial == Some(slot) && boot.state_dir.exists() {
-        boot.state().record_rollback(&rollback_of(boot, slot))?;
+        let r = rollback_of(boot, slot, reason.map(str::to_owned));
+        boot.state().record_rollback(&r)?;
+        println!("{}", rolled_back_line(&r));
     }
     store_state(bl, &mut snap, &next)?;
     println!("slot {slot} marked bad ({next})");
@@ -209,40 +261,54 @@ pub fn mark_bad(boot: &BootOpts, bl: &mut dyn Bootloader) -> Result {
     Ok(())
 }
 
+/// "rolled back from version V (reason)", as the agent says it everywhere.
+pub fn rolled_back_line(r: &RollbackRecord) -> String {
+    format!(
+        "rolled back from {} ({})",
+        r.version.map_or_else(
+            || "an unknown version".to_owned(),
+            |v| format!("version {v}")
+        ),
+        r.reason.as_deref().unwrap_or("no reason recorded")
+    )
+}
+
 /// Health passed on the booted slot (or it booted confirmed): one load,
-/// then [`confirm`].
-pub fn mark_good(boot: &BootOpts, bl: &mut dyn Bootloader) -> Result {
+/// then [`confirm`]; true when a fallback was recorded.
+pub fn mark_good(boot: &BootOpts, bl: &mut dyn Bootloader) -> Result<bool> {
     let slot = boot.require_booted()?;
     let mut snap = atomup_bootctl::load(bl)?;
     confirm(boot, bl, &mut snap, slot)
 }
 
 /// The fallback bookkeeping and the confirmation of `slot` on one snapshot:
-/// an exhausted trial of the other slot is recorded as a rollback and taken
-/// out of the env, then a trial of `slot` is confirmed. A confirmed boot
-/// writes nothing.
+/// an exhausted trial of the other slot is recorded as a rollback (with why,
+/// from its last health record) and taken out of the env, then a trial of
+/// `slot` is confirmed. A confirmed boot writes nothing. True when a
+/// fallback was recorded.
 pub fn confirm(
     boot: &BootOpts,
     bl: &mut dyn Bootloader,
     snap: &mut Snapshot,
     slot: Slot,
-) -> Result {
+) -> Result<bool> {
     let mut state = snap.state()?;
+    let mut fell_back = false;
     if let BootOutcome::Fallback { failed, write } = state.after_boot(slot) {
         // Record first, env last: once the env no longer shows the
         // exhausted trial, nothing would tell a later boot to record it. A
         // cut after the record repeats it on the next boot (recorded once).
-        boot.state().record_rollback(&rollback_of(boot, failed))?;
+        let mut r = rollback_of(boot, failed, None);
+        r.reason = Some(exhausted_reason(boot, failed, r.version));
+        boot.state().record_rollback(&r)?;
         store_state(bl, snap, &write)?;
         println!(
             "rollback detected: slot {failed} ran out of attempts, slot {slot} booted; recorded"
         );
-        crate::reports::record_for(
-            boot,
-            Event::RolledBack,
-            Some(format!("slot {failed} ran out of boot attempts")),
-        );
+        println!("{}", rolled_back_line(&r));
+        crate::reports::record_for(boot, Event::RolledBack, r.reason.clone());
         state = write;
+        fell_back = true;
     }
     let passed = if boot.booted()?.fallback {
         state.fallback_boot_passed(slot)
@@ -257,5 +323,5 @@ pub fn confirm(
         }
         None => println!("slot {slot} is confirmed (not on trial): nothing to write"),
     }
-    Ok(())
+    Ok(fell_back)
 }

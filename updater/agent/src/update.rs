@@ -20,8 +20,10 @@
 //!    then ONE env write takes the target out of the boot order. From here
 //!    until step 4 a power cut boots the running, confirmed slot.
 //! 3. The delta is applied into the target and the written tree is verified
-//!    against the signed commit; everything is synced. A daemon told to stop
-//!    meanwhile exits here: the slot stays out of the boot order.
+//!    against the signed commit; then the device's `/etc` is merged onto the
+//!    new defaults as the target's layer (`atomup-etc`); everything is synced.
+//!    A daemon told to stop meanwhile exits here: the slot stays out of the
+//!    boot order.
 //! 4. The target's record (commit, version) is written, then ONE env write
 //!    puts the slot first in order, on trial. The bootloader counts its
 //!    attempts; `atomup mark-good` confirms it, or it falls back. The
@@ -68,6 +70,7 @@ The server, channel, keys, link limits, ... come from the configuration
   --target-device DEV   block device of the inactive slot (default: from the board profile)
   --target-dir DIR      the inactive slot as a directory (host tests, pre-mounted)
   --from-root DIR       the running root, source of unchanged files (default /)
+  --etc DIR             the running /etc, carried into the new slot (default FROM-ROOT/etc)
   --attempts N          boot attempts for the new slot (default 3)
   --allow-downgrade     accept a release older than the running one
   --ignore-rollout      install even if this device's rollout wave has not opened
@@ -89,6 +92,7 @@ pub struct Opts {
     target_device: Option<PathBuf>,
     target_dir: Option<PathBuf>,
     from_root: PathBuf,
+    etc: Option<PathBuf>,
     attempts: u8,
     allow_downgrade: bool,
     ignore_rollout: bool,
@@ -108,6 +112,7 @@ pub fn parse(args: &mut lexopt::Parser, command: &str, help: &str) -> Result<Opt
         target_device: None,
         target_dir: None,
         from_root: "/".into(),
+        etc: None,
         attempts: DEFAULT_ATTEMPTS,
         allow_downgrade: false,
         ignore_rollout: false,
@@ -123,6 +128,7 @@ pub fn parse(args: &mut lexopt::Parser, command: &str, help: &str) -> Result<Opt
             Long("target-device") => o.target_device = Some(args.value()?.into()),
             Long("target-dir") => o.target_dir = Some(args.value()?.into()),
             Long("from-root") => o.from_root = args.value()?.into(),
+            Long("etc") => o.etc = Some(args.value()?.into()),
             Long("attempts") => o.attempts = args.value()?.parse()?,
             Long("allow-downgrade") => o.allow_downgrade = true,
             Long("ignore-rollout") => o.ignore_rollout = true,
@@ -293,6 +299,12 @@ pub fn poll(
         (None, Some(p)) => p.name.as_str(),
         (None, None) => return Err("--board NAME is required (or a board profile)".into()),
     };
+    // The status LED while this runs; dropped mid-download or mid-install
+    // (an error returned early) it shows `error`.
+    let mut led = crate::led::StatusLed::start(
+        profile.as_ref().and_then(|p| p.led.as_ref()),
+        atomup_board::status::State::Idle,
+    );
     let trust = inputs::trust_of(cfg, loaded.sources.contains_key("trust.keys_file"))?;
     let mut bl = o.boot.open_env(profile.as_ref())?;
     let bl = bl.as_mut();
@@ -310,6 +322,12 @@ pub fn poll(
             return Err("give --target-device DEV, --target-dir DIR or a board profile".into())
         }
     };
+    // A run stopped while the target was mounted (Ctrl-C, a kill: no
+    // destructor ran) left it on our own mount point: ours to undo before
+    // the checks, which refuse a mounted target (issue 17).
+    if let Target::Device(dev) = &spec {
+        Mounted::reclaim(dev, &o.boot.state_dir.join("target"))?;
+    }
     // Rule (issue 11.1): the target is resolved, by device, inode and mount,
     // before anything is written, and must not be the running system or its
     // data: an update empties what it writes.
@@ -371,6 +389,8 @@ pub fn poll(
     let bytes = fetched?;
     let verified = verify_signed(&bytes, &trust)?;
     rep.version(verified.release().version);
+    // Crash point `update.metadata`: the signed release fetched and verified.
+    atomup_faults::point("update.metadata");
     let device = update::Device {
         channel,
         board,
@@ -457,6 +477,7 @@ pub fn poll(
     // 3. Downloads (the cache and the usage record are the only things
     //    written): every byte capped and digest-checked, resumable; then
     //    the delta's own claims.
+    led.set(atomup_board::status::State::Downloading);
     check_download_space(&cache, &o.boot.state_dir, plan.delta, cached)?;
     rep.p.bytes_total = total;
     let verified_delta = download_delta(
@@ -474,6 +495,7 @@ pub fn poll(
 
     // 4. Execute the plan. Each step loads the env once (under its lock),
     //    records first and writes the env last.
+    led.set(atomup_board::status::State::Installing);
     let mut snap = atomup_bootctl::load(bl)?;
     if snap.state()? != env {
         return Err(format!(
@@ -503,9 +525,12 @@ pub fn poll(
         (None, Target::Dir(dir)) => dir.clone(),
         (None, Target::Device(_)) => unreachable!("a device target is mounted"),
     };
+    // The engine re-hashes unchanged objects read from the running root: it
+    // must see the slot's own /etc, not the device's overlay on it.
+    let running = atomup_etc::mount::slot_view(&o.from_root)?;
     let deploy_opts = atomup_deploy::Options {
         target: &target_root,
-        from_root: plan.delta.source_commit().map(|_| o.from_root.as_path()),
+        from_root: plan.delta.source_commit().map(|_| running.path()),
         from_meta: plan.delta.source_commit().map(|_| meta.as_path()),
         fallback_repo: None,
         meta_out: Some(&meta),
@@ -518,6 +543,20 @@ pub fn poll(
             // re-hashed, not from here).
             empty_slot(&target_root)?;
             let stats = atomup_deploy::apply(&verified_delta, &deploy_opts)?;
+            // The device's /etc carried onto the new defaults, as the new
+            // slot's layer: after the slot is verified (its vendor-owned list
+            // is trusted from here), before the env write that makes it
+            // bootable.
+            let current_etc = o.etc.clone().unwrap_or_else(|| o.from_root.join("etc"));
+            let etc_line = crate::etc::merge_into(
+                &o.boot.state_dir,
+                current_commit,
+                to,
+                &current_etc,
+                &target_root,
+                target,
+            )?;
+            println!("{etc_line}");
             // Everything written must be on disk before the env names the slot.
             rustix::fs::sync();
             Ok(stats)
@@ -542,6 +581,9 @@ pub fn poll(
     if let Some(m) = mounted {
         m.unmount()?;
     }
+    // Crash point `update.synced`: the slot written, verified and synced,
+    // still out of the boot order.
+    atomup_faults::point("update.synced");
 
     rep.phase(Phase::Finishing, Some(letter));
     let mut snap = atomup_bootctl::load(bl)?;
@@ -569,6 +611,7 @@ pub fn poll(
         Ok(freed) => rep.say(&format!("download cache cleared: {freed} bytes freed")),
         Err(e) => log::warn!("clearing the download cache: {e}"),
     }
+    led.set(atomup_board::status::State::Idle);
     Ok(Outcome::Installed {
         version: plan.release.version,
         slot: target,
@@ -836,6 +879,27 @@ impl Mounted {
             dir: dir.to_owned(),
             mounted: true,
         })
+    }
+
+    /// Unmounts `dev` from `dir`, the mount point only `update` uses, where
+    /// an interrupted run left it (nothing else is ever mounted there).
+    fn reclaim(dev: &Path, dir: &Path) -> Result {
+        use std::os::unix::fs::MetadataExt;
+        let (Ok(dir), Ok(md)) = (fs::canonicalize(dir), fs::metadata(dev)) else {
+            return Ok(()); // no mount point yet, or no device (refused below)
+        };
+        for m in target::read_mounts()? {
+            if m.point == dir && m.dev == md.rdev() {
+                log::warn!(
+                    "{} is still mounted on {} by an interrupted update: unmounting it",
+                    dev.display(),
+                    dir.display()
+                );
+                rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::empty())
+                    .map_err(|e| format!("unmounting {}: {e}", dir.display()))?;
+            }
+        }
+        Ok(())
     }
 
     fn unmount(mut self) -> Result {

@@ -3,17 +3,7 @@
 //! (what to write) lives in `atomup-policy`; this crate only makes the write
 //! durable and crash-safe for each bootloader.
 
-// Fault points cut env writes like a power cut: they must never reach an
-// optimized binary, whatever feature unification does (tests build with
-// debug assertions; release and the device profile do not).
-#[cfg(all(feature = "failpoints", not(debug_assertions)))]
-compile_error!(
-    "atomup-bootctl feature `failpoints` (env fault injection) in a build without debug assertions: \
-     it is for tests only and must never reach a release binary"
-);
-
 pub mod cmdline;
-pub mod failpoint;
 pub mod grub;
 mod io;
 mod lock;
@@ -177,11 +167,8 @@ mod tests {
     use super::*;
     use atomup_policy::Slot;
 
-    fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("atomup-bootctl-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    fn tmpdir(name: &str) -> atomup_scratch::ScratchDir {
+        atomup_scratch::ScratchDir::new(&format!("bootctl-{name}"))
     }
 
     fn st(order: &[Slot], trial: Option<Slot>, left: u8) -> BootState {

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `slots/A`, `slots/B` | `commit=<64 hex>` and `version=<u64>` (both or neither), `timestamp=<unix seconds>`, `status=installing` (only between install start and done); unknown keys ignored |
 //! | `rollbacks` | then one `<unix seconds> <slot> <commit hex or -> <version or ->` line per detected rollback |
+//! | `rollback-reasons` | then one `<unix seconds> <slot> <reason text>` line per rollback of `rollbacks` that has a reason (same time and slot) |
 //! | `accepted` | `version=<u64>`: the highest release version ever installed here |
 //!
 //! Records parse strictly and typed: a version that is not an unsigned
@@ -23,6 +24,13 @@
 //! `…±HH:MM`), which format 1 documented; they are rewritten as format 2 the
 //! next time they are written. A format-1 value that does not fit its type is
 //! an error as in format 2: there is no safe guess for it.
+//!
+//! Why the reasons of rollbacks have a file of their own: right after a
+//! rollback the device runs the OTHER slot's agent, an older release, and it
+//! reads `rollbacks` on every `update` and `status`. Format 2 readers refuse a
+//! line with a fifth field and a format above 2, so a reason inside
+//! `rollbacks` would leave the fallback slot unable to update ever again.
+//! `rollback-reasons` is a file they do not know, so they never read it.
 
 use crate::io::io_err;
 use crate::BootctlError;
@@ -309,13 +317,83 @@ pub fn serialize_slot_record(r: &SlotRecord) -> String {
     out
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollbackRecord {
     /// When the rollback was detected (unix seconds).
     pub at: u64,
     pub slot: Slot,
     pub commit: Option<ObjectId>,
     pub version: Option<u64>,
+    /// Why the slot was given up (a failed required check, attempts spent),
+    /// one line of at most [`MAX_REASON`] bytes; `None` from older agents.
+    pub reason: Option<String>,
+}
+
+/// Longest rollback reason kept.
+pub const MAX_REASON: usize = 300;
+
+/// A reason as it is stored: control characters (newlines) become spaces,
+/// cut at [`MAX_REASON`] bytes on a character boundary.
+pub fn clean_reason(reason: &str) -> String {
+    let mut out = String::new();
+    for c in reason.trim().chars() {
+        if out.len() + c.len_utf8() > MAX_REASON {
+            break;
+        }
+        out.push(if c.is_control() { ' ' } else { c });
+    }
+    out
+}
+
+/// Parses `rollback-reasons`: `(at, slot, reason)` lines after `format=1`.
+pub fn parse_rollback_reasons(bytes: &[u8]) -> Result<Vec<(u64, Slot, String)>, RecordError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| RecordError::NotUtf8)?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(v) = line.strip_prefix("format=") {
+            if n != 1 || v != "1" {
+                return Err(RecordError::Format(v.to_owned()));
+            }
+            continue;
+        }
+        let mut f = line.splitn(3, ' ');
+        let (Some(at), Some(slot), Some(reason)) = (f.next(), f.next(), f.next()) else {
+            return Err(RecordError::Line(n));
+        };
+        let bad = |key, expected| RecordError::Value {
+            line: n,
+            key,
+            expected,
+        };
+        if reason.is_empty() || reason.chars().any(char::is_control) {
+            return Err(RecordError::Line(n));
+        }
+        out.push((
+            parse_u64(at).ok_or(bad("time", "unix seconds"))?,
+            Slot::parse(slot).ok_or(bad("slot", "A or B"))?,
+            reason.to_owned(),
+        ));
+    }
+    Ok(out)
+}
+
+pub fn serialize_rollback_reasons(list: &[RollbackRecord]) -> String {
+    let mut out = String::from("format=1\n");
+    for r in list {
+        if let Some(reason) = r
+            .reason
+            .as_deref()
+            .map(clean_reason)
+            .filter(|r| !r.is_empty())
+        {
+            out.push_str(&format!("{} {} {reason}\n", r.at, r.slot));
+        }
+    }
+    out
 }
 
 /// Parses the `rollbacks` file (format 1 or 2); fuzz entry point.
@@ -354,6 +432,7 @@ pub fn parse_rollbacks(bytes: &[u8]) -> Result<Vec<RollbackRecord>, RecordError>
                 "-" => None,
                 v => Some(parse_u64(v).ok_or(bad("version", "an unsigned integer"))?),
             },
+            reason: None,
         });
     }
     Ok(out)
@@ -442,19 +521,33 @@ impl StateDir {
             .map_err(io_err("writing the slot record", &path))
     }
 
+    /// The rollback records, each with its reason when one was recorded.
+    /// An unreadable reasons file fails like the list does: status and
+    /// reports never show a guess.
     pub fn rollbacks(&self) -> Result<Vec<RollbackRecord>, BootctlError> {
         let path = self.root.join("rollbacks");
-        match self.read(&path, MAX_ROLLBACKS, "reading the rollback records")? {
-            Some(b) => Self::record(path, parse_rollbacks(&b)),
-            None => Ok(Vec::new()),
+        let mut list = match self.read(&path, MAX_ROLLBACKS, "reading the rollback records")? {
+            Some(b) => Self::record(path, parse_rollbacks(&b))?,
+            None => return Ok(Vec::new()),
+        };
+        let path = self.root.join("rollback-reasons");
+        if let Some(b) = self.read(&path, MAX_ROLLBACKS, "reading the rollback reasons")? {
+            for (at, slot, reason) in Self::record(path, parse_rollback_reasons(&b))? {
+                if let Some(r) = list.iter_mut().find(|r| (r.at, r.slot) == (at, slot)) {
+                    r.reason = Some(reason);
+                }
+            }
         }
+        Ok(list)
     }
 
     /// Adds one rollback record (unless it repeats the last one): the whole
     /// list is rewritten with `atomup_fsio::replace`, so a power cut leaves
     /// the old list or the new one, never a torn line that would make the
     /// list unreadable. A list that cannot be read is not extended (it fails
-    /// closed).
+    /// closed). The reasons file is written first: a cut between the two
+    /// leaves a reason no rollback line matches (ignored, dropped by the next
+    /// write), never a rollback whose reason was lost.
     pub fn record_rollback(&self, r: &RollbackRecord) -> Result<(), BootctlError> {
         let mut list = self.rollbacks()?;
         // The same rollback seen again (a power cut came between its record
@@ -465,9 +558,12 @@ impl StateDir {
         {
             return Ok(());
         }
-        list.push(*r);
+        list.push(r.clone());
         std::fs::create_dir_all(&self.root)
             .map_err(io_err("creating the state dir", &self.root))?;
+        let path = self.root.join("rollback-reasons");
+        atomup_fsio::replace(&path, serialize_rollback_reasons(&list).as_bytes())
+            .map_err(io_err("writing the rollback reasons", &path))?;
         let path = self.root.join("rollbacks");
         atomup_fsio::replace(&path, serialize_rollbacks(&list).as_bytes())
             .map_err(io_err("writing the rollback records", &path))
@@ -608,6 +704,74 @@ mod tests {
         }
     }
 
+    /// A rollback's reason is stored beside the list and read back with its
+    /// rollback; `rollbacks` itself stays format 2, line for line what a
+    /// format-2 reader (the agent in the fallback slot) accepts.
+    #[test]
+    fn rollback_reasons_live_beside_a_format_2_list() {
+        let d = std::env::temp_dir().join(format!("atomup-reasons-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let sd = StateDir::new(&d);
+        let r = RollbackRecord {
+            at: 1_700_000_000,
+            slot: Slot::B,
+            commit: Some(id(3)),
+            version: Some(3),
+            reason: Some("required check 20-app failed:\nexit status 1".into()),
+        };
+        sd.record_rollback(&r).unwrap();
+        sd.record_rollback(&RollbackRecord {
+            at: 1_700_000_500,
+            slot: Slot::A,
+            commit: None,
+            version: None,
+            reason: None,
+        })
+        .unwrap();
+        let list = sd.rollbacks().unwrap();
+        assert_eq!(
+            list[0].reason.as_deref(),
+            Some("required check 20-app failed: exit status 1")
+        );
+        assert_eq!(list[1].reason, None);
+        let plain = std::fs::read(d.join("rollbacks")).unwrap();
+        let old_reader = parse_rollbacks(&plain).unwrap();
+        assert_eq!(old_reader.len(), 2);
+        assert!(plain.starts_with(b"format=2\n"));
+        // A reason no rollback line matches (a cut between the two writes) is ignored.
+        std::fs::write(
+            d.join("rollback-reasons"),
+            "format=1\n1700000000 B health\n42 A orphan\n",
+        )
+        .unwrap();
+        assert_eq!(sd.rollbacks().unwrap()[0].reason.as_deref(), Some("health"));
+        std::fs::write(d.join("rollback-reasons"), "format=1\n1700000000 C x\n").unwrap();
+        assert!(
+            sd.rollbacks().is_err(),
+            "a malformed reasons file fails closed"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Reasons are one bounded line.
+    #[test]
+    fn reasons_are_cleaned_and_bounded() {
+        assert_eq!(clean_reason(" a\tb\nc "), "a b c");
+        let long = "é".repeat(400);
+        let c = clean_reason(&long);
+        assert!(
+            c.len() <= MAX_REASON && c.len() >= MAX_REASON - 1,
+            "{}",
+            c.len()
+        );
+        assert_eq!(
+            parse_rollback_reasons(b"format=1\n1 A one two  three\n").unwrap(),
+            vec![(1, Slot::A, "one two  three".to_owned())]
+        );
+        assert!(parse_rollback_reasons(b"format=2\n").is_err());
+        assert!(parse_rollback_reasons(b"format=1\n1 A\n").is_err());
+    }
+
     /// RFC 3339 in both directions, offsets applied, nonsense refused.
     #[test]
     fn rfc3339_round_trips_and_refuses_nonsense() {
@@ -648,6 +812,7 @@ mod tests {
             slot: Slot::B,
             commit: Some(id(2)),
             version: Some(6),
+            reason: None,
         })
         .unwrap();
         assert_eq!(sd.highest_version().unwrap(), 6);

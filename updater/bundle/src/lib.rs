@@ -44,6 +44,8 @@ pub enum BundleError {
     Duplicate { name: String },
     #[error("member `{name}` is {size} bytes, over the {MAX_MEMBER}-byte ustar limit")]
     TooLarge { name: String, size: u64 },
+    #[error("bundle member `{name}` is refused: {why}")]
+    Mismatch { name: String, why: &'static str },
     #[error("reading the bundle")]
     Io(#[from] io::Error),
 }
@@ -346,6 +348,109 @@ impl<W: Write> Writer<W> {
         self.out.flush()?;
         Ok((self.out, self.written + 2 * BLOCK as u64))
     }
+}
+
+/// What a member must be (from the signed release, or the verified
+/// superblock): its exact size and sha256.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expect {
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
+
+/// Copies member `m` of `bundle` into `cache/<sha256 hex>` (the download
+/// cache's naming, so a network update can reuse it and the reverse), if and
+/// only if its size and sha256 are `expect`; returns the cached path.
+///
+/// Only this member is read. It streams through a `.partial` file that is
+/// fsynced and renamed into place once its digest holds, so a stick pulled
+/// mid-copy leaves no file that looks complete; a copy already in the cache
+/// is re-hashed and reused. Memory is one 64 KiB buffer.
+pub fn extract_verified<R: Read + Seek>(
+    bundle: &mut R,
+    m: &Member,
+    expect: Expect,
+    cache: &std::path::Path,
+) -> Result<std::path::PathBuf, BundleError> {
+    use sha2::{Digest, Sha256};
+    let hex: String = expect.sha256.iter().map(|b| format!("{b:02x}")).collect();
+    let done = cache.join(&hex);
+    let hash_of = |path: &std::path::Path| -> io::Result<(u64, [u8; 32])> {
+        let mut f = atomup_fsio::open(path, atomup_fsio::Want::Regular)?;
+        let mut h = Sha256::new();
+        let n = io::copy(&mut f, &mut HashWriter(&mut h))?;
+        Ok((n, h.finalize().into()))
+    };
+    if m.size != expect.size {
+        return Err(BundleError::Mismatch {
+            name: m.name.clone(),
+            why: "its size differs from what the signed metadata says",
+        });
+    }
+    match hash_of(&done) {
+        Ok(got) if got == (expect.size, expect.sha256) => return Ok(done),
+        Ok(_) => std::fs::remove_file(&done)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    std::fs::create_dir_all(cache)?;
+    let partial = cache.join(format!("{hex}.partial"));
+    let mut out = std::fs::File::create(&partial)?;
+    bundle.seek(SeekFrom::Start(m.offset))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = m.size;
+    while left > 0 {
+        let want = (buf.len() as u64).min(left) as usize;
+        let n = bundle.read(&mut buf[..want])?;
+        if n == 0 {
+            drop(out);
+            let _ = std::fs::remove_file(&partial);
+            return Err(BundleError::Truncated {
+                name: m.name.clone(),
+            });
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    if <[u8; 32]>::from(h.finalize()) != expect.sha256 {
+        drop(out);
+        let _ = std::fs::remove_file(&partial);
+        return Err(BundleError::Mismatch {
+            name: m.name.clone(),
+            why: "its sha256 differs from what the signed metadata says",
+        });
+    }
+    out.sync_all()?;
+    drop(out);
+    std::fs::rename(&partial, &done)?;
+    atomup_fsio::sync_parent(&done)?;
+    Ok(done)
+}
+
+struct HashWriter<'a>(&'a mut sha2::Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        sha2::Digest::update(self.0, b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Fuzz/corpus entry point: arbitrary bytes as one header block and as a
+/// whole bundle; must never panic.
+pub fn fuzz(data: &[u8]) {
+    let mut h = [0u8; BLOCK];
+    let n = data.len().min(BLOCK);
+    h[..n].copy_from_slice(&data[..n]);
+    let _ = parse_header(&h, 0);
+    let mut c = std::io::Cursor::new(data);
+    let _ = first(&mut c);
+    let _ = scan(&mut c);
 }
 
 #[cfg(test)]

@@ -1,13 +1,9 @@
 use super::*;
 use std::io::Cursor;
-use std::path::PathBuf;
 use std::process::Command;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("atomup-bundle-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn scratch(name: &str) -> atomup_scratch::ScratchDir {
+    atomup_scratch::ScratchDir::new(&format!("bundle-{name}"))
 }
 
 const LONG: &str = "deltas/Ab/CdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefghijk-\
@@ -225,4 +221,42 @@ fn header_parser_survives_arbitrary_blocks() {
             size: 12345
         }
     );
+}
+
+/// A member is copied only when its size and digest hold, through a
+/// `.partial` that never looks complete; a cut stream or a wrong digest
+/// leaves nothing in the cache; a good copy is reused.
+#[test]
+fn members_are_extracted_only_when_their_digest_holds() {
+    use sha2::Digest;
+    let members = sample();
+    let bytes = build(&members);
+    let found = scan(&mut Cursor::new(&bytes)).unwrap();
+    let m = &found[1];
+    let data = &members[1].1;
+    let good = Expect {
+        size: data.len() as u64,
+        sha256: sha2::Sha256::digest(data).into(),
+    };
+    let cache = scratch("extract");
+    let p = extract_verified(&mut Cursor::new(&bytes), m, good, &cache).unwrap();
+    assert_eq!(&std::fs::read(&p).unwrap(), data);
+    // Reused: a bundle that no longer holds the bytes still finds the copy.
+    let mut gone = bytes.clone();
+    gone[m.offset as usize] ^= 1;
+    assert_eq!(
+        extract_verified(&mut Cursor::new(&gone), m, good, &cache).unwrap(),
+        p
+    );
+    std::fs::remove_file(&p).unwrap();
+    let e = extract_verified(&mut Cursor::new(&gone), m, good, &cache).unwrap_err();
+    assert!(e.to_string().contains("sha256 differs"), "{e}");
+    // A stick pulled mid-copy: the stream ends early.
+    let cut = &bytes[..(m.offset + 10) as usize];
+    let e = extract_verified(&mut Cursor::new(cut), m, good, &cache).unwrap_err();
+    assert!(matches!(e, BundleError::Truncated { .. }), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&*cache).unwrap().collect();
+    assert!(left.is_empty(), "nothing half-written stays in the cache");
+    let wrong_size = Expect { size: 1, ..good };
+    assert!(extract_verified(&mut Cursor::new(&bytes), m, wrong_size, &cache).is_err());
 }

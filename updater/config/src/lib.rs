@@ -224,6 +224,14 @@ schema! {
     log: Log {
         level: String,
     }
+    health: Health {
+        timeout: Seconds,
+        read_only_root: bool,
+        data_partition: bool,
+        min_free: Bytes,
+        server_reachable: bool,
+        services: Vec<String>,
+    }
 }
 
 /// Values as layered so far, with the source of each one set.
@@ -283,6 +291,44 @@ pub struct Config {
     /// system's own `reboot`, so services stop in order.
     pub reboot_command: Vec<String>,
     pub log_level: LogLevel,
+    pub health: HealthConfig,
+}
+
+/// What `atomup health` checks besides the release's own check scripts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// A check's time limit unless it declares its own.
+    pub timeout: Seconds,
+    /// Built-in (required): the root file system is mounted read-only.
+    pub read_only_root: bool,
+    /// Built-in (required): the state directory is on a mounted, writable
+    /// data partition (the board's `data` when the profile names one).
+    pub data_partition: bool,
+    /// Built-in (required): at least this many bytes free on the data
+    /// partition; `None` (configured as 0): not checked.
+    pub min_free: Option<u64>,
+    /// Built-in (wanted, never required): the update server answers a TCP
+    /// connection; only with a `server.url`.
+    pub server_reachable: bool,
+    /// Built-in (required): each must be running: a systemd unit name, or
+    /// the absolute path of a pidfile.
+    pub services: Vec<String>,
+}
+
+/// Longest per-check time limit.
+pub const MAX_HEALTH_TIMEOUT: u64 = 3600;
+
+/// A systemd unit name as `systemctl` takes it (letters, digits, `:-_.\@`,
+/// at most 255, not an option), or an absolute pidfile path.
+fn is_service(s: &str) -> bool {
+    if s.starts_with('/') {
+        return s.len() > 1 && !s.chars().any(char::is_control);
+    }
+    !s.is_empty()
+        && s.len() <= 255
+        && !s.starts_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -485,6 +531,36 @@ impl Layered {
             })?,
         };
 
+        let h = &v.health;
+        let health_timeout = h.timeout.unwrap_or(Seconds(120));
+        if !(1..=MAX_HEALTH_TIMEOUT).contains(&health_timeout.0) {
+            return Err(self.err("health.timeout", "must be between 1s and 1h"));
+        }
+        let services = h.services.clone().unwrap_or_default();
+        if let Some(bad) = services.iter().find(|s| !is_service(s)) {
+            return Err(self.err(
+                "health.services",
+                format!("`{bad}` is neither a systemd unit name nor an absolute pidfile path"),
+            ));
+        }
+        if h.server_reachable == Some(true) && server.is_none() {
+            return Err(self.err(
+                "health.server_reachable",
+                "is true but server.url is not set: there is no server to reach",
+            ));
+        }
+        let health = HealthConfig {
+            timeout: health_timeout,
+            read_only_root: h.read_only_root.unwrap_or(true),
+            data_partition: h.data_partition.unwrap_or(true),
+            min_free: match h.min_free.map_or(16 << 20, |b| b.0) {
+                0 => None,
+                n => Some(n),
+            },
+            server_reachable: h.server_reachable.unwrap_or(server.is_some()),
+            services,
+        };
+
         let config = Config {
             server,
             ca_bundle: v.server.ca_bundle.clone(),
@@ -529,6 +605,7 @@ impl Layered {
             reboot,
             reboot_command,
             log_level,
+            health,
         };
         Ok(Loaded {
             config,
@@ -592,6 +669,15 @@ impl Config {
             },
             "reboot.command" => list(&self.reboot_command),
             "log.level" => s(LogLevel::NAMES[self.log_level as usize]),
+            "health.timeout" => secs(self.health.timeout),
+            "health.read_only_root" => self.health.read_only_root.to_string(),
+            "health.data_partition" => self.health.data_partition.to_string(),
+            "health.min_free" => self
+                .health
+                .min_free
+                .map_or("0".into(), |b| s(&Bytes(b).to_string())),
+            "health.server_reachable" => self.health.server_reachable.to_string(),
+            "health.services" => list(&self.health.services),
             _ => "(unknown key)".into(),
         }
     }
@@ -690,6 +776,19 @@ pub fn load(dirs: &[&Path]) -> Result<Layered, ConfigError> {
         }
     }
     Ok(layered)
+}
+
+/// Fuzz/corpus entry point: arbitrary bytes as one drop-in file, then the
+/// whole validation; must never panic.
+pub fn fuzz(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let mut l = Layered::default();
+        if l.add_text(Path::new("/fuzz.toml"), text).is_ok() {
+            if let Ok(loaded) = l.finish() {
+                let _ = loaded.listing();
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,7 @@
 use super::*;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("atomup-config-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn scratch(name: &str) -> atomup_scratch::ScratchDir {
+    atomup_scratch::ScratchDir::new(&format!("config-{name}"))
 }
 
 fn layered(files: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
@@ -308,4 +305,90 @@ fn rustix_mkfifo(p: &Path) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// The health keys: defaults (every built-in on, 2 min per check, 16 MiB
+/// free, the server check only with a server), overrides, `min_free = 0`
+/// switching the free-space check off, and the listing.
+#[test]
+fn health_keys_default_override_and_switch_off() {
+    let h = layered(&[]).unwrap().config.health;
+    assert_eq!(h.timeout, Seconds(120));
+    assert!(h.read_only_root && h.data_partition);
+    assert_eq!(h.min_free, Some(16 << 20));
+    assert!(!h.server_reachable, "no server, nothing to reach");
+    assert!(h.services.is_empty());
+    assert!(
+        layered(&[("/v.toml", VENDOR)])
+            .unwrap()
+            .config
+            .health
+            .server_reachable
+    );
+
+    let loaded = layered(&[
+        ("/v.toml", VENDOR),
+        (
+            "/etc/atomup/config.d/50-site.toml",
+            "[health]\ntimeout = \"30s\"\nread_only_root = false\nmin_free = 0\n\
+             server_reachable = false\nservices = [\"sshd.service\", \"/run/app.pid\"]\n",
+        ),
+    ])
+    .unwrap();
+    let h = &loaded.config.health;
+    assert_eq!(h.timeout, Seconds(30));
+    assert!(!h.read_only_root && h.data_partition && !h.server_reachable);
+    assert_eq!(h.min_free, None);
+    assert_eq!(h.services, ["sshd.service", "/run/app.pid"]);
+    let listing = loaded.listing();
+    for line in [
+        "health.timeout = \"30s\"  # /etc/atomup/config.d/50-site.toml\n",
+        "health.data_partition = true  # default\n",
+        "health.min_free = 0  # /etc/atomup/config.d/50-site.toml\n",
+        "health.services = [\"sshd.service\", \"/run/app.pid\"]  # /etc/atomup/config.d/50-site.toml\n",
+    ] {
+        assert!(listing.contains(line), "{line} not in {listing}");
+    }
+    assert!(layered(&[("/v.toml", "[health]\nmin_free = \"1MiB\"\n")])
+        .unwrap()
+        .listing()
+        .contains("health.min_free = \"1MiB\""));
+}
+
+/// Impossible health values are refused with the key and the file.
+#[test]
+fn impossible_health_values_name_the_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[health]\ntimeout = 0\n",
+            "health.timeout (from /v.toml): must be between 1s and 1h",
+        ),
+        (
+            "[health]\ntimeout = \"2h\"\n",
+            "health.timeout (from /v.toml): must be between 1s and 1h",
+        ),
+        (
+            "[health]\nservices = [\"--now\"]\n",
+            "health.services (from /v.toml): `--now` is neither a systemd unit name nor an absolute pidfile path",
+        ),
+        (
+            "[health]\nservices = [\"run/app.pid\"]\n",
+            "health.services (from /v.toml): `run/app.pid` is neither a systemd unit name nor an absolute pidfile path",
+        ),
+        (
+            "[health]\nserver_reachable = true\n",
+            "health.server_reachable (from /v.toml): is true but server.url is not set: there is no server to reach",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(
+            layered(&[("/v.toml", text)]).unwrap_err().to_string(),
+            *want
+        );
+    }
+    let e = layered(&[("/v.toml", "[health]\nread_only_root = \"yes\"\n")]).unwrap_err();
+    assert!(
+        e.to_string().contains("for key `health.read_only_root`"),
+        "{e}"
+    );
 }

@@ -140,6 +140,8 @@ pub fn apply(delta: &VerifiedDelta, opts: &Options<'_>) -> Result<Stats> {
         });
     }
     stats.timings.verify = t.elapsed();
+    // Crash point `apply.verified`: the tree verified, not yet synced.
+    atomup_faults::point("apply.verified");
 
     // Everything written must be on disk before anyone switches slots to it.
     let t = Instant::now();
@@ -149,6 +151,8 @@ pub fn apply(delta: &VerifiedDelta, opts: &Options<'_>) -> Result<Stats> {
     }
     rustix::fs::syncfs(&target_fd).map_err(sync_err)?;
     stats.timings.sync = t.elapsed();
+    // Crash point `apply.synced`: the target durable, its metadata not yet.
+    atomup_faults::point("apply.synced");
 
     // 6.
     if let Some(out) = opts.meta_out {

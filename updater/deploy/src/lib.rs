@@ -5,7 +5,8 @@
 //! `delta` (verify the superblock and parts once) → `oldroot` / `fallback`
 //! checks → `staging` → `parts` (ops into staging) ∥ `seed` (old tree into
 //! the target) → `meta` (expansion bound) → `reconcile` (with `objects`) →
-//! `verify` → `persist`. Below them: `nofollow` (the no-follow file layer),
+//! `verify` → `persist`. Below them: `identity` (public: on-disk checksums
+//! for other crates), `nofollow` (the no-follow file layer),
 //! `readback`, `limits`, `stats`, `error`; nothing below imports above.
 
 mod apply;
@@ -13,6 +14,7 @@ mod delta;
 mod error;
 #[cfg(feature = "archive-fallback")]
 mod fallback;
+pub mod identity;
 pub mod limits;
 mod meta;
 mod nofollow;
@@ -40,4 +42,16 @@ pub fn tree_checksum(
 ) -> Result<(atomup_ostree::ObjectId, atomup_ostree::ObjectId)> {
     let fd = nofollow::open_root(root)?;
     verify::hash_tree(&fd, root, &readback::HashCache::new(), None, &|_| None)
+}
+
+/// Metadata object `id` of type `ty` from the first object store in `dirs`
+/// (OSTree layout `objects/xx/rest.<ext>`: a `--meta-out` or an archive
+/// repo) that holds it: capped at OSTree's metadata size limit, opened so
+/// that it cannot block, and re-hashed before it is returned.
+pub fn read_metadata_object(
+    dirs: &[&std::path::Path],
+    id: &atomup_ostree::ObjectId,
+    ty: atomup_ostree::ObjectType,
+) -> Result<Vec<u8>> {
+    meta::read_meta(dirs, id, ty)
 }

@@ -386,11 +386,12 @@ pub(crate) fn hash_regular_stat(
 /// Content checksum of a symlink `name` in `dir` (full `path` for xattrs).
 /// Returns the id, the target and the xattr encoding used.
 pub(crate) fn hash_symlink(
-    dir: &OwnedFd,
+    dir: impl AsFd,
     name: &CStr,
     path: &Path,
     expected: Option<&ObjectId>,
 ) -> Result<(ObjectId, String, Vec<u8>)> {
+    let dir = dir.as_fd();
     let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| io("stat", path)(e.into()))?;
     if st.st_mode & S_IFMT != S_IFLNK {

@@ -253,7 +253,10 @@ impl ObjectSink for PartSink<'_, '_> {
 
     fn write_symlink(&mut self, id: &ObjectId, header: &FileHeader<'_>) -> Result<()> {
         self.source = None;
-        self.objects.staging.symlink(id, header)
+        self.objects.staging.symlink(id, header)?;
+        // Crash point `apply.parts`: the N-th object staged from a part.
+        atomup_faults::point("apply.parts");
+        Ok(())
     }
 
     fn begin_file(&mut self, id: &ObjectId, _header: &FileHeader<'_>, _size: u64) -> Result<()> {
@@ -276,7 +279,10 @@ impl ObjectSink for PartSink<'_, '_> {
             index: 0,
             why: "finish of an object that is not open",
         })?;
-        self.objects.staging.finish_file(file, id, header)
+        self.objects.staging.finish_file(file, id, header)?;
+        // Crash point `apply.parts`: the N-th object staged from a part.
+        atomup_faults::point("apply.parts");
+        Ok(())
     }
 
     fn discard_file(&mut self) {

@@ -61,7 +61,10 @@ pub(crate) fn persist(out: &Path, sb: &VerifiedSuperblock, meta: &MetaStore<'_>)
         let parent = path.parent().unwrap_or(out);
         std::fs::create_dir_all(parent).map_err(io("create", parent))?;
         let tmp = atomup_fsio::temp_path(&path);
-        std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
+        // Crash point `persist.write`: a cut inside an object's temp file.
+        std::fs::File::create(&tmp)
+            .and_then(|mut f| atomup_faults::write_all("persist.write", &tmp, &mut f, bytes))
+            .map_err(io("write", &tmp))?;
         pending.push((tmp, path));
     }
     if pending.is_empty() {
@@ -72,6 +75,8 @@ pub(crate) fn persist(out: &Path, sb: &VerifiedSuperblock, meta: &MetaStore<'_>)
     sync(&out_fd)?;
     for (tmp, path) in &pending {
         std::fs::rename(tmp, path).map_err(io("rename into", path))?;
+        // Crash point `persist.rename`: the N-th object in place.
+        atomup_faults::point("persist.rename");
     }
     sync(&out_fd)
 }

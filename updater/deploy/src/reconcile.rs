@@ -97,6 +97,8 @@ impl Reconciler<'_, '_> {
             self.objects
                 .staging
                 .link_into(&f.id, dir, name.as_c_str(), &p)?;
+            // Crash point `apply.reconcile`: the N-th object put in place.
+            atomup_faults::point("apply.reconcile");
             self.stats.entries += 1;
         }
         for d in &tree.dirs {

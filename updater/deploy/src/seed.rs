@@ -257,7 +257,12 @@ impl<'a> Seeder<'a> {
                 Err(_) => Outcome::Skipped,
             };
             match copied {
-                Outcome::Done(size) => seeded.files.push((name.to_owned(), f.id, size)),
+                Outcome::Done(size) => {
+                    seeded.files.push((name.to_owned(), f.id, size));
+                    // Crash point `apply.seed`: the N-th old entry copied
+                    // and read back.
+                    atomup_faults::point("apply.seed");
+                }
                 Outcome::Skipped => {}
                 Outcome::Left => seeded.exact = false,
             }

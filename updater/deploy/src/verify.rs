@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use atomup_ostree::object::{DirMeta, DirTree, Xattrs, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use atomup_ostree::object::{DirTree, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use atomup_ostree::ObjectId;
 use rustix::fs::AtFlags;
 
@@ -126,21 +126,7 @@ impl<'a> Verifier<'a> {
         if depth > MAX_DEPTH {
             return Err(DeployError::TooDeep { limit: MAX_DEPTH });
         }
-        let st = rustix::fs::fstat(dir).map_err(|e| io("stat", path)(e.into()))?;
-        let mut metas = Vec::new();
-        for x in nofollow::xattr_candidates(
-            nofollow::fd_xattr_list(dir).map_err(io("read xattrs of", path))?,
-        ) {
-            let meta = DirMeta {
-                uid: st.st_uid,
-                gid: st.st_gid,
-                mode: st.st_mode,
-                xattrs: Xattrs::parse(&x).map_err(fmt("xattrs"))?,
-            };
-            metas.push((ObjectId::of(&meta.encode()), ()));
-        }
-        let (meta_id, ()) =
-            nofollow::pick(metas, expected.as_ref().map(|e| &e.1)).unwrap_or_default();
+        let meta_id = crate::identity::dirmeta_id(dir, path, expected.as_ref().map(|e| &e.1))?;
         let hint_bytes = expected.and_then(|(t, _)| (self.load)(&t));
         let hint = hint_bytes.as_deref().and_then(|b| DirTree::parse(b).ok());
         let mut names: Vec<String> = Vec::new();

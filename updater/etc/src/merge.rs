@@ -30,12 +30,16 @@ use std::collections::BTreeMap;
 
 use atomup_ostree::ObjectId;
 
-/// What is at a path.
+/// What is at a path: a directory, or a content object (a regular file or a
+/// symlink). The two kinds of content object are not told apart: a commit's
+/// dirtree lists both as files by checksum and does not say which (the
+/// device holds no content objects to look it up), and the checksum already
+/// differs between a symlink and any regular file, because it covers the
+/// mode. So a file that became a symlink is a change of its checksum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     Dir,
     File,
-    Symlink,
 }
 
 /// One entry's identity: its kind and its OSTree checksum (content checksum

@@ -414,6 +414,8 @@ impl Fetcher {
             Ok(()) => {
                 fs::rename(&partial, &done).map_err(io_err("finishing download", &done))?;
                 sync_dir(&self.cache)?;
+                // Crash point `fetch.done`: a payload complete in the cache.
+                atomup_faults::point("fetch.done");
                 Ok(done)
             }
             Err(e) => {
@@ -535,6 +537,9 @@ impl Fetcher {
             }
             let mut body = resp.body_mut().as_reader();
             let mut buf = vec![0u8; BUF];
+            // Crash point `fetch.download`: a cut at byte N of the file (the
+            // body is in flight; what arrived before N is on disk).
+            let cut_at = atomup_faults::torn("fetch.download", Path::new(url), expect.size);
             let mut unsynced = 0u64;
             let sync_every = self.opts.sync_every.max(1);
             let pumped = self.pump(url, &mut body, &mut buf, &mut |piece| {
@@ -543,6 +548,18 @@ impl Fetcher {
                     return Err(FetchError::Oversized {
                         url: url.to_owned(),
                         cap: expect.size,
+                    });
+                }
+                if let Some(at) = cut_at.filter(|&at| have + piece.len() as u64 >= at) {
+                    let keep = at.saturating_sub(have) as usize;
+                    file.write_all(&piece[..keep])
+                        .and_then(|()| file.sync_data())
+                        .map_err(io_err("writing partial download", partial))?;
+                    atomup_faults::cut("fetch.download");
+                    return Err(FetchError::Io {
+                        what: "injected power cut in",
+                        path: partial.to_owned(),
+                        source: atomup_faults::injected("fetch.download", keep),
                     });
                 }
                 file.write_all(piece)

@@ -12,10 +12,14 @@
 //!   refused at the limit, never read to its end.
 //! - **One atomic, durable replace** ([`replace`]), with its crash guarantee
 //!   written on it.
+//! - **The mount table** ([`mountinfo`]), read and parsed once for everyone
+//!   who asks what is mounted where and how.
+
+pub mod mountinfo;
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -206,7 +210,8 @@ pub fn replace(path: &Path, data: &[u8]) -> io::Result<()> {
             .truncate(true)
             .custom_flags_nofollow()
             .open(&tmp)?;
-        f.write_all(data)?;
+        // Crash point `record.write`: a cut inside the temp file's write.
+        atomup_faults::write_all("record.write", path, &mut f, data)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
@@ -249,12 +254,10 @@ impl NoFollow for std::fs::OpenOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
-    fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("atomup-fsio-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    fn scratch(name: &str) -> atomup_scratch::ScratchDir {
+        atomup_scratch::ScratchDir::new(&format!("fsio-{name}"))
     }
 
     fn mkfifo(p: &Path) {

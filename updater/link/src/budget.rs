@@ -166,6 +166,15 @@ pub fn parse(text: &str) -> Result<Usage, RecordError> {
     Ok(Usage { month, bytes })
 }
 
+/// Fuzz/corpus entry point: whatever parses must serialize back to the same text.
+pub fn fuzz(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(u) = parse(text) {
+            assert_eq!(parse(&serialize(&u)), Ok(u));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

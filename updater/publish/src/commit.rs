@@ -276,7 +276,10 @@ impl Writer<'_> {
 }
 
 /// Reads all extended attributes of `path` (without following symlinks),
-/// serialized sorted by name as OSTree 2025.2+ hashes them.
+/// serialized as `ostree commit` hashes them: sorted by name (libglnx
+/// sorts the `listxattr` names before reading them, in 2022.7 as in
+/// 2025.x) and without attributes whose value is empty (libglnx skips a
+/// zero-length value), so a tree with such an attribute gets upstream's id.
 fn read_xattrs(path: &Path) -> Result<Vec<u8>, CommitError> {
     let err = io_err("reading xattrs of", path);
     let size = match rustix::fs::llistxattr_query(path) {
@@ -301,7 +304,9 @@ fn read_xattrs(path: &Path) -> Result<Vec<u8>, CommitError> {
         let got = rustix::fs::lgetxattr(path, name_os, &mut value[..])
             .map_err(|e| io_err("reading xattrs of", path)(e.into()))?;
         value.truncate(got);
-        attrs.push((name.to_vec(), value));
+        if !value.is_empty() {
+            attrs.push((name.to_vec(), value));
+        }
     }
     Ok(encode_xattrs(attrs))
 }
@@ -534,8 +539,11 @@ fn scan_tar(w: &mut Writer<'_>, path: &Path) -> Result<MDir, CommitError> {
         {
             for ext in exts {
                 let ext = ext.map_err(io_err("reading tarball", path))?;
+                // Empty values are dropped as for a directory (see read_xattrs).
                 if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                    xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                    if !ext.value_bytes().is_empty() {
+                        xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                    }
                 }
             }
         }

@@ -114,10 +114,8 @@ impl Queue {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("atomup-report-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+    fn scratch(name: &str) -> atomup_scratch::ScratchDir {
+        atomup_scratch::ScratchDir::new(&format!("report-{name}"))
     }
 
     /// Reports come back oldest first, survive a new Queue (a reboot), and

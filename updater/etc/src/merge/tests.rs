@@ -17,7 +17,9 @@ fn tree(entries: &[(&str, Kind, u8)]) -> Tree {
         .collect()
 }
 
-use Kind::{Dir as D, File as F, Symlink as L};
+// A symlink is a content object like a file (see `Kind`); `L` marks the
+// entries the scenarios mean as symlinks, whose checksums (tags) differ.
+use Kind::{Dir as D, File as F, File as L};
 
 fn none(_: &str) -> bool {
     false
@@ -310,4 +312,63 @@ fn upper_holds_the_differences_from_the_new_defaults() {
         strs(&["d/y", "gone", "r"]),
         "r/z is hidden by r, t/w by the file t"
     );
+}
+
+/// Both sides adding the same path: the same entry is no conflict, a
+/// different one keeps the device's and is one.
+#[test]
+fn both_added_keeps_the_device_entry() {
+    let old = tree(&[]);
+    let cur = tree(&[("same", F, 1), ("differs", F, 2), ("kind", D, 3)]);
+    let new = tree(&[("same", F, 1), ("differs", F, 4), ("kind", F, 5)]);
+    let m = run(&old, &cur, &new);
+    assert_eq!(m.result, cur);
+    assert_eq!(m.report.added, strs(&["differs", "kind", "same"]));
+    assert_eq!(m.report.conflicts, strs(&["differs", "kind"]));
+}
+
+/// Rule 4 on every kind of device change: a vendor-owned file the device
+/// deleted comes back as the new default; one the vendor removed goes even
+/// though the device changed it; a device file added inside a vendor-owned
+/// `dir/**` that is still a directory is dropped. All reported as forced;
+/// an owned path the device left alone is not.
+#[test]
+fn vendor_owned_paths_override_deletions_additions_and_changes() {
+    let old = tree(&[
+        ("deleted", F, 1),
+        ("dropped", F, 1),
+        ("untouched", F, 1),
+        ("o.d", D, 1),
+        ("o.d/f", F, 1),
+    ]);
+    let cur = tree(&[
+        ("dropped", F, 9),
+        ("untouched", F, 1),
+        ("o.d", D, 1),
+        ("o.d/f", F, 1),
+        ("o.d/mine", F, 7),
+    ]);
+    let new = tree(&[
+        ("deleted", F, 2),
+        ("untouched", F, 2),
+        ("o.d", D, 1),
+        ("o.d/f", F, 2),
+    ]);
+    // Every path vendor-owned (as `**` would say, were it allowed).
+    let m = merge(&old, &cur, &new, &|_| true);
+    assert_eq!(m.result, new);
+    assert_eq!(m.report.forced, strs(&["deleted", "dropped", "o.d/mine"]));
+    assert!(m.report.conflicts.is_empty());
+}
+
+/// A symlink retargeted by the device is a modification like a file edit
+/// (its checksum covers the target), kept over the vendor's unchanged link.
+#[test]
+fn a_retargeted_symlink_is_kept() {
+    let old = tree(&[("link", L, 1), ("a", F, 1), ("b", F, 1)]);
+    let cur = tree(&[("link", L, 2), ("a", F, 1), ("b", F, 1)]);
+    let new = tree(&[("link", L, 1), ("a", F, 3), ("b", F, 1)]);
+    let m = run(&old, &cur, &new);
+    assert_eq!(m.result, tree(&[("link", L, 2), ("a", F, 3), ("b", F, 1)]));
+    assert_eq!(m.report.modified, strs(&["link"]));
 }

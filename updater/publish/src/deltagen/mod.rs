@@ -2,22 +2,40 @@
 //! static-delta apply-offline` and the device both apply them), made smaller
 //! than upstream's generator by choices the format leaves open:
 //!
-//! - objects are ordered so similar content sits together (metadata, then
-//!   patches, then files grouped by extension and name) instead of hash-table
-//!   order, so xz's window finds cross-file redundancy;
-//! - modified files are bsdiff'ed against the old file at the same path, a
-//!   same-directory file with the same name apart from version digits, or a
-//!   same-named file elsewhere, and the patch is kept only when it compresses
-//!   smaller than the new file;
-//! - equal byte runs are stored once per part (several ops may share them);
-//! - xz runs at preset 9 extreme with a bounded dictionary (the device's RAM
-//!   cost), and parts are cut by payload size.
+//! - **Like with like.** A part's blob is laid out by kind of bytes, not by
+//!   file: the machine code of every new ELF file together, their string
+//!   tables together, their relocation and symbol tables together, text
+//!   files, already-compressed files, patches (`classify`, `part`). A file
+//!   is reassembled on the device by one `w` op per range. Each kind is its
+//!   own xz block with settings for it: xz's ARM64 or x86 BCJ filter and
+//!   4-byte-aligned LZMA2 settings for code, text settings for strings,
+//!   8-byte-record settings for tables (`compress`, `xzfmt`).
+//! - **Any old file can be a base.** A modified file is diffed against the
+//!   old file it shares most content with (`similar`), whatever its name or
+//!   directory, as well as the old file at the same path or with the same
+//!   name apart from version digits. A file whose bytes equal an old file's
+//!   (moved, or only its mode/owner changed) is copied from it with a read
+//!   source instead of being shipped. A patch is kept only when it
+//!   compresses clearly smaller than the file.
+//! - **Device-sized windows.** The LZMA2 dictionary (the RAM a device needs
+//!   to decompress) comes from `--device-ram` (default 8 MiB of device RAM
+//!   -> 2 MiB window) and each part gets no more than it can use.
+//! - **Work done once.** Headers, file data, sketches, patches, estimates
+//!   and compressed blocks are cached for the whole invocation, so the K
+//!   deltas of `--from-last K` share them; bsdiff runs and blocks are spread
+//!   over `--jobs` threads.
 
+mod classify;
+mod compress;
 mod part;
+mod similar;
+pub mod xzfmt;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use atomup_ostree::delta::delta_path;
@@ -25,8 +43,8 @@ use atomup_ostree::encode::{ModeEntry, NewFallback, NewPartInfo, NewSuperblock};
 use atomup_ostree::gvariant::Endian;
 use atomup_ostree::object::{Commit, DirTree, ObjectId, ObjectType};
 
-pub use part::XzSettings;
-use part::{xz_compress, PartBuilder};
+use compress::{BlockCache, XzOpts};
+use part::PartBuilder;
 
 use crate::progress::{human, Progress};
 use crate::repo::{OwnedHeader, Repo, RepoError};
@@ -34,11 +52,47 @@ use crate::repo::{OwnedHeader, Repo, RepoError};
 /// Files smaller than this are always stored literally.
 const MIN_BSDIFF_SIZE: u64 = 512;
 
+/// Device RAM the apply engine needs besides the xz window (binary, tree
+/// metadata store, buffers, the seeding thread): measured 3.8-5.9 MiB over
+/// repeated applies of the Debian benchmark deltas (6,682 entries; host
+/// build, glibc, whose allocator does not always return a freed window),
+/// so 6 MiB.
+pub const ENGINE_RSS: u64 = 6 << 20;
+
+/// The device RAM budget `delta` sizes its xz windows for by default.
+pub const DEFAULT_DEVICE_RAM: u64 = 8 << 20;
+
+/// A patch is kept only below this fraction of the literal's estimated
+/// compressed size: a literal also gains from its neighbours in the part
+/// (shared strings, like-with-like blocks), a patch much less.
+const PATCH_KEEP: f64 = 0.85;
+
+/// In-memory file data kept for reuse across the deltas of one run.
+const DATA_CACHE_BYTES: u64 = 512 << 20;
+
+/// The LZMA2 window for a device RAM budget.
+pub fn dict_for_ram(ram: u64) -> Option<u32> {
+    let room = ram.checked_sub(ENGINE_RSS)?;
+    if room < 64 << 10 {
+        return None;
+    }
+    // The device's decoder refuses streams needing more than 64 MiB.
+    let room = room.min(48 << 20) as u32;
+    Some(xzfmt::encodable_dict_at_most(room))
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Cut a new part once the uncompressed payload would exceed this.
     pub max_part_size: u64,
-    pub xz: XzSettings,
+    /// LZMA2 dictionary cap (the device's xz window).
+    pub dict: u32,
+    /// xz preset level of the main compression (0-9).
+    pub preset: u32,
+    /// Smallest output, whatever the time.
+    pub best: bool,
+    /// Worker threads for bsdiff, sketches and xz blocks.
+    pub jobs: usize,
     /// Regular files larger than this become fallback objects; 0 = never.
     pub min_fallback_size: u64,
     pub bsdiff: bool,
@@ -51,11 +105,13 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             max_part_size: 32 << 20,
-            xz: XzSettings {
-                dict: 8 << 20,
-                preset: 9,
-                extreme: true,
-            },
+            dict: dict_for_ram(DEFAULT_DEVICE_RAM).unwrap_or(2 << 20),
+            preset: 9,
+            best: false,
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .clamp(1, 8),
             min_fallback_size: 0,
             bsdiff: true,
             max_bsdiff_size: 64 << 20,
@@ -75,9 +131,16 @@ pub enum DeltaError {
         #[source]
         source: Box<atomup_ostree::Error>,
     },
-    #[error("compressing or diffing delta part {index}")]
+    #[error("compressing delta part {index}")]
     Compress {
         index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("diffing {new} against {old}")]
+    Diff {
+        old: ObjectId,
+        new: ObjectId,
         #[source]
         source: std::io::Error,
     },
@@ -100,16 +163,42 @@ pub struct Summary {
     pub meta_objects: u64,
     pub content_objects: u64,
     pub bsdiff_objects: u64,
+    pub copy_objects: u64,
     pub fallback_objects: u64,
-    /// Largest LZMA2 dictionary any part needs to decompress.
+    /// Largest LZMA2 dictionary any block needs to decompress.
     pub max_dict: u32,
+    /// Work taken from the run's cache instead of redone.
+    pub reused: u64,
+    /// Payload bytes in and part bytes out, per kind of xz block.
+    pub kinds: compress::KindStats,
+    /// Seconds spent choosing bases and diffing (the rest is compression).
+    pub plan_secs: f64,
     pub secs: f64,
 }
 
 impl Summary {
+    /// One line per kind of block: what went in and what came out.
+    pub fn kinds_table(&self) -> String {
+        let mut s = String::new();
+        for (k, (i, o)) in &self.kinds {
+            s.push_str(&format!(
+                "  {:<28} {:>12} -> {:>10}\n",
+                format!("{k:?}"),
+                i,
+                o
+            ));
+        }
+        s
+    }
+
+    /// Device RAM to apply this delta: the engine plus the largest window.
+    pub fn device_ram(&self) -> u64 {
+        ENGINE_RSS + u64::from(self.max_dict)
+    }
+
     pub fn line(&self) -> String {
         format!(
-            "delta {}: {} parts, {} total ({} superblock + {} parts; payload {}), {} metadata + {} content objects ({} bsdiff, {} fallback), xz dictionary <= {}, {:.1}s",
+            "delta {}: {} parts, {} total ({} superblock + {} parts; payload {}), {} metadata + {} content objects ({} bsdiff, {} copied, {} fallback), xz window {} (device RAM to apply about {}), {} results reused, {:.1}s ({:.1}s planning)",
             self.dir,
             self.parts,
             human(self.superblock_bytes + self.part_bytes),
@@ -119,9 +208,13 @@ impl Summary {
             self.meta_objects,
             self.content_objects,
             self.bsdiff_objects,
+            self.copy_objects,
             self.fallback_objects,
             human(u64::from(self.max_dict)),
-            self.secs
+            human(self.device_ram()),
+            self.reused,
+            self.secs,
+            self.plan_secs
         )
     }
 }
@@ -217,6 +310,7 @@ fn order_key(path: &str) -> (String, String, String) {
     (ext, name.to_owned(), path.to_owned())
 }
 
+#[derive(Clone)]
 struct Planned {
     id: ObjectId,
     path: String,
@@ -224,10 +318,12 @@ struct Planned {
     size: u64,
 }
 
+/// How a new content object gets to the device.
 enum Item {
     Meta(ObjectType, ObjectId),
     Literal(Planned),
-    Patch(Planned, ObjectId, Vec<u8>),
+    Patch(Planned, ObjectId, Arc<Vec<u8>>),
+    Copy(Planned, ObjectId),
 }
 
 fn mode_of(h: &OwnedHeader) -> ModeEntry {
@@ -238,336 +334,610 @@ fn mode_of(h: &OwnedHeader) -> ModeEntry {
     }
 }
 
-struct Planner<'r> {
-    repo: &'r Repo,
-    opts: &'r Options,
-    headers: HashMap<ObjectId, (OwnedHeader, u64)>,
+/// The outcome of diffing one new object against one old object.
+#[derive(Clone)]
+enum Diffed {
+    /// Same bytes: copy from the old object.
+    Same,
+    /// A patch worth shipping.
+    Patch(Arc<Vec<u8>>),
+    /// Not worth it: ship the file.
+    Literal,
 }
 
-impl Planner<'_> {
-    fn header(&mut self, id: &ObjectId) -> Result<(OwnedHeader, u64), DeltaError> {
-        if let Some(h) = self.headers.get(id) {
+/// Work shared by every delta of one invocation.
+#[derive(Default)]
+struct Cache {
+    headers: Mutex<HashMap<ObjectId, (OwnedHeader, u64)>>,
+    data: Mutex<HashMap<ObjectId, Arc<Vec<u8>>>>,
+    data_bytes: AtomicU64,
+    sketches: Mutex<HashMap<ObjectId, Arc<Vec<u64>>>>,
+    diffs: Mutex<HashMap<(ObjectId, ObjectId), Diffed>>,
+    estimates: Mutex<HashMap<ObjectId, u64>>,
+    blocks: BlockCache,
+    reused: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Generates deltas into one repository, sharing work between them.
+pub struct Generator<'r> {
+    repo: &'r Repo,
+    opts: Options,
+    cache: Cache,
+}
+
+/// Runs `f` over `items` on up to `jobs` threads; results in input order.
+pub(crate) fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let jobs = jobs.clamp(1, items.len().max(1));
+    if jobs == 1 {
+        return items.iter().map(&f).collect();
+    }
+    let next = AtomicU64::new(0);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..jobs)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(item) = items.get(i) else { break };
+                        mine.push((i, f(item)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    done.sort_unstable_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Like [`parallel_map`], but starts the heaviest items first (by
+/// `weight`), so one big job does not begin last and run alone.
+pub(crate) fn parallel_map_by<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    weight: impl Fn(&T) -> u64,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(weight(&items[i])));
+    let done = parallel_map(&order, jobs, |&i| (i, f(&items[i])));
+    let mut slots: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    for (i, r) in done {
+        slots[i] = Some(r);
+    }
+    slots.into_iter().flatten().collect()
+}
+
+/// Compressed size of `data` at a fast setting: the yardstick for "is this
+/// patch worth it".
+fn estimate(data: &[u8]) -> std::io::Result<u64> {
+    let f = xzfmt::BlockFilter {
+        bcj: xzfmt::Bcj::None,
+        delta: 0,
+        dict: xzfmt::encodable_dict(u32::try_from(data.len()).unwrap_or(u32::MAX)).min(8 << 20),
+        lc: 3,
+        lp: 0,
+        pb: 2,
+        preset: 1,
+        extreme: false,
+        nice: 0,
+    };
+    Ok(xzfmt::compress_block(data, &f)?.bytes.len() as u64)
+}
+
+impl<'r> Generator<'r> {
+    pub fn new(repo: &'r Repo, opts: Options) -> Self {
+        Generator {
+            repo,
+            opts,
+            cache: Cache::default(),
+        }
+    }
+
+    fn header(&self, id: &ObjectId) -> Result<(OwnedHeader, u64), DeltaError> {
+        if let Some(h) = lock(&self.cache.headers).get(id) {
             return Ok(h.clone());
         }
         let h = self.repo.content_header(id)?;
-        self.headers.insert(*id, h.clone());
+        lock(&self.cache.headers).insert(*id, h.clone());
         Ok(h)
     }
 
-    /// Old regular files worth diffing `new` against, best first.
-    fn candidates(
-        &mut self,
-        path: &str,
-        size: u64,
-        from: &TreeIndex,
-        by_name: &HashMap<&str, Vec<&str>>,
-        by_stem: &HashMap<(String, String), Vec<&str>>,
-    ) -> Result<Option<ObjectId>, DeltaError> {
-        let similar =
-            |old: u64| old > 0 && size > 0 && old.max(size) <= old.min(size).saturating_mul(2);
-        let mut paths: Vec<&str> = Vec::new();
-        if let Some(p) = from.by_path.get_key_value(path).map(|(k, _)| k.as_str()) {
-            paths.push(p);
+    /// A content object's data, from the cache when an earlier delta read it.
+    fn data(&self, id: &ObjectId) -> Result<Arc<Vec<u8>>, DeltaError> {
+        if let Some(d) = lock(&self.cache.data).get(id) {
+            return Ok(d.clone());
         }
-        let name = basename(path);
-        if let Some(v) = by_stem.get(&(dirname(path).to_owned(), stem(name))) {
-            paths.extend(v.iter().copied());
-        }
-        if let Some(v) = by_name.get(name) {
-            paths.extend(v.iter().copied());
-        }
-        for (i, p) in paths.into_iter().enumerate() {
-            let Some(old) = from.by_path.get(p).copied() else {
-                continue;
-            };
-            let (h, old_size) = self.header(&old)?;
-            if h.is_symlink() || (i > 0 && !similar(old_size)) || old_size == 0 {
-                continue;
-            }
-            if old_size.saturating_add(size) > self.opts.max_bsdiff_size {
-                continue;
-            }
-            return Ok(Some(old));
-        }
-        Ok(None)
-    }
-}
-
-/// Generates the delta `from -> to` (from scratch if `from` is `None`) into
-/// `deltas/…` of the repository.
-pub fn generate(
-    repo: &Repo,
-    from: Option<ObjectId>,
-    to: ObjectId,
-    opts: &Options,
-) -> Result<Summary, DeltaError> {
-    let mut progress = Progress::new("delta", opts.progress);
-    let (to_commit, _, _, _) = load_commit(repo, &to)?;
-    let to_idx = index_tree(repo, &to)?;
-    let from_idx = match &from {
-        Some(f) => index_tree(repo, f)?,
-        None => TreeIndex::default(),
-    };
-    let mut planner = Planner {
-        repo,
-        opts,
-        headers: HashMap::new(),
-    };
-    let mut summary = Summary {
-        dir: delta_path(from.as_ref(), &to),
-        ..Default::default()
-    };
-
-    // Upstream ships the to-commit in the superblock only, not in a part.
-    let mut meta_items = Vec::new();
-    for (ty, id) in &to_idx.meta {
-        if !from_idx.meta_set.contains(id) {
-            meta_items.push(Item::Meta(*ty, *id));
-        }
-    }
-    let mut by_name: HashMap<&str, Vec<&str>> = HashMap::new();
-    let mut by_stem: HashMap<(String, String), Vec<&str>> = HashMap::new();
-    for p in from_idx.by_path.keys() {
-        by_name.entry(basename(p)).or_default().push(p);
-        by_stem
-            .entry((dirname(p).to_owned(), stem(basename(p))))
-            .or_default()
-            .push(p);
-    }
-    for v in by_name.values_mut().chain(by_stem.values_mut()) {
-        v.sort_unstable();
-    }
-
-    let mut new_content: Vec<(&ObjectId, &String)> = to_idx
-        .content
-        .iter()
-        .filter(|(id, _)| !from_idx.content.contains_key(*id))
-        .collect();
-    new_content.sort_by(|a, b| a.1.cmp(b.1));
-    let mut patches = Vec::new();
-    let mut literals = Vec::new();
-    let mut symlinks = Vec::new();
-    let mut fallbacks = Vec::new();
-    let mut diff_jobs: Vec<(Planned, ObjectId)> = Vec::new();
-    for (id, path) in new_content {
-        let (header, size) = planner.header(id)?;
-        let planned = Planned {
-            id: *id,
-            path: path.clone(),
-            header,
-            size,
-        };
-        if planned.header.is_symlink() {
-            symlinks.push(Item::Literal(planned));
-            continue;
-        }
-        if opts.min_fallback_size > 0 && size > opts.min_fallback_size {
-            fallbacks.push(NewFallback {
-                objtype: ObjectType::File,
-                id: *id,
-                size: repo.object_size(id, ObjectType::File)?,
-                usize: size,
-            });
-            continue;
-        }
-        // Tiny files: a patch's control block costs more than the file.
-        let base = if opts.bsdiff && from.is_some() && size >= MIN_BSDIFF_SIZE {
-            planner.candidates(path, size, &from_idx, &by_name, &by_stem)?
+        let d = Arc::new(self.repo.read_content(id)?.data);
+        let n = d.len() as u64;
+        if self.cache.data_bytes.fetch_add(n, Ordering::Relaxed) + n <= DATA_CACHE_BYTES {
+            lock(&self.cache.data).insert(*id, d.clone());
         } else {
-            None
+            self.cache.data_bytes.fetch_sub(n, Ordering::Relaxed);
+        }
+        Ok(d)
+    }
+
+    fn sketch(&self, id: &ObjectId) -> Result<Arc<Vec<u64>>, DeltaError> {
+        if let Some(s) = lock(&self.cache.sketches).get(id) {
+            self.cache.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(s.clone());
+        }
+        // Old objects are read once for their sketch; not worth caching.
+        let s = Arc::new(match lock(&self.cache.data).get(id) {
+            Some(d) => similar::sketch(d),
+            None => similar::sketch(&self.repo.read_content(id)?.data),
+        });
+        lock(&self.cache.sketches).insert(*id, s.clone());
+        Ok(s)
+    }
+
+    fn literal_estimate(&self, id: &ObjectId, data: &[u8]) -> Result<u64, DeltaError> {
+        if let Some(e) = lock(&self.cache.estimates).get(id) {
+            return Ok(*e);
+        }
+        let e = estimate(data).map_err(|source| DeltaError::Diff {
+            old: *id,
+            new: *id,
+            source,
+        })?;
+        lock(&self.cache.estimates).insert(*id, e);
+        Ok(e)
+    }
+
+    /// Diffs `new` against `old` (cached per pair).
+    fn diff(&self, old: &ObjectId, new: &ObjectId) -> Result<Diffed, DeltaError> {
+        if let Some(d) = lock(&self.cache.diffs).get(&(*old, *new)) {
+            self.cache.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(d.clone());
+        }
+        let new_data = self.data(new)?;
+        let old_data = self.repo.read_content(old)?.data;
+        let err = |source| DeltaError::Diff {
+            old: *old,
+            new: *new,
+            source,
         };
-        match base {
-            Some(b) => diff_jobs.push((planned, b)),
-            None => literals.push(planned),
-        }
-        progress.tick(size);
+        let outcome = if old_data[..] == new_data[..] {
+            Diffed::Same
+        } else {
+            let mut patch = Vec::new();
+            bsdiff::diff(&old_data, &new_data, &mut patch).map_err(err)?;
+            let p = estimate(&patch).map_err(err)?;
+            // A patch under 1/20 of the file is worth it whatever the file
+            // compresses to (ELF code, text: 1/3 to 1/11): skip estimating it.
+            if p.saturating_mul(20) < new_data.len() as u64
+                || (p as f64) < self.literal_estimate(new, &new_data)? as f64 * PATCH_KEEP
+            {
+                Diffed::Patch(Arc::new(patch))
+            } else {
+                Diffed::Literal
+            }
+        };
+        lock(&self.cache.diffs).insert((*old, *new), outcome.clone());
+        Ok(outcome)
     }
-    // bsdiff and its trial compressions dominate generation time and are
-    // independent per file: spread them over the cores.
-    let diffed = parallel_map(&diff_jobs, |(p, base)| {
-        try_bsdiff(repo, base, &p.id, &opts.xz)
-    });
-    for ((planned, base), patch) in diff_jobs.into_iter().zip(diffed) {
-        match patch? {
-            Some(patch) => patches.push(Item::Patch(planned, base, patch)),
-            None => literals.push(planned),
+
+    /// Generates the delta `from -> to` (from scratch if `from` is `None`)
+    /// into `deltas/…` of the repository.
+    pub fn generate(&self, from: Option<ObjectId>, to: ObjectId) -> Result<Summary, DeltaError> {
+        let repo = self.repo;
+        let opts = &self.opts;
+        let reused_before = self.cache.reused.load(Ordering::Relaxed)
+            + self.cache.blocks.hits.load(Ordering::Relaxed);
+        let mut progress = Progress::new("delta", opts.progress);
+        let (to_commit, _, _, _) = load_commit(repo, &to)?;
+        let to_idx = index_tree(repo, &to)?;
+        let from_idx = match &from {
+            Some(f) => index_tree(repo, f)?,
+            None => TreeIndex::default(),
+        };
+        let mut summary = Summary {
+            dir: delta_path(from.as_ref(), &to),
+            ..Default::default()
+        };
+
+        // Upstream ships the to-commit in the superblock only, not in a part.
+        let mut meta_items = Vec::new();
+        for (ty, id) in &to_idx.meta {
+            if !from_idx.meta_set.contains(id) {
+                meta_items.push(Item::Meta(*ty, *id));
+            }
         }
-    }
-    literals.sort_by_cached_key(|p| order_key(&p.path));
 
-    let mut items = meta_items;
-    items.extend(patches);
-    items.extend(literals.into_iter().map(Item::Literal));
-    items.extend(symlinks);
+        let mut new_content: Vec<(&ObjectId, &String)> = to_idx
+            .content
+            .iter()
+            .filter(|(id, _)| !from_idx.content.contains_key(*id))
+            .collect();
+        new_content.sort_by(|a, b| a.1.cmp(b.1));
+        let mut literals = Vec::new();
+        let mut symlinks = Vec::new();
+        let mut fallbacks = Vec::new();
+        let mut wanting_base: Vec<Planned> = Vec::new();
+        for (id, path) in new_content {
+            let (header, size) = self.header(id)?;
+            let planned = Planned {
+                id: *id,
+                path: path.clone(),
+                header,
+                size,
+            };
+            if planned.header.is_symlink() {
+                symlinks.push(Item::Literal(planned));
+                continue;
+            }
+            if opts.min_fallback_size > 0 && size > opts.min_fallback_size {
+                fallbacks.push(NewFallback {
+                    objtype: ObjectType::File,
+                    id: *id,
+                    size: repo.object_size(id, ObjectType::File)?,
+                    usize: size,
+                });
+                continue;
+            }
+            // Tiny files: a patch's control block costs more than the file.
+            if opts.bsdiff && from.is_some() && size >= MIN_BSDIFF_SIZE {
+                wanting_base.push(planned);
+            } else {
+                literals.push(planned);
+            }
+            progress.tick(size);
+        }
 
-    let dir = PathBuf::from(&summary.dir);
-    let mut part_infos: Vec<NewPartInfo> = Vec::new();
-    let mut current = PartBuilder::default();
-    let flush = |current: PartBuilder,
-                 infos: &mut Vec<NewPartInfo>,
-                 summary: &mut Summary|
-     -> Result<(), DeltaError> {
-        let index = infos.len();
-        let (file, info, payload_len) = current
-            .finish(&opts.xz)
-            .map_err(|source| DeltaError::Compress { index, source })?;
-        repo.write_atomic(&dir.join(index.to_string()), &file)?;
-        summary.part_bytes += file.len() as u64;
-        summary.payload_bytes += payload_len;
-        let d = u32::try_from(payload_len).unwrap_or(u32::MAX).max(4096);
-        summary.max_dict = summary.max_dict.max(
-            d.checked_next_power_of_two()
-                .unwrap_or(u32::MAX)
-                .min(opts.xz.dict),
+        let bases = self.choose_bases(&wanting_base, &from_idx)?;
+        // bsdiff and its estimates dominate planning and are independent
+        // per file: spread them over the cores.
+        let jobs: Vec<(&Planned, Option<ObjectId>)> = wanting_base.iter().zip(bases).collect();
+        let diffed = parallel_map_by(
+            &jobs,
+            opts.jobs,
+            |(p, _)| p.size,
+            |(p, base)| match base {
+                Some(b) => self.diff(b, &p.id).map(|d| (Some(*b), d)),
+                None => Ok((None, Diffed::Literal)),
+            },
         );
-        infos.push(info);
-        Ok(())
-    };
-    for item in items {
-        let add_len = match &item {
-            Item::Meta(..) => 0,
-            Item::Literal(p) => p.size,
-            Item::Patch(_, _, patch) => patch.len() as u64,
-        };
-        if !current.is_empty() && current.payload_len().saturating_add(add_len) > opts.max_part_size
-        {
-            flush(std::mem::take(&mut current), &mut part_infos, &mut summary)?;
-        }
-        match item {
-            Item::Meta(ty, id) => {
-                let data = repo.read_meta(&id, ty)?;
-                current.add_meta(ty, id, &data);
-                summary.meta_objects += 1;
-            }
-            Item::Literal(p) => {
-                let data = if p.header.is_symlink() {
-                    p.header.symlink.as_bytes().to_vec()
-                } else {
-                    repo.read_content(&p.id)?.data
-                };
-                current.add_literal(p.id, mode_of(&p.header), &p.header.xattrs, &data);
-                summary.content_objects += 1;
-            }
-            Item::Patch(p, base, patch) => {
-                current.add_bsdiff(
-                    p.id,
-                    mode_of(&p.header),
-                    &p.header.xattrs,
-                    p.size,
-                    &base,
-                    &patch,
-                );
-                summary.content_objects += 1;
-                summary.bsdiff_objects += 1;
-            }
-        }
-    }
-    if !current.is_empty() || part_infos.is_empty() {
-        flush(current, &mut part_infos, &mut summary)?;
-    }
-    // A regenerated delta may have fewer parts than an earlier one.
-    for i in part_infos.len().. {
-        let stale = repo.path(dir.join(i.to_string()));
-        match fs::remove_file(&stale) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-            Err(source) => {
-                return Err(DeltaError::Stale {
-                    path: stale,
-                    source,
-                })
-            }
-        }
-    }
-    summary.fallback_objects = fallbacks.len() as u64;
-    let commitmeta = repo.read_commitmeta(&to)?;
-    let timestamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let sb = NewSuperblock {
-        endian: Endian::Little,
-        timestamp,
-        from,
-        to,
-        commit: &to_commit,
-        commitmeta: commitmeta.as_deref(),
-        parts: &part_infos,
-        fallbacks: &fallbacks,
-    }
-    .encode();
-    // Superblock last: its presence marks a complete delta.
-    repo.write_atomic(&dir.join("superblock"), &sb)?;
-    summary.parts = part_infos.len();
-    summary.superblock_bytes = sb.len() as u64;
-    summary.secs = progress.elapsed().as_secs_f64();
-    Ok(summary)
-}
-
-/// One bsdiff outcome: a patch worth keeping, or `None`.
-type PatchResult = Result<Option<Vec<u8>>, DeltaError>;
-
-/// Runs `f` over `items` on up to four threads, results in input order.
-fn parallel_map<T: Sync>(items: &[T], f: impl Fn(&T) -> PatchResult + Sync) -> Vec<PatchResult> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 4);
-    let next = AtomicUsize::new(0);
-    let slots: Mutex<Vec<Option<PatchResult>>> =
-        Mutex::new((0..items.len()).map(|_| None).collect());
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(item) = items.get(i) else { break };
-                let r = f(item);
-                if let Some(slot) = slots.lock().unwrap_or_else(|e| e.into_inner()).get_mut(i) {
-                    *slot = Some(r);
+        let mut patches = Vec::new();
+        let mut copies = Vec::new();
+        for ((planned, _), d) in jobs.into_iter().zip(diffed) {
+            match d? {
+                (Some(base), Diffed::Same) => copies.push(Item::Copy(planned.clone(), base)),
+                (Some(base), Diffed::Patch(patch)) => {
+                    patches.push(Item::Patch(planned.clone(), base, patch))
                 }
-            });
+                _ => literals.push(planned.clone()),
+            }
         }
-    });
-    slots
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .into_iter()
-        .map(|r| {
-            r.unwrap_or_else(|| {
-                Err(DeltaError::Compress {
-                    index: 0,
-                    source: std::io::Error::other("a bsdiff worker stopped early"),
-                })
-            })
-        })
-        .collect()
+        literals.sort_by_cached_key(|p| order_key(&p.path));
+        summary.plan_secs = progress.elapsed().as_secs_f64();
+
+        let mut items = meta_items;
+        items.extend(patches);
+        items.extend(copies);
+        items.extend(literals.into_iter().map(Item::Literal));
+        items.extend(symlinks);
+
+        let xz = XzOpts {
+            dict: opts.dict,
+            preset: opts.preset,
+            best: opts.best,
+            max_block: 8 << 20,
+            jobs: opts.jobs,
+        };
+        let dir = PathBuf::from(&summary.dir);
+        let mut part_infos: Vec<NewPartInfo> = Vec::new();
+        let mut current = PartBuilder::default();
+        let flush = |current: PartBuilder,
+                     infos: &mut Vec<NewPartInfo>,
+                     summary: &mut Summary|
+         -> Result<(), DeltaError> {
+            let index = infos.len();
+            let (file, info, stats) = current
+                .finish(&xz, &self.cache.blocks)
+                .map_err(|source| DeltaError::Compress { index, source })?;
+            // What the device will need, read back from the bytes written.
+            let needs = xzfmt::dict_need(file.get(1..).unwrap_or(&[])).map_err(|e| {
+                DeltaError::Compress {
+                    index,
+                    source: std::io::Error::other(e),
+                }
+            })?;
+            debug_assert_eq!(needs.max_dict, stats.max_dict);
+            repo.write_atomic(&dir.join(index.to_string()), &file)?;
+            summary.part_bytes += file.len() as u64;
+            summary.payload_bytes += stats.payload;
+            summary.max_dict = summary.max_dict.max(needs.max_dict);
+            for (k, (i, o)) in &stats.kinds {
+                let e = summary.kinds.entry(*k).or_default();
+                e.0 += i;
+                e.1 += o;
+            }
+            infos.push(info);
+            Ok(())
+        };
+        for item in items {
+            let add_len = match &item {
+                Item::Meta(..) | Item::Copy(..) => 0,
+                Item::Literal(p) => p.size,
+                Item::Patch(_, _, patch) => patch.len() as u64,
+            };
+            if !current.is_empty()
+                && current.payload_len().saturating_add(add_len) > opts.max_part_size
+            {
+                flush(std::mem::take(&mut current), &mut part_infos, &mut summary)?;
+            }
+            match item {
+                Item::Meta(ty, id) => {
+                    let data = repo.read_meta(&id, ty)?;
+                    current.add_meta(ty, id, &data);
+                    summary.meta_objects += 1;
+                }
+                Item::Literal(p) => {
+                    if p.header.is_symlink() {
+                        current.add_literal(
+                            p.id,
+                            mode_of(&p.header),
+                            &p.header.xattrs,
+                            p.header.symlink.as_bytes(),
+                            &[],
+                        );
+                    } else {
+                        let data = self.data(&p.id)?;
+                        let pieces = classify::pieces(&data);
+                        current.add_literal(
+                            p.id,
+                            mode_of(&p.header),
+                            &p.header.xattrs,
+                            &data,
+                            &pieces,
+                        );
+                    }
+                    summary.content_objects += 1;
+                }
+                Item::Patch(p, base, patch) => {
+                    current.add_bsdiff(
+                        p.id,
+                        mode_of(&p.header),
+                        &p.header.xattrs,
+                        p.size,
+                        &base,
+                        &patch,
+                    );
+                    summary.content_objects += 1;
+                    summary.bsdiff_objects += 1;
+                }
+                Item::Copy(p, base) => {
+                    current.add_copy(p.id, mode_of(&p.header), &p.header.xattrs, p.size, &base);
+                    summary.content_objects += 1;
+                    summary.copy_objects += 1;
+                }
+            }
+        }
+        if !current.is_empty() || part_infos.is_empty() {
+            flush(current, &mut part_infos, &mut summary)?;
+        }
+        // A regenerated delta may have fewer parts than an earlier one.
+        for i in part_infos.len().. {
+            let stale = repo.path(dir.join(i.to_string()));
+            match fs::remove_file(&stale) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(source) => {
+                    return Err(DeltaError::Stale {
+                        path: stale,
+                        source,
+                    })
+                }
+            }
+        }
+        summary.fallback_objects = fallbacks.len() as u64;
+        let commitmeta = repo.read_commitmeta(&to)?;
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let sb = NewSuperblock {
+            endian: Endian::Little,
+            timestamp,
+            from,
+            to,
+            commit: &to_commit,
+            commitmeta: commitmeta.as_deref(),
+            parts: &part_infos,
+            fallbacks: &fallbacks,
+        }
+        .encode();
+        // Superblock last: its presence marks a complete delta.
+        repo.write_atomic(&dir.join("superblock"), &sb)?;
+        summary.parts = part_infos.len();
+        summary.superblock_bytes = sb.len() as u64;
+        summary.reused = self.cache.reused.load(Ordering::Relaxed)
+            + self.cache.blocks.hits.load(Ordering::Relaxed)
+            - reused_before;
+        summary.secs = progress.elapsed().as_secs_f64();
+        Ok(summary)
+    }
+
+    /// For each file, the old file to diff it against, if any: the
+    /// candidate sharing the most content (sketch features) among the old
+    /// file at the same path, same-directory files with the same name apart
+    /// from digits, same-named files elsewhere (within 2x the size) and the
+    /// best matches of the whole old tree. Ties go to the same path.
+    fn choose_bases(
+        &self,
+        wanting: &[Planned],
+        from: &TreeIndex,
+    ) -> Result<Vec<Option<ObjectId>>, DeltaError> {
+        if wanting.is_empty() {
+            return Ok(Vec::new());
+        }
+        let max = self.opts.max_bsdiff_size;
+        // Old regular files worth considering.
+        let mut old_files: Vec<(&str, ObjectId, u64)> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut paths: Vec<(&String, &ObjectId)> = from.by_path.iter().collect();
+        paths.sort();
+        let mut sizes: HashMap<ObjectId, u64> = HashMap::new();
+        for (p, id) in paths {
+            let (h, size) = self.header(id)?;
+            if h.is_symlink() || size < MIN_BSDIFF_SIZE || size > max {
+                continue;
+            }
+            sizes.insert(*id, size);
+            old_files.push((p.as_str(), *id, size));
+            seen.insert(*id);
+        }
+        let mut by_name: HashMap<&str, Vec<ObjectId>> = HashMap::new();
+        let mut by_stem: HashMap<(&str, String), Vec<ObjectId>> = HashMap::new();
+        for (p, id, _) in &old_files {
+            by_name.entry(basename(p)).or_default().push(*id);
+            by_stem
+                .entry((dirname(p), stem(basename(p))))
+                .or_default()
+                .push(*id);
+        }
+
+        // Sketches: every distinct old file once (cached across deltas),
+        // and the new files.
+        let mut distinct: Vec<ObjectId> = seen.into_iter().collect();
+        distinct.sort_unstable();
+        let old_sketches = parallel_map(&distinct, self.opts.jobs, |id| self.sketch(id));
+        let mut index = similar::Index::default();
+        let mut sk: HashMap<ObjectId, Arc<Vec<u64>>> = HashMap::new();
+        for (id, s) in distinct.iter().zip(old_sketches) {
+            let s = s?;
+            index.add(*id, &s);
+            sk.insert(*id, s);
+        }
+        let new_sketches = parallel_map(wanting, self.opts.jobs, |p| -> Result<_, DeltaError> {
+            self.data(&p.id)?;
+            self.sketch(&p.id)
+        });
+
+        let mut out = Vec::with_capacity(wanting.len());
+        for (p, s) in wanting.iter().zip(new_sketches) {
+            let s = s?;
+            let similar_size = |old: u64| old.max(p.size) <= old.min(p.size).saturating_mul(2);
+            // (priority: 0 same path, 1 same stem, 2 same name, 3 content match)
+            let mut cands: Vec<(ObjectId, u8)> = Vec::new();
+            if let Some(id) = from.by_path.get(&p.path) {
+                if sizes.contains_key(id) {
+                    cands.push((*id, 0));
+                }
+            }
+            let name = basename(&p.path);
+            for (list, prio) in [
+                (by_stem.get(&(dirname(&p.path), stem(name))), 1u8),
+                (by_name.get(name), 2),
+            ] {
+                for id in list.into_iter().flatten() {
+                    if sizes.get(id).is_some_and(|&n| similar_size(n)) {
+                        cands.push((*id, prio));
+                    }
+                }
+            }
+            for (id, _) in index.best(&s, 3) {
+                cands.push((id, 3));
+            }
+            let mut best: Option<(u32, u8, ObjectId)> = None;
+            for (id, prio) in cands {
+                let score = sk.get(&id).map_or(0, |o| similar::shared(&s, o));
+                // A base must share a good part of the new file's content:
+                // below ~10 % of its features a patch measured no smaller
+                // than the file (the Debian pairs: useful bases share
+                // 13-90 %, useless ones 0.5-9 %), and diffing it is wasted
+                // time. The old file at the same path is always tried
+                // (small or rewritten files show few features); a file too
+                // small for a sketch may use a same-name base.
+                let enough = score >= 2 && u64::from(score) * 10 >= s.len() as u64;
+                let allowed = match prio {
+                    0 => true,
+                    _ if s.is_empty() => prio < 3,
+                    _ => enough,
+                };
+                if !allowed {
+                    continue;
+                }
+                let better = match best {
+                    None => true,
+                    Some((bs, bp, _)) => score > bs || (score == bs && prio < bp),
+                };
+                if better {
+                    best = Some((score, prio, id));
+                }
+            }
+            out.push(best.map(|b| b.2));
+        }
+        Ok(out)
+    }
 }
 
-/// bsdiff `new` against `old`; the patch is kept only when it compresses
-/// smaller than the new file itself would (a patch of unrelated files is
-/// just the new file plus overhead).
-fn try_bsdiff(
-    repo: &Repo,
-    old: &ObjectId,
-    new: &ObjectId,
-    xz: &XzSettings,
-) -> Result<Option<Vec<u8>>, DeltaError> {
-    let old_data = repo.read_content(old)?.data;
-    let new_data = repo.read_content(new)?.data;
-    let err = |source| DeltaError::Compress { index: 0, source };
-    let mut patch = Vec::new();
-    bsdiff::diff(&old_data, &new_data, &mut patch).map_err(err)?;
-    let quick = XzSettings {
-        dict: xz.dict,
-        preset: 6,
-        extreme: false,
+/// Parses a byte size: plain digits or with a K, M or G suffix (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mul) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
     };
-    let p = xz_compress(&patch, &quick).map_err(err)?.len();
-    let n = xz_compress(&new_data, &quick).map_err(err)?.len();
-    Ok((p < n).then_some(patch))
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("{s:?} is not a size (digits, optionally K, M or G)"))
 }
+
+pub const HELP: &str = "\
+Usage: atomup-publish delta --repo DIR --to REV (--from REV | --from-last K | --scratch)...
+                            [options]
+
+Writes static deltas into DIR/deltas/ (upstream format: `ostree static-delta
+apply-offline` and the device both apply them) and prints their directories.
+
+  --from REV            one delta from REV
+  --from-last K         one delta from each of the K previous commits of REV
+  --scratch             a from-scratch delta (factory images, lost devices)
+  --device-ram BYTES    RAM the device can give the apply (default 8M): sets the
+                        xz window to BYTES minus the engine's 6 MiB (8M -> 2 MiB,
+                        12M -> 6 MiB, 16M -> 8 MiB, 32M -> 24 MiB). Bigger windows
+                        give somewhat smaller deltas; a device with less RAM than
+                        this may fail to apply them.
+  --xz-dict BYTES       set the xz window directly instead (expert; K/M/G suffixes)
+  --best                smallest output: every xz block is compressed with several
+                        settings at preset 9 extreme and the smallest kept, and no
+                        block is split for parallelism. Costs about 5-8x the CPU of
+                        the default (which picks each block's settings from what its
+                        bytes are, or from a 1 MiB trial at preset 1, and compresses
+                        it once at preset 9, on --jobs threads).
+  --xz-preset 0-9       preset of the main compression (default 9; lower = faster,
+                        larger)
+  --jobs N              worker threads (default: the number of CPUs, at most 8); each
+                        holds one xz encoder (~11x the window) and one bsdiff
+  --max-part-size BYTES cut a new part beyond this much payload (default 32M)
+  --min-fallback-size BYTES  files above this become fallback objects (default 0 =
+                        never; devices and apply-offline need none)
+  --disable-bsdiff      ship modified files whole
+  --stats               also print, per kind of xz block, payload bytes in and
+                        compressed bytes out
+  --quiet               no progress on stderr
+
+All deltas of one invocation share their work: file data, sketches, bsdiff
+patches and compressed blocks computed for one are reused by the next, so
+--from-last 5 costs much less than five separate runs.
+";
 
 /// `atomup-publish delta ...`.
 pub fn run(args: &mut lexopt::Parser) -> Result<(), Box<dyn std::error::Error>> {
@@ -578,6 +948,9 @@ pub fn run(args: &mut lexopt::Parser) -> Result<(), Box<dyn std::error::Error>> 
         progress: true,
         ..Options::default()
     };
+    let mut device_ram = None;
+    let mut xz_dict = None;
+    let mut stats = false;
     while let Some(arg) = args.next()? {
         match arg {
             Long("repo") => repo = Some(PathBuf::from(args.value()?)),
@@ -585,17 +958,57 @@ pub fn run(args: &mut lexopt::Parser) -> Result<(), Box<dyn std::error::Error>> 
             Long("from") => from = Some(args.value()?.string()?),
             Long("from-last") => from_last = Some(args.value()?.parse::<usize>()?),
             Long("scratch") => scratch = true,
-            Long("max-part-size") => opts.max_part_size = args.value()?.parse()?,
-            Long("xz-dict") => opts.xz.dict = args.value()?.parse()?,
-            Long("xz-preset") => opts.xz.preset = args.value()?.parse::<u32>()?.min(9),
-            Long("min-fallback-size") => opts.min_fallback_size = args.value()?.parse()?,
+            Long("max-part-size") => opts.max_part_size = parse_size(&args.value()?.string()?)?,
+            Long("device-ram") => device_ram = Some(parse_size(&args.value()?.string()?)?),
+            Long("xz-dict") => xz_dict = Some(parse_size(&args.value()?.string()?)?),
+            Long("xz-preset") => {
+                let p = args.value()?.parse::<u32>()?;
+                if p > 9 {
+                    return Err("--xz-preset must be 0-9".into());
+                }
+                opts.preset = p;
+            }
+            Long("best") => opts.best = true,
+            Long("jobs") => {
+                let j = args.value()?.parse::<usize>()?;
+                if j == 0 {
+                    return Err("--jobs must be at least 1".into());
+                }
+                opts.jobs = j;
+            }
+            Long("min-fallback-size") => {
+                opts.min_fallback_size = parse_size(&args.value()?.string()?)?
+            }
             Long("disable-bsdiff") => opts.bsdiff = false,
             Long("quiet") | Short('q') => opts.progress = false,
+            Long("stats") => stats = true,
+            Long("help") | Short('h') => {
+                print!("{HELP}");
+                return Ok(());
+            }
             other => return Err(other.unexpected().into()),
         }
     }
-    if opts.xz.dict < 4096 {
-        return Err("--xz-dict must be at least 4096 bytes".into());
+    match (device_ram, xz_dict) {
+        (Some(_), Some(_)) => return Err("give --device-ram or --xz-dict, not both".into()),
+        (Some(ram), None) => {
+            opts.dict = dict_for_ram(ram).ok_or_else(|| {
+                format!(
+                    "--device-ram {ram} leaves no room for an xz window: the apply engine alone needs about {}",
+                    human(ENGINE_RSS)
+                )
+            })?
+        }
+        (None, Some(d)) => {
+            if !(4096..=48 << 20).contains(&d) {
+                return Err(
+                    "--xz-dict must be 4096 bytes to 48 MiB (devices refuse windows above 64 MiB)"
+                        .into(),
+                );
+            }
+            opts.dict = xzfmt::encodable_dict(d as u32);
+        }
+        (None, None) => {}
     }
     let repo = Repo::open(&repo.ok_or("delta needs --repo DIR")?)?;
     let to = repo.resolve(&to.ok_or("delta needs --to REV")?)?;
@@ -622,9 +1035,13 @@ pub fn run(args: &mut lexopt::Parser) -> Result<(), Box<dyn std::error::Error>> 
         return Err("delta needs --from REV, --from-last K or --scratch".into());
     }
     froms.dedup();
+    let generator = Generator::new(&repo, opts);
     for from in froms {
-        let s = generate(&repo, from, to, &opts)?;
+        let s = generator.generate(from, to)?;
         eprintln!("{}", s.line());
+        if stats {
+            eprint!("{}", s.kinds_table());
+        }
         println!("{}", s.dir);
     }
     Ok(())
@@ -644,5 +1061,44 @@ mod tests {
         assert_eq!(order_key("/etc/.profile").0, "");
         assert_eq!(dirname("/a/b"), "/a");
         assert_eq!(basename("/a/b"), "b");
+    }
+
+    /// The default device budget gives a window that, with the engine's
+    /// measured footprint, stays within 8 MiB; bigger budgets give bigger
+    /// windows; budgets below the engine's own need are refused.
+    #[test]
+    fn device_ram_sets_the_window() {
+        let d = dict_for_ram(DEFAULT_DEVICE_RAM).unwrap();
+        assert_eq!(d, 2 << 20);
+        assert!(ENGINE_RSS + u64::from(d) <= 8 << 20);
+        assert_eq!(dict_for_ram(12 << 20), Some(6 << 20));
+        assert_eq!(dict_for_ram(16 << 20), Some(8 << 20));
+        assert_eq!(dict_for_ram(32 << 20), Some(24 << 20));
+        assert_eq!(dict_for_ram(1 << 30), Some(48 << 20));
+        assert_eq!(dict_for_ram(6 << 20), None);
+    }
+
+    /// Sizes take K/M/G suffixes; garbage is refused.
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("2k"), Ok(2048));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+
+    /// Results come back in input order whatever the thread count.
+    #[test]
+    fn parallel_map_keeps_order() {
+        let v: Vec<u32> = (0..100).collect();
+        for jobs in [1, 2, 7] {
+            let want: Vec<u32> = (0..100).map(|x| x * 2).collect();
+            assert_eq!(parallel_map(&v, jobs, |x| x * 2), want);
+            assert_eq!(
+                parallel_map_by(&v, jobs, |x| u64::from(x % 7), |x| x * 2),
+                want
+            );
+        }
     }
 }

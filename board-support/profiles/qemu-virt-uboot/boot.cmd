@@ -1,0 +1,1 @@
+../../../bootloader-hooks/uboot/atomup-qemu-raw.cmd

@@ -1,0 +1,18 @@
+//! The saved fuzz inputs of `fuzz/corpus/health_record` (seeds and past finds) go
+//! through the entry point the cargo-fuzz target calls, on stable Rust,
+//! without panicking.
+
+#[test]
+fn health_record_corpus_replays() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/health_record");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz corpus directory") {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let ok = std::panic::catch_unwind(|| atomup_health::record::fuzz(&data)).is_ok();
+        assert!(ok, "health_record panicked on {}", path.display());
+        n += 1;
+    }
+    assert!(n > 0, "empty corpus {}", dir.display());
+}

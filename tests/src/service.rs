@@ -16,34 +16,54 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Size of each of the four incompressible files v2 replaces: the bulk of
-/// the v1 → v2 delta, one part each (parts hold at most 1 MiB here).
+/// Size of the incompressible file v2 replaces: the bulk of the v1 → v2
+/// delta, one part (parts hold at most 1 MiB here).
 pub const BLOB: usize = 600 * 1024;
-pub const BLOBS: usize = 4;
 
-/// v1, v2 (four new incompressible files of [`BLOB`] bytes, one delta part
-/// each) and v3 (a small change from v2), signed deltas scratch→v1, v1→v2,
-/// v2→v3; release 2 published. `World::v2` is v2; v3's commit is returned
-/// beside it.
+/// v1, v2 (one new incompressible file of [`BLOB`] bytes) and v3 (a small
+/// change from v2), signed deltas scratch→v1, v1→v2, v2→v3; release 2
+/// published. `World::v2` is v2; v3's commit is returned beside it.
 pub fn big_world(name: &str) -> (World, String) {
+    world_with(name, 1, BLOB)
+}
+
+/// [`big_world`] with `blobs` files of `blob` incompressible bytes each
+/// replaced from v1 to v2 (one delta part each when `blob` ≤ 1 MiB).
+pub fn world_with(name: &str, blobs: usize, blob: usize) -> (World, String) {
     crate::require_tool("ostree");
     let dir = ScratchDir::new(name);
     let repo = Repo::init(dir.join("repo"), "archive");
     let t = TreeBuilder::new(dir.join("tree"));
     t.file("etc/os-release", b"VERSION_ID=1\n", 0o644)
         .file("usr/bin/app", &pseudo_bytes(1, 200_000, false), 0o755)
-        .file("usr/share/blob", &pseudo_bytes(11, BLOB, false), 0o644)
         .file(
             "usr/bin/setuid-tool",
             &pseudo_bytes(2, 20_000, false),
             0o4755,
         );
+    let blob_name = |i: usize| {
+        if i == 0 {
+            "usr/share/blob".to_owned()
+        } else {
+            format!("usr/share/blob{i}")
+        }
+    };
+    for i in 0..blobs {
+        t.file(
+            &blob_name(i),
+            &pseudo_bytes(11 + 100 * i as u64, blob, false),
+            0o644,
+        );
+    }
     let v1 = repo.commit(&t.root, "v1");
-    t.file("etc/os-release", b"VERSION_ID=2\n", 0o644).file(
-        "usr/share/blob",
-        &pseudo_bytes(12, BLOB, false),
-        0o644,
-    );
+    t.file("etc/os-release", b"VERSION_ID=2\n", 0o644);
+    for i in 0..blobs {
+        t.file(
+            &blob_name(i),
+            &pseudo_bytes(12 + 100 * i as u64, blob, false),
+            0o644,
+        );
+    }
     let v2 = repo.commit(&t.root, "v2");
     t.file("etc/os-release", b"VERSION_ID=3\n", 0o644).file(
         "usr/bin/v3-tool",
@@ -218,7 +238,13 @@ pub struct Agent {
 
 impl Agent {
     pub fn spawn(args: &[std::ffi::OsString]) -> Agent {
-        let mut child = Command::new(crate::workspace_bin("atomup"))
+        Agent::spawn_bin(&crate::workspace_bin("atomup"), args)
+    }
+
+    /// [`Agent::spawn`] of another build of the agent (the benchmark's
+    /// static release build).
+    pub fn spawn_bin(bin: &Path, args: &[std::ffi::OsString]) -> Agent {
+        let mut child = Command::new(bin)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

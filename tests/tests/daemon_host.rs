@@ -5,11 +5,11 @@
 //! and the next start completes the update (resuming the download with a
 //! Range request); SIGHUP picks up a new channel.
 
-use atomup_tests::device::{env_args, provision, release, T0};
+use atomup_tests::device::{atomup_bounded, env_args, provision, release, text, T0};
 use atomup_tests::ostree_fixture::{assert_same_tree, atomup, tree_digest};
 use atomup_tests::service::{
     agent_args, big_world, cache_entries, delta_bytes, env_line, partial_bytes, reboots, serve,
-    shared_big_world, Agent, Conf,
+    shared_big_world, Agent, Conf, ReportSink,
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -200,4 +200,77 @@ fn sighup_picks_up_a_new_channel() {
         env_line(&d),
         "ATOMUP_ORDER=B A;ATOMUP_TRIAL=B;ATOMUP_LEFT=3"
     );
+}
+
+/// Reports reach a test HTTP endpoint with the documented schema (README of
+/// atomup-report); while the endpoint is down they queue in the state
+/// directory, and once it is back they are delivered in the order made.
+/// Regression: with a report URL set, `mark-good` hung (60 s, then failed):
+/// its confirmation report loaded the env again while the confirmation
+/// still held the env's lock.
+#[test]
+fn reports_queue_while_the_endpoint_is_down_and_arrive_in_order() {
+    let (w, _) = shared_big_world();
+    let d = provision(w, "reports");
+    let nginx = serve(w, &d.root);
+    let sink = ReportSink::start(false);
+    let conf = Conf::new(w, &d, &nginx.url())
+        .server("report_url", &format!("{:?}", sink.url()))
+        .write();
+    let out = atomup_bounded(agent_args(&d, "update", "A", &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(sink.received().is_empty());
+    let queued = || std::fs::read_dir(d.state.join("reports")).unwrap().count();
+    assert!(queued() >= 1, "the installed report was not queued");
+
+    // B boots on trial and is confirmed: a second report, queued behind the first.
+    let mut good = vec!["--config-dir".into(), conf.clone().into_os_string()];
+    good.extend(env_args(&d, &["mark-good", "--booted-slot", "B"]));
+    let ok = atomup_bounded(good);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(sink.received().is_empty());
+
+    sink.set_up(true);
+    let out = atomup_bounded(agent_args(&d, "update", "B", &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    let got = sink.received();
+    assert_eq!(got.len(), 2, "{got:#?}\n{}", text(&out));
+    let docs: Vec<serde_json::Value> = got
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    let events: Vec<&str> = docs.iter().map(|d| d["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["installed", "confirmed"]);
+    for doc in &docs {
+        assert_eq!(doc["schema"], 1, "{doc}");
+        let id = doc["device_id"].as_str().unwrap();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{doc}"
+        );
+        assert_eq!(doc["channel"], "stable", "{doc}");
+        for key in [
+            "at",
+            "agent_version",
+            "board",
+            "booted_slot",
+            "commit",
+            "version",
+            "pending_version",
+            "last_error",
+            "rollbacks",
+            "budget",
+            "reports_dropped",
+        ] {
+            assert!(doc.get(key).is_some(), "{key} missing: {doc}");
+        }
+    }
+    // Installed: booted A runs v1, v2 pending; confirmed: B runs v2.
+    assert_eq!(docs[0]["booted_slot"], "A");
+    assert_eq!(docs[0]["version"], 1);
+    assert_eq!(docs[0]["pending_version"], 2);
+    assert_eq!(docs[1]["booted_slot"], "B");
+    assert_eq!(docs[1]["version"], 2);
+    assert_eq!(docs[1]["commit"], w.v2.as_str());
+    assert_eq!(queued(), 0);
 }

@@ -13,7 +13,7 @@ use crate::bootopts::BootOpts;
 use crate::error::Result;
 use atomup_config::Config;
 use atomup_fetch::Fetcher;
-use atomup_policy::Slot;
+use atomup_policy::{BootState, Slot};
 use atomup_report::document::{device_id, Budget, Event, Report, Rollback};
 use atomup_report::queue::Queue;
 
@@ -30,16 +30,30 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The report of `event` from what the device records now.
-pub fn make(cfg: &Config, boot: &BootOpts, event: Event, last_error: Option<String>) -> Report {
+/// The report of `event` from what the device records now. `env` is the
+/// A/B state when the caller holds the env (a slot command in the middle of
+/// its transition: loading it again would wait for the caller's own lock);
+/// `None` loads it.
+pub fn make(
+    cfg: &Config,
+    boot: &BootOpts,
+    event: Event,
+    last_error: Option<String>,
+    env: Option<&BootState>,
+) -> Report {
     let sd = boot.state();
     let booted = boot.booted().ok().and_then(|b| b.slot);
     let record = |s: Slot| sd.slot_record(s).ok().flatten().unwrap_or_default();
     let running = booted.map(record).unwrap_or_default();
     // Installed in the other slot and first in the boot order, on trial.
     let pending_version = booted.and_then(|b| {
-        let mut bl = boot.open_env(boot.board().ok().flatten().as_ref()).ok()?;
-        let state = atomup_bootctl::load(bl.as_mut()).ok()?.state().ok()?;
+        let state = match env {
+            Some(s) => s.clone(),
+            None => {
+                let mut bl = boot.open_env(boot.board().ok().flatten().as_ref()).ok()?;
+                atomup_bootctl::read(bl.as_mut()).ok()?.state().ok()?
+            }
+        };
         (state.trial == Some(!b) && state.order.first() == Some(&!b))
             .then(|| record(!b).version())
             .flatten()
@@ -87,12 +101,19 @@ pub fn make(cfg: &Config, boot: &BootOpts, event: Event, last_error: Option<Stri
     }
 }
 
-/// Queues the report of `event` when a report URL is configured.
-pub fn record(cfg: &Config, boot: &BootOpts, event: Event, last_error: Option<String>) {
+/// Queues the report of `event` when a report URL is configured (`env`: see
+/// [`make`]).
+pub fn record(
+    cfg: &Config,
+    boot: &BootOpts,
+    event: Event,
+    last_error: Option<String>,
+    env: Option<&BootState>,
+) {
     if cfg.report_url.is_none() {
         return;
     }
-    let json = make(cfg, boot, event, last_error).to_json();
+    let json = make(cfg, boot, event, last_error, env).to_json();
     match queue(cfg).push(&json) {
         Ok(0) => {}
         Ok(n) => log::warn!("report queue full: dropped the {n} oldest report(s)"),
@@ -101,10 +122,11 @@ pub fn record(cfg: &Config, boot: &BootOpts, event: Event, last_error: Option<St
 }
 
 /// Queues from the slot commands (`mark-good`, `mark-bad`, `health`), which
-/// run on the configuration's files alone.
-pub fn record_for(boot: &BootOpts, event: Event, last_error: Option<String>) {
+/// run on the configuration's files alone, in the middle of a transition:
+/// `env` is the A/B state it stored (the env stays locked until it returns).
+pub fn record_for(boot: &BootOpts, event: Event, last_error: Option<String>, env: &BootState) {
     if let Some(loaded) = crate::settings::base() {
-        record(&loaded.config, boot, event, last_error);
+        record(&loaded.config, boot, event, last_error, Some(env));
     }
 }
 

@@ -256,6 +256,7 @@ pub fn mark_bad(boot: &BootOpts, bl: &mut dyn Bootloader, reason: Option<&str>) 
             boot,
             Event::RolledBack,
             Some(format!("slot {slot} failed on its trial boot")),
+            &next,
         );
     }
     Ok(())
@@ -306,7 +307,7 @@ pub fn confirm(
             "rollback detected: slot {failed} ran out of attempts, slot {slot} booted; recorded"
         );
         println!("{}", rolled_back_line(&r));
-        crate::reports::record_for(boot, Event::RolledBack, r.reason.clone());
+        crate::reports::record_for(boot, Event::RolledBack, r.reason.clone(), &write);
         state = write;
         fell_back = true;
     }
@@ -319,7 +320,7 @@ pub fn confirm(
         Some(next) => {
             store_state(bl, snap, &next)?;
             println!("slot {slot} confirmed good ({next})");
-            crate::reports::record_for(boot, Event::Confirmed, None);
+            crate::reports::record_for(boot, Event::Confirmed, None, &next);
         }
         None => println!("slot {slot} is confirmed (not on trial): nothing to write"),
     }

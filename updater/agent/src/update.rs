@@ -192,7 +192,7 @@ pub fn after_poll(o: &Opts, cfg: &Config, result: &Result<Outcome>, rep: &mut Re
     match result {
         Ok(Outcome::Installed { .. }) => {
             rep.done();
-            reports::record(cfg, &o.boot, Event::Installed, None);
+            reports::record(cfg, &o.boot, Event::Installed, None, None);
         }
         Ok(_) => rep.done(),
         Err(e) if is_cancelled(e.as_ref()) => rep.done(),
@@ -200,7 +200,7 @@ pub fn after_poll(o: &Opts, cfg: &Config, result: &Result<Outcome>, rep: &mut Re
             let text = crate::error::one_line(e.as_ref());
             rep.failed(&text);
             if !o.check {
-                reports::record(cfg, &o.boot, Event::Failed, Some(text));
+                reports::record(cfg, &o.boot, Event::Failed, Some(text), None);
             }
         }
     }
@@ -384,7 +384,10 @@ pub fn poll(
     rep.phase(Phase::Checking, None);
     let fetched = fetcher.fetch_small(&release_path(channel, board), RELEASE_CAP);
     if !o.check {
+        // Written now: a poll that goes no further (up to date, refused)
+        // still used the link, and the month's record must say so.
         meter.charge(fetcher.received())?;
+        meter.flush()?;
     }
     let bytes = fetched?;
     let verified = verify_signed(&bytes, &trust)?;

@@ -2,7 +2,9 @@
 //! board — the one small file devices poll. It indexes every delta in the
 //! repository that leads to the released commit (with sizes and digests, so a
 //! device can cap and check each download), adds the rollout plan, refuses to
-//! go backwards in version, and signs the canonical bytes.
+//! go backwards in version, and signs the canonical bytes. It warns about
+//! any indexed delta whose xz window needs more RAM than the board's budget
+//! (`--device-ram`): devices would run out of memory applying it.
 
 use crate::repo::Repo;
 use atomup_ostree::delta::{Superblock, SuperblockFile};
@@ -30,6 +32,7 @@ struct Args {
     min_from_version: u64,
     waves: Vec<(String, String)>,
     force_version: bool,
+    device_ram: u64,
 }
 
 fn parse(args: &mut lexopt::Parser) -> Result<Args> {
@@ -49,6 +52,7 @@ fn parse(args: &mut lexopt::Parser) -> Result<Args> {
         min_from_version: 0,
         waves: Vec::new(),
         force_version: false,
+        device_ram: crate::deltagen::DEFAULT_DEVICE_RAM,
     };
     while let Some(arg) = args.next()? {
         match arg {
@@ -68,6 +72,9 @@ fn parse(args: &mut lexopt::Parser) -> Result<Args> {
                 a.waves.push((start.to_owned(), share.to_owned()));
             }
             Long("force-version") => a.force_version = true,
+            Long("device-ram") => {
+                a.device_ram = crate::deltagen::parse_size(&args.value()?.string()?)?
+            }
             Long("help") | Short('h') => {
                 print!("{HELP}");
                 std::process::exit(0);
@@ -96,6 +103,8 @@ delta in the repository that leads to it.
   --wave START:PERCENT      rollout wave (repeatable): START is unix seconds, or +SECONDS
                             after the timestamp; PERCENT of the fleet (e.g. 1, 12.5, 100)
   --force-version           allow a version not above the published one (re-sign, fix)
+  --device-ram BYTES        the board's RAM budget for applying a delta (default 8M, as
+                            `delta --device-ram`): a delta needing more is warned about
 ";
 
 pub fn run(args: &mut lexopt::Parser) -> Result {
@@ -138,6 +147,19 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
             repo.root().display()
         )
         .into());
+    }
+    for d in &deltas {
+        let need = apply_ram(&repo.root().join(&d.path))?;
+        if need > a.device_ram {
+            eprintln!(
+                "warning: delta {} needs about {} KiB of device RAM to apply (the engine's {} KiB plus its xz window), over the board's budget of {} KiB (--device-ram): devices of this board may run out of memory; regenerate it with `atomup-publish delta --device-ram {}K`",
+                d.path,
+                need >> 10,
+                crate::deltagen::ENGINE_RSS >> 10,
+                a.device_ram >> 10,
+                a.device_ram >> 10
+            );
+        }
     }
     let release = Release {
         channel: a.channel.clone(),
@@ -326,4 +348,29 @@ fn index_one(root: &Path, superblock: &Path, to: &ObjectId, own: &Trust) -> Resu
         superblock_sha256: Sha256::digest(&bytes).into(),
         parts_size,
     }))
+}
+
+/// Device RAM to apply the delta in `dir`: the engine's own plus the largest
+/// xz window any of its parts declares (a decoder allocates the declared
+/// window whatever the part's size). Inline parts are in the superblock,
+/// which holds no xz stream of its own.
+fn apply_ram(dir: &Path) -> Result<u64> {
+    let bytes = fs::read(dir.join("superblock"))?;
+    let file = SuperblockFile::parse(&bytes)?;
+    let sb = Superblock::parse(file.unsigned)?;
+    let mut window = 0u32;
+    for i in 0..sb.parts.len() {
+        let p = dir.join(i.to_string());
+        let part = match sb.inline_part(i)? {
+            Some(inline) => inline.to_vec(),
+            None => fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?,
+        };
+        let (compression, payload) = atomup_ostree::delta::part_header(&part)?;
+        if compression == atomup_ostree::delta::Compression::Xz {
+            let needs = crate::deltagen::xzfmt::dict_need(payload)
+                .map_err(|e| format!("{}: not a readable xz stream ({e:?})", p.display()))?;
+            window = window.max(needs.max_dict);
+        }
+    }
+    Ok(crate::deltagen::ENGINE_RSS + u64::from(window))
 }

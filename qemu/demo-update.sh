@@ -125,6 +125,14 @@ make_tree() { # $1 = version, $2 = health exit status, $3 = "bad-init" for a rel
     fi
     printf 'slot.A = /dev/vda2\nslot.B = /dev/vda3\ndata = /dev/vda4\nwatchdog = /dev/watchdog\n' \
         >>"$t/etc/atomup/board.conf"
+    # The update agent as a service: the busybox init script the repository
+    # ships, the vendor's configuration in /usr/lib (one poll per boot is the
+    # device init's choice: the reboot command only leaves a marker for it).
+    mkdir -p "$t/etc/init.d" "$t/etc/default" "$t/usr/lib/atomup/config.d"
+    cp "$root/updater/agent/dist/sysvinit/S99zz-atomup" "$t/etc/init.d/S99zz-atomup"
+    printf 'LOG=/tmp/atomup.log\nRUN_DIR=/tmp/atomup\n' >"$t/etc/default/atomup"
+    printf '[server]\nurl = "http://10.0.2.2:%s"\nchannel = "stable"\n\n[trust]\nkeys_file = "/etc/atomup/trusted.pub"\n\n[device]\nstate_dir = "/var/lib/atomup"\nmachine_id = "/var/lib/atomup/machine-id"\n\n[reboot]\npolicy = "now"\ncommand = ["/bin/sh", "-c", ": >/tmp/atomup-reboot"]\n\n[health]\nserver_reachable = false\n' \
+        "$port" >"$t/usr/lib/atomup/config.d/50-demo.toml"
     echo "$1" >"$t/etc/atomup/version"
     echo "atomup-demo $1" >"$t/etc/atomup-image"
     mkdir -p "$t/etc/atomup/health.d/required.d"

@@ -1,7 +1,8 @@
 #!/bin/sh
 # /sbin/init of the demo product image (the root tree the vendor commits and
-# atomup updates). One boot = confirm or reject the running slot, then poll
-# the update server once; install → reboot into the new slot on trial.
+# atomup updates). One boot = confirm or reject the running slot, then run
+# the update service (atomup daemon) for one poll; install → reboot into the
+# new slot on trial.
 # Markers (`ATOMUP-DEMO: ...`) are what the host-side demo and tests match.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
@@ -60,24 +61,49 @@ ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default
 # opt/atomup/test.sh), sourced here, before the update: the Ctrl-C test
 # interrupts an update with it. Devices have none.
 hook=/sys/firmware/qemu_fw_cfg/by_name/opt/atomup/test.sh/raw
-if [ -r "$hook" ]; then cp "$hook" /tmp/test.sh; . /tmp/test.sh; fi
-
-# Board name, env location and the other slot's device come from
-# /etc/atomup/board.conf. The progress (and any error) goes to the console as
-# it happens, the result line to /tmp/update.log.
-if atomup --log-level info update --server "$SERVER" --channel "$CHANNEL" \
-    --trusted-keys /etc/atomup/trusted.pub --state-dir "$state" \
-    --machine-id "$state/machine-id" --from-root / \
-    >/tmp/update.log; then
-  cat /tmp/update.log
-  if grep -q "^installed version" /tmp/update.log; then
-    echo "ATOMUP-DEMO: installed, rebooting into the new slot"
-    finish; reboot -f
+if [ -r "$hook" ]; then
+  cp "$hook" /tmp/test.sh; . /tmp/test.sh
+  # The power-cut campaign times the update's phases on the console: with a
+  # test script the update runs once, in the foreground, its progress on the
+  # console (the same `atomup update` the service runs).
+  if atomup --log-level info update --server "$SERVER" --channel "$CHANNEL" \
+      --trusted-keys /etc/atomup/trusted.pub --state-dir "$state" \
+      --machine-id "$state/machine-id" --from-root / \
+      >/tmp/atomup.log; then
+    cat /tmp/atomup.log
+    if grep -q "^installed version" /tmp/atomup.log; then
+      echo "ATOMUP-DEMO: installed, rebooting into the new slot"
+      finish; reboot -f
+    fi
+  else
+    cat /tmp/atomup.log
+    echo "ATOMUP-DEMO: update failed"
   fi
-else
-  cat /tmp/update.log
-  echo "ATOMUP-DEMO: update failed"
+  echo "ATOMUP-DEMO: done on slot $slot version $(cat /etc/atomup/version)"
+  finish
+  poweroff -f
 fi
+
+# The update agent runs as a service, through the busybox init script the
+# image ships (/etc/init.d/S99zz-atomup; settings in /usr/lib/atomup/config.d,
+# board name, env location and the other slot's device in
+# /etc/atomup/board.conf). The health verdict above confirmed this boot.
+mkdir -p /tmp/atomup && : >/tmp/atomup/boot-complete
+/etc/init.d/S99zz-atomup start
+# One poll per boot in the demo: wait until the daemon asked for the reboot
+# (after an install) or says when it polls next, then stop the service.
+n=0
+while [ ! -e /tmp/atomup-reboot ] && ! grep -q "next poll in" /tmp/atomup.log 2>/dev/null; do
+  n=$((n + 1)); [ "$n" -lt 600 ] || break
+  sleep 1
+done
+/etc/init.d/S99zz-atomup stop
+cat /tmp/atomup.log
+if [ -e /tmp/atomup-reboot ]; then
+  echo "ATOMUP-DEMO: installed, rebooting into the new slot"
+  finish; reboot -f
+fi
+grep -q "^error" /tmp/atomup.log && echo "ATOMUP-DEMO: update failed"
 echo "ATOMUP-DEMO: done on slot $slot version $(cat /etc/atomup/version)"
 finish
 poweroff -f

@@ -342,7 +342,10 @@ pub fn poll(
     rep.phase(Phase::Checking, None);
     let fetched = fetcher.fetch_small(&release_path(&p.channel, &p.board), RELEASE_CAP);
     if !o.check {
+        // Written now: a poll that goes no further (up to date, refused)
+        // still used the link, and the month's record must say so.
         meter.charge(fetcher.received())?;
+        meter.flush()?;
     }
     let bytes = fetched?;
     let verified = verify_signed(&bytes, &p.trust)?;
@@ -710,6 +713,11 @@ pub fn execute(
     })?;
     // Said here, not in the writer: with `--json` stdout holds only events.
     rep.say(&etc_line);
+    // A stop asked for during the apply holds after it too: the slot stays
+    // out of the boot order (the same state a cut during the apply leaves).
+    if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+        stop_during_apply(rep, target, mounted.as_ref().map(|m| m.dir.as_path()));
+    }
     if let Some(m) = mounted {
         m.unmount()?;
     }

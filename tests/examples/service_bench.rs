@@ -1,0 +1,191 @@
+//! Benchmark of the agent as a service (run by `bench/service.sh`, not a
+//! test: it prints figures and asserts only that the runs it measures
+//! completed). With a given agent build (`--agent`, the device's own static
+//! musl release build) against nginx on loopback, an 8 MiB delta in 8 parts:
+//!
+//! - wire efficiency (bytes the client received through the counting proxy,
+//!   headers and release metadata included / delta bytes): a clean link; a
+//!   link cut every 256 KiB; 10 kill -9 of the agent in the middle of the
+//!   download, each followed by a restart (bandwidth capped so the kills land
+//!   in the download);
+//! - peak RSS of a whole update (GNU time's maximum resident set size);
+//! - the idle daemon: VmHWM (peak) and VmRSS once its poll found nothing to do.
+
+use atomup_tests::device::{env_args, provision, Device, World};
+use atomup_tests::nginx::{Faults, FlakyProxy, Nginx};
+use atomup_tests::ostree_fixture::atomup;
+use atomup_tests::service::{agent_args, delta_bytes, partial_bytes, world_with, Agent, Conf};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BLOBS: usize = 8;
+const BLOB: usize = 1 << 20;
+
+fn arg(name: &str) -> Option<String> {
+    let mut it = std::env::args();
+    while let Some(a) = it.next() {
+        if a == name {
+            return it.next();
+        }
+    }
+    None
+}
+
+/// `update` with `bin`, under GNU time: (success, max RSS in KiB, output).
+fn timed_update(bin: &Path, d: &Device) -> (bool, u64, String) {
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "maxrss_kib=%M"])
+        .arg(bin)
+        .args(agent_args(d, "update", "A", &[]))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let rss = err
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let text = format!("{}{err}", String::from_utf8_lossy(&out.stdout));
+    (out.status.success(), rss, text)
+}
+
+fn device(w: &World, name: &str, server: &str, link: &str) -> Device {
+    let d = provision(w, name);
+    Conf::new(w, &d, server).with(link).write();
+    d
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let bin = PathBuf::from(arg("--agent").expect("--agent PATH (the device build of atomup)"));
+    let (w, _) = world_with("service-bench", BLOBS, BLOB);
+    let delta = delta_bytes(&w, &w.v1, &w.v2);
+    let nginx = Nginx::serve(&w.repo.path, &w.dir.join("bench-nginx"));
+    println!(
+        "agent: {} ({} bytes)",
+        bin.display(),
+        std::fs::metadata(&bin).unwrap().len()
+    );
+    println!("delta v1 -> v2: {delta} bytes ({BLOBS} parts of about {BLOB} bytes)");
+    let ratio = |wire: u64| wire as f64 / delta as f64;
+
+    // 1. A clean link: the baseline, and the whole update's peak RSS.
+    let proxy = FlakyProxy::with_faults(nginx.port, Faults::default());
+    let d = device(&w, "clean", &proxy.url(), "");
+    let (ok, rss, text) = timed_update(&bin, &d);
+    assert!(ok, "{text}");
+    println!(
+        "clean link:            {:>9} bytes on the wire, ratio {:.4}, {} connections; update peak RSS {rss} KiB",
+        proxy.forwarded(),
+        ratio(proxy.forwarded()),
+        proxy.connections()
+    );
+
+    // 2. A disconnect every 256 KiB.
+    let proxy = FlakyProxy::with_faults(
+        nginx.port,
+        Faults {
+            cut_after: Some(256 * 1024),
+            ..Faults::default()
+        },
+    );
+    let d = device(&w, "cut256", &proxy.url(), "[link]\nretries = 100\n");
+    let (ok, rss, text) = timed_update(&bin, &d);
+    assert!(ok, "{text}");
+    println!(
+        "cut every 256 KiB:     {:>9} bytes on the wire, ratio {:.4}, {} connections; update peak RSS {rss} KiB",
+        proxy.forwarded(),
+        ratio(proxy.forwarded()),
+        proxy.connections()
+    );
+
+    // 3. 10 kill -9 in the middle of the download, each restarted.
+    let proxy = FlakyProxy::with_faults(nginx.port, Faults::default());
+    let d = device(&w, "kill9", &proxy.url(), "[link]\nbandwidth = \"2MiB\"\n");
+    let step = delta / 11;
+    kill_ten_times(&bin, &d, step);
+    let (ok, _, text) = timed_update(&bin, &d);
+    assert!(ok, "{text}");
+    println!(
+        "10 kill -9 + restarts: {:>9} bytes on the wire, ratio {:.4}, {} connections",
+        proxy.forwarded(),
+        ratio(proxy.forwarded()),
+        proxy.connections()
+    );
+
+    // 3b. The same 10 kills on a link whose bottleneck is the link itself
+    //     (the proxy forwards 160 KiB/s), not the agent's own cap: what is in
+    //     flight at a kill is what a real slow link holds, not a loopback
+    //     socket buffer filled faster than the capped agent reads it.
+    let proxy = FlakyProxy::with_faults(
+        nginx.port,
+        Faults {
+            trickle: Some(160 * 1024),
+            ..Faults::default()
+        },
+    );
+    let d = device(&w, "kill9-link", &proxy.url(), "");
+    kill_ten_times(&bin, &d, step);
+    let (ok, _, text) = timed_update(&bin, &d);
+    assert!(ok, "{text}");
+    println!(
+        "10 kill -9, slow link:  {:>9} bytes on the wire, ratio {:.4}, {} connections",
+        proxy.forwarded(),
+        ratio(proxy.forwarded()),
+        proxy.connections()
+    );
+
+    // 4. The idle daemon: the device of 1 booted into B and confirmed, its
+    //    poll finds v2 installed; then it sleeps until the next poll.
+    let d = device(&w, "idle", &nginx.url(), "");
+    let (ok, _, text) = timed_update(&bin, &d);
+    assert!(ok, "{text}");
+    let good = atomup(env_args(&d, &["mark-good", "--booted-slot", "B"]));
+    assert!(good.status.success());
+    let a = Agent::spawn_bin(&bin, &agent_args(&d, "daemon", "B", &[]));
+    a.wait_for("next poll in", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(200));
+    let (hwm, rss) = (status_kib(a.pid(), "VmHWM:"), status_kib(a.pid(), "VmRSS:"));
+    assert!(a.output().contains("up to date"), "{}", a.output());
+    println!(
+        "idle daemon (after an up-to-date poll): peak RSS (VmHWM) {hwm} KiB, RSS now {rss} KiB"
+    );
+    a.signal("TERM");
+}
+
+/// Runs the agent and kills it (-9) each time the download passed the next
+/// multiple of `step` bytes, ten times.
+fn kill_ten_times(bin: &Path, d: &Device, step: u64) {
+    for k in 1..=10u64 {
+        let a = Agent::spawn_bin(bin, &agent_args(d, "update", "A", &[]));
+        let start = Instant::now();
+        while partial_bytes(d) + complete_parts(d) < k * step {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "no progress: {}",
+                a.output()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        a.signal("KILL");
+        drop(a);
+    }
+}
+
+/// Bytes of finished downloads in the cache (parts done in earlier runs).
+fn complete_parts(d: &Device) -> u64 {
+    atomup_tests::service::cache_entries(d)
+        .iter()
+        .filter(|(n, _)| !n.ends_with(".partial"))
+        .map(|(_, l)| l)
+        .sum()
+}

@@ -260,7 +260,11 @@ stick_pull_run() {
         done
         echo "qmp: no reply to $1"; return 1
     }
-    fail() { echo "FAILED: $1"; kill "$vm" 2>/dev/null; wait "$vm" 2>/dev/null; tail -n 60 "$work/stick.log"; exit 1; }
+    fail() { # run-vm's child is `timeout`, which passes the TERM on to QEMU
+        echo "FAILED: $1"
+        pkill -TERM -P "$vm" 2>/dev/null; kill "$vm" 2>/dev/null; wait "$vm" 2>/dev/null
+        tail -n 60 "$work/stick.log"; exit 1
+    }
     wait_log 'installing version 2 from' 120 || fail "the device never started installing from the stick"
     # Read-write opens: a FIFO opened so never blocks, even if QEMU is gone.
     exec 7<>"$work/qmp.in" 8<>"$work/qmp.out"

@@ -14,11 +14,24 @@
 #            (init exits: kernel panic); the device installs it into A, the
 #            bootloader spends A's attempts, falls back to B, and the device
 #            records the rollback and never retries v4
+# With --stick, phase 1 comes from a USB stick instead (issue 16): the vendor's
+# `atomup-publish bundle` is copied onto a FAT image attached as a second virtio
+# disk (no network at all); the device's init runs dist/stick/atomup-stick on it,
+# which installs v2 into slot B and appends its result to the stick's log; the
+# device reboots into B on trial, confirms, and the stick's second pass finds v2
+# up to date. The host then reads the log back with mtype. Phases 2 and 3 are
+# not run then. --stick-pull adds a stick pulled mid-install: v2 carries 4 MiB
+# more, the stick reads at 256 KiB/s, and QMP device_del removes it while the
+# device copies the delta off it; the device must fail cleanly (env and slot B
+# untouched, nothing logged), and after device_add (a second insertion) the
+# install completes as above.
 # Every step is checked; exits non-zero with the console log tail on failure.
 #
-# Usage: qemu/demo-update.sh [--grub] [--work DIR] [--bin-dir DIR] [--device-bin FILE] [--timeout SECS]
+# Usage: qemu/demo-update.sh [--grub] [--stick] [--work DIR] [--bin-dir DIR] [--device-bin FILE] [--timeout SECS]
 #   --grub             the GRUB/EFI board (AAVMF + GRUB + the sealed grubenv pair on the
 #                      ESP) instead of the U-Boot one
+#   --stick            phase 1 from a FAT USB stick (a bundle, no network), then stop
+#   --stick-pull       the same, with the stick pulled mid-install and inserted again
 #   --work DIR         scratch directory (default target/demo, target/demo-grub), emptied first
 #   --bin-dir DIR      host binaries atomup + atomup-publish (default: built with --release)
 #   --device-bin FILE  static aarch64 atomup (default: built by scripts/build-device.sh)
@@ -26,10 +39,12 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-work= bin_dir= device_bin= timeout=300 bootloader=uboot
+work= bin_dir= device_bin= timeout=300 bootloader=uboot stick=0 pull=0
 while [ $# -gt 0 ]; do
     case $1 in
         --grub) bootloader=grub; shift;;
+        --stick) stick=1; shift;;
+        --stick-pull) stick=1 pull=1; shift;;
         --work) work=$2; shift 2;;
         --bin-dir) bin_dir=$2; shift 2;;
         --device-bin) device_bin=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift 2;;
@@ -39,10 +54,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+suffix=; [ "$stick" = 0 ] || suffix=-stick
 if [ "$bootloader" = grub ]; then
-    loader_name=GRUB work=${work:-$root/target/demo-grub}
+    loader_name=GRUB work=${work:-$root/target/demo-grub$suffix}
 else
-    loader_name=U-Boot work=${work:-$root/target/demo}
+    loader_name=U-Boot work=${work:-$root/target/demo$suffix}
 fi
 t0=$(date +%s)
 
@@ -108,7 +124,8 @@ done
 echo "server: nginx on 127.0.0.1:$port serving $repo"
 
 say "vendor: product trees v1 (good), v2 (good), v3 (fails its health check)"
-"$here/build-image.sh" --rootfs-out "$work/base" --init "$here/guest/device-init.sh" --guest-bin "$device_bin"
+"$here/build-image.sh" --rootfs-out "$work/base" --init "$here/guest/device-init.sh" --guest-bin "$device_bin" \
+    --guest-bin "$root/updater/agent/dist/stick/atomup-stick"
 "$publish" keygen --secret-out "$work/vendor.secret" --public-out "$work/vendor.pub" >/dev/null
 make_tree() { # $1 = version, $2 = health exit status, $3 = "bad-init" for a release that never boots
     local t=$work/tree-v$1
@@ -133,6 +150,19 @@ make_tree() { # $1 = version, $2 = health exit status, $3 = "bad-init" for a rel
     printf 'LOG=/tmp/atomup.log\nRUN_DIR=/tmp/atomup\n' >"$t/etc/default/atomup"
     printf '[server]\nurl = "http://10.0.2.2:%s"\nchannel = "stable"\n\n[trust]\nkeys_file = "/etc/atomup/trusted.pub"\n\n[device]\nstate_dir = "/var/lib/atomup"\nmachine_id = "/var/lib/atomup/machine-id"\n\n[reboot]\npolicy = "now"\ncommand = ["/bin/sh", "-c", ": >/tmp/atomup-reboot"]\n\n[health]\nserver_reachable = false\n' \
         "$port" >"$t/usr/lib/atomup/config.d/50-demo.toml"
+    if [ "$stick" = 1 ]; then
+        # What atomup-stick's `atomup install` reads: the channel, where the
+        # device id is (the log's device=); the rest are the defaults.
+        echo "STICK=/dev/vdb" >>"$t/etc/atomup/device.conf"
+        if [ "$pull" = 1 ]; then
+            echo "STICK_REINSERT=1" >>"$t/etc/atomup/device.conf"
+            # Incompressible: the delta's part is 4 MiB, 16 s at the stick's 256 KiB/s.
+            [ "$1" != 2 ] || head -c 4194304 /dev/urandom >"$t/usr/share/demo/payload-v2.bin"
+        fi
+        mkdir -p "$t/usr/lib/atomup/config.d"
+        printf '[server]\nurl = "http://10.0.2.2:%s"\nchannel = "stable"\n[device]\nmachine_id = "/var/lib/atomup/machine-id"\n' \
+            "$port" >"$t/usr/lib/atomup/config.d/00-demo.toml"
+    fi
     echo "$1" >"$t/etc/atomup/version"
     echo "atomup-demo $1" >"$t/etc/atomup-image"
     mkdir -p "$t/etc/atomup/health.d/required.d"
@@ -195,9 +225,9 @@ env_cmd init --order A
 run_vm() { # $1 = log name
     local start rc=0
     start=$(date +%s)
-    "$here/run-vm.sh" --dir "$work/img" --net --watchdog --log "$work/$1.log" --timeout "$timeout" || rc=$?
+    "$here/run-vm.sh" --dir "$work/img" $vm_extra --watchdog --log "$work/$1.log" --timeout "$timeout" || rc=$?
     echo "VM run '$1': exit $rc after $(($(date +%s) - start)) s"
-    grep -a "ATOMUP-DEMO\|^installed\|^error\| -> \|ATOMUP-UBOOT: boot \|ATOMUP-GRUB: boot \|rollback\|confirmed\|^health" "$work/$1.log" || true
+    grep -a "ATOMUP-DEMO\|^skipping\|^installing\|^installed\|^error\| -> \|ATOMUP-UBOOT: boot \|ATOMUP-GRUB: boot \|rollback\|confirmed\|^health" "$work/$1.log" || true
     [ "$rc" = 0 ] || { tail -n 40 "$work/$1.log"; exit 1; }
 }
 expect() { # $1 = log, $2 = regex, $3 = what it proves
@@ -209,6 +239,110 @@ env_is() { # $1 = expected `env show` output (one line, ; separated)
     got=$(env_cmd show | paste -sd';')
     [ "$got" = "$1" ] && echo "ok: env is $got" || { echo "FAILED: env is $got, want $1"; exit 1; }
 }
+
+# The VM of --stick-pull, driven through QMP: device_del of the stick once the
+# device copies the delta off it, device_add once the device waits for it.
+stick_pull_run() {
+    local start rc=0 vm line
+    start=$(date +%s)
+    "$here/run-vm.sh" --dir "$work/img" $vm_extra --stick-bps 262144 --qmp "$work/qmp" \
+        --watchdog --log "$work/stick.log" --timeout "$timeout" &
+    vm=$!
+    wait_log() { # $1 = regex, $2 = seconds: until the console has it (the VM running)
+        local i
+        for i in $(seq $(($2 * 10))); do
+            grep -aqE "$1" "$work/stick.log" 2>/dev/null && return 0
+            kill -0 "$vm" 2>/dev/null || return 1
+            sleep 0.1
+        done
+        return 1
+    }
+    qmp() { # $1 = command (JSON): its reply, 0 on "return"
+        printf '%s\n' "$1" >&7
+        while IFS= read -r -t 20 line <&8; do
+            echo "$line" >>"$work/qmp.log"
+            case $line in
+                *'"return"'*) return 0;;
+                *'"error"'*) echo "qmp: $1: $line"; return 1;;
+            esac
+        done
+        echo "qmp: no reply to $1"; return 1
+    }
+    fail() { # run-vm's child is `timeout`, which passes the TERM on to QEMU
+        echo "FAILED: $1"
+        pkill -TERM -P "$vm" 2>/dev/null; kill "$vm" 2>/dev/null; wait "$vm" 2>/dev/null
+        tail -n 60 "$work/stick.log"; exit 1
+    }
+    wait_log 'installing version 2 from' 120 || fail "the device never started installing from the stick"
+    # Read-write opens: a FIFO opened so never blocks, even if QEMU is gone.
+    exec 7<>"$work/qmp.in" 8<>"$work/qmp.out"
+    qmp '{"execute":"qmp_capabilities"}' || fail "QMP"
+    qmp '{"execute":"device_del","arguments":{"id":"stick"}}' || fail "device_del"
+    echo "stick pulled (device_del) $(($(date +%s) - start)) s after power-on"
+    wait_log 'ATOMUP-DEMO: waiting for the stick' 90 || fail "the device did not notice the stick was gone"
+    # QEMU finishes the unplug once the guest powered the slot off; until then the id is taken.
+    for i in $(seq 50); do
+        qmp '{"execute":"device_add","arguments":{"driver":"virtio-blk-pci","drive":"stickdrive","id":"stick","bus":"stickport"}}' \
+            >/dev/null && break
+        [ "$i" != 50 ] || fail "device_add"
+        sleep 0.2
+    done
+    echo "stick inserted again (device_add) $(($(date +%s) - start)) s after power-on"
+    wait "$vm" || rc=$?
+    exec 7>&- 8<&-
+    echo "VM run 'stick': exit $rc after $(($(date +%s) - start)) s"
+    grep -a "ATOMUP-DEMO\|^skipping\|^installing\|^installed\|^error\| -> \|ATOMUP-UBOOT: boot \|confirmed\|^health" "$work/stick.log" || true
+    [ "$rc" = 0 ] || { tail -n 40 "$work/stick.log"; exit 1; }
+    expect stick 'ATOMUP-DEMO: stick /dev/vdb done: exit [1-9]' "the install from the pulled stick failed"
+    expect stick '^error: the result was not logged' "nothing was logged on the pulled stick"
+    expect stick 'ATOMUP-DEMO: env after the failed install: ATOMUP_ORDER=A;ATOMUP_TRIAL=;ATOMUP_LEFT=0;' \
+        "the env is unchanged after the pull: slot B not in the boot order"
+    expect stick 'ATOMUP-DEMO: stick inserted again as /dev/vd' "the device saw the stick inserted again"
+}
+
+vm_extra=--net
+if [ "$stick" = 1 ]; then
+    say "stick: the vendor's bundle for v2 on a FAT stick; the device has no network"
+    "$publish" bundle --repo "$repo" --channel stable --board "$board" --out "$work/v2.atomup"
+    kib=$(( $(stat -c %s "$work/v2.atomup") / 1024 + 2048 ))
+    mkfs.vfat -n STICK -C "$work/stick.img" "$kib" >/dev/null
+    mcopy -i "$work/stick.img" "$work/v2.atomup" ::v2.atomup
+    # What a Mac leaves next to every file: skipped by name.
+    printf 'Mac OS X AppleDouble\n' >"$work/._v2.atomup"
+    mcopy -i "$work/stick.img" "$work/._v2.atomup" ::._v2.atomup
+    mdir -i "$work/stick.img" ::
+    vm_extra="--stick $work/stick.img"
+    if [ "$pull" = 1 ]; then
+        stick_pull_run
+    else
+        run_vm stick
+    fi
+    expect stick 'booted slot=A trial=0 version=1' "factory slot A booted"
+    expect stick 'skipping \._v2\.atomup' "the macOS ._ file on the stick was skipped"
+    expect stick "installed version 2 .* into slot B" "v2 read from the stick, verified and written into slot B"
+    expect stick 'result logged to /tmp/atomup/stick/atomup-log.txt' "the result was appended to the stick's log"
+    expect stick 'ATOMUP-DEMO: installed from the stick, rebooting' "the device rebooted after the install"
+    expect stick 'booted slot=B trial=1 version=2' "$loader_name booted slot B on trial"
+    expect stick 'health: required 10-demo passed' "slot B's health check passed"
+    expect stick 'slot B confirmed good' "health passed: slot B confirmed"
+    expect stick 'ATOMUP-DEMO: stick /dev/vdb done: exit 0' "the stick's second pass (on slot B) ended cleanly"
+    env_is 'ATOMUP_ORDER=B A;ATOMUP_TRIAL=;ATOMUP_LEFT=0'
+    # The stick back on the host: the technician's log, one line per pass.
+    mtype -i "$work/stick.img" ::atomup-log.txt | tee "$work/stick-log.txt"
+    [ "$(wc -l <"$work/stick-log.txt")" = 2 ] && echo "ok: the stick's log has one line per pass, 2" ||
+        { echo "FAILED: the stick's log has $(wc -l <"$work/stick-log.txt") lines, want 2"; exit 1; }
+    log_line_is() { # $1 = line number, $2 = regex, $3 = what it proves
+        sed -n "$1p" "$work/stick-log.txt" | grep -qE "$2" && echo "ok: $3" ||
+            { echo "FAILED: $3 (line $1 of the stick's log is not /$2/)"; exit 1; }
+    }
+    t='[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z'
+    log_line_is 1 "^start=$t end=$t device=demo-device-0001 bundle=v2\.atomup from=1 to=2 outcome=installed\$" \
+        "the stick's log: demo-device-0001 installed 1 -> 2 from v2.atomup"
+    log_line_is 2 "^start=$t end=$t device=demo-device-0001 bundle=[^ ]+ from=2 to=[-2] outcome=up-to-date\$" \
+        "the stick's log: then demo-device-0001 on 2, up to date"
+    say "done in $(($(date +%s) - t0)) s on $loader_name: v1 -> v2 from a FAT stick, confirmed, the log read back"
+    exit 0
+fi
 
 say "phase 1: the device updates v1 -> v2, reboots on trial, confirms"
 run_vm phase1

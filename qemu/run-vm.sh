@@ -12,12 +12,19 @@
 #   --net              user-mode network: the guest is 10.0.2.15, the host's loopback is 10.0.2.2
 #   --gpio-trace FILE  log every level change of the machine's PL061 GPIO lines to FILE
 #                      (QEMU's pl061_set_output trace event): the status LED's sequence
+#   --stick FILE       attach FILE (raw, e.g. a FAT image) as a second virtio disk, the
+#                      guest's /dev/vdb: a USB stick. It sits on a hot-pluggable PCIe root
+#                      port (id stickport; the disk's id is stick, its block node
+#                      stickdrive), so QMP device_del / device_add can pull and re-insert it
+#   --stick-bps N      the stick reads at most N bytes/s (a slow stick)
+#   --qmp PATH         QMP monitor on the FIFO pair PATH.in (commands) / PATH.out (replies),
+#                      made if absent
 # The boot path follows DIR/layout.env: U-Boot (Debian's qemu_arm64 u-boot.bin,
 # its env pflash read-only) or GRUB (AAVMF code read-only + DIR/vars.fd).
 # Exit status: QEMU's (0 after a guest poweroff), or 124 on timeout.
 set -euo pipefail
 
-dir= disk= log= timeout=90 script= noreboot=0 watchdog=0 net=0 gpio_trace=
+dir= disk= log= timeout=90 script= noreboot=0 watchdog=0 net=0 gpio_trace= stick= stick_bps= qmp=
 while [ $# -gt 0 ]; do
     case $1 in
         --dir) dir=$2; shift 2;;
@@ -29,6 +36,9 @@ while [ $# -gt 0 ]; do
         --watchdog) watchdog=1; shift;;
         --net) net=1; shift;;
         --gpio-trace) gpio_trace=$2; shift 2;;
+        --stick) stick=$2; shift 2;;
+        --stick-bps) stick_bps=$2; shift 2;;
+        --qmp) qmp=$2; shift 2;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;;
         *) echo "run-vm: unknown option $1" >&2; exit 2;;
     esac
@@ -59,6 +69,24 @@ case $bootloader in
     *) echo "run-vm: unknown BOOTLOADER '$bootloader' in $dir/layout.env" >&2; exit 2;;
 esac
 args+=(-drive "if=none,id=hd0,format=raw,file=$disk" -device virtio-blk-pci,drive=hd0)
+# After the system disk, so the firmware's virtio0 and the kernel's vda stay the system disk.
+# -blockdev, not -drive: its node outlives a device_del, so device_add can re-insert it.
+if [ -n "$stick" ]; then
+    args+=(-blockdev "driver=file,filename=$stick,node-name=stickfile")
+    if [ -n "$stick_bps" ]; then
+        args+=(-object "throttle-group,id=stickthrottle,x-bps-read=$stick_bps"
+            -blockdev driver=raw,file=stickfile,node-name=stickraw
+            -blockdev driver=throttle,throttle-group=stickthrottle,file=stickraw,node-name=stickdrive)
+    else
+        args+=(-blockdev driver=raw,file=stickfile,node-name=stickdrive)
+    fi
+    args+=(-device pcie-root-port,id=stickport,chassis=1
+        -device virtio-blk-pci,drive=stickdrive,id=stick,bus=stickport)
+fi
+if [ -n "$qmp" ]; then
+    for f in "$qmp.in" "$qmp.out"; do [ -p "$f" ] || mkfifo "$f"; done
+    args+=(-chardev "pipe,id=qmp,path=$qmp" -mon chardev=qmp,mode=control)
+fi
 [ -z "$script" ] || args+=(-fw_cfg "name=opt/atomup/test.sh,file=$script")
 [ "$noreboot" = 0 ] || args+=(-no-reboot)
 [ "$watchdog" = 0 ] || args+=(-device i6300esb -watchdog-action reset)

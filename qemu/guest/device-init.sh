@@ -52,6 +52,43 @@ fi
 echo "ATOMUP-DEMO: etc site.conf=$(cat /etc/site.conf 2>/dev/null) image=$(cat /etc/atomup-image)"
 atomup config-diff --state-dir "$state" | sed 's/^/ATOMUP-DEMO: config-diff: /'
 
+# A USB stick (device.conf's STICK, set by `demo-update.sh --stick`): the
+# technician's offline update instead of the server, as udev or mdev would
+# start it on insertion; the root is read-only, so its runtime dir is in /tmp.
+stick_run() { # $1 = block device: atomup-stick on it; reboots after an install
+  # On the console as it happens (the host's --stick-pull acts on it).
+  { ATOMUP_STICK_RUN=/tmp/atomup ATOMUP_STICK_REBOOT=no ATOMUP_STICK_LINGER=0 \
+    atomup-stick "$1" 2>&1; echo $? >/tmp/stick.rc; } | tee /tmp/stick.log
+  rc=$(cat /tmp/stick.rc)
+  echo "ATOMUP-DEMO: stick $1 done: exit $rc"
+  if [ "$rc" = 0 ] && grep -q "^installed version" /tmp/stick.log; then
+    echo "ATOMUP-DEMO: installed from the stick, rebooting into the new slot"
+    finish; reboot -f
+  fi
+  return "$rc"
+}
+if [ -n "${STICK:-}" ] && [ -b "$STICK" ]; then
+  # STICK_REINSERT (`--stick-pull`): after a failed run, show what it left,
+  # wait for the stick to go and come back (QMP device_del / device_add), and
+  # run again on the new disk, as a new insertion would.
+  if ! stick_run "$STICK" && [ -n "${STICK_REINSERT:-}" ]; then
+    echo "ATOMUP-DEMO: env after the failed install: $(atomup env show | tr '\n' ';')"
+    atomup status --state-dir "$state" | sed 's/^/ATOMUP-DEMO: status: /'
+    n=0
+    while [ -b "$STICK" ] && [ "$n" -lt 60 ]; do sleep 1; n=$((n + 1)); done
+    echo "ATOMUP-DEMO: waiting for the stick"
+    dev= n=0
+    while [ -z "$dev" ] && [ "$n" -lt 120 ]; do
+      for d in /dev/vd[b-z]; do [ -b "$d" ] && dev=$d; done
+      [ -n "$dev" ] || sleep 1
+      n=$((n + 1))
+    done
+    [ -z "$dev" ] || { echo "ATOMUP-DEMO: stick inserted again as $dev"; stick_run "$dev"; }
+  fi
+  echo "ATOMUP-DEMO: done on slot $slot version $(cat /etc/atomup/version)"
+  finish; poweroff -f
+fi
+
 # Network: QEMU user networking; the host's loopback is 10.0.2.2.
 ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 ||

@@ -6,18 +6,22 @@
 //! then rejects v3 (its health check fails) and v4 (its kernel panics on
 //! every boot) and falls back by itself, never retrying either. The script
 //! checks every step; these tests run it with the binaries `./test` built,
-//! once on the U-Boot board and once on the GRUB/EFI board.
+//! once on the U-Boot board and once on the GRUB/EFI board. With `--stick`
+//! (issue 16) the update comes from a FAT USB stick instead of the server.
 
 use atomup_tests::ostree_fixture::ScratchDir;
 use std::process::Command;
 
-fn run_demo(grub: bool, loader_name: &str) {
+/// Runs `demo-update.sh` (with `extra` arguments) and returns its output, asserting success.
+fn run_demo(grub: bool, extra: &[&str]) -> String {
     let mut tools = vec![
         "qemu-system-aarch64",
         "nginx",
         "mkfs.ext4",
+        "mkfs.vfat",
         "sgdisk",
         "mcopy",
+        "mtype",
     ];
     tools.extend(if grub {
         ["grub-mkstandalone", "grub-editenv"]
@@ -40,11 +44,13 @@ fn run_demo(grub: bool, loader_name: &str) {
         .unwrap()
         .to_owned();
     atomup_tests::workspace_bin("atomup");
-    let work = ScratchDir::new(if grub { "e2e-qemu-grub" } else { "e2e-qemu" });
+    let name = if grub { "e2e-qemu-grub" } else { "e2e-qemu" }.to_owned() + &extra.concat();
+    let work = ScratchDir::new(&name);
     let mut cmd = Command::new(atomup_tests::workspace_root().join("qemu/demo-update.sh"));
     if grub {
         cmd.arg("--grub");
     }
+    cmd.args(extra);
     let out = cmd
         .arg("--work")
         .arg(work.path())
@@ -58,6 +64,21 @@ fn run_demo(grub: bool, loader_name: &str) {
     let log =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{log}");
+    eprintln!(
+        "{}",
+        log.lines()
+            .filter(|l| l.starts_with("ok:")
+                || l.contains("bytes served")
+                || l.starts_with("VM run")
+                || l.contains("done in"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    log
+}
+
+fn assert_network_demo(grub: bool, loader_name: &str) {
+    let log = run_demo(grub, &[]);
     let booted_b = format!("ok: {loader_name} booted slot B on trial");
     for proof in [
         "ok: v2 downloaded, verified and written into slot B",
@@ -77,26 +98,63 @@ fn run_demo(grub: bool, loader_name: &str) {
     ] {
         assert!(log.contains(proof), "missing `{proof}` in:\n{log}");
     }
-    eprintln!(
-        "{}",
-        log.lines()
-            .filter(|l| l.starts_with("ok:")
-                || l.contains("bytes served")
-                || l.starts_with("VM run")
-                || l.contains("done in"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
 }
 
 #[test]
 fn device_updates_confirms_and_rolls_back_bad_releases_on_uboot() {
-    run_demo(false, "U-Boot");
+    assert_network_demo(false, "U-Boot");
 }
 
 /// The same cycle on the GRUB/EFI board: AAVMF, GRUB reading the sealed
 /// grubenv pair, the device writing it on its ESP through the board profile.
 #[test]
 fn device_updates_confirms_and_rolls_back_bad_releases_on_grub() {
-    run_demo(true, "GRUB");
+    assert_network_demo(true, "GRUB");
+}
+
+/// Issue 16 on the U-Boot board: a bundle on a FAT stick (a second virtio
+/// disk, no network) is installed by `atomup-stick`, the device reboots into
+/// slot B on trial and confirms it, and the stick's log, read back with
+/// mtype, says device, from/to version and outcome for both passes.
+#[test]
+fn device_installs_a_bundle_from_a_fat_stick_confirms_it_and_logs_to_the_stick() {
+    // The bundle on a FAT stick installs v1 -> v2, confirmed, and the host reads the result log.
+    let log = run_demo(false, &["--stick"]);
+    for proof in [
+        "ok: the macOS ._ file on the stick was skipped",
+        "ok: v2 read from the stick, verified and written into slot B",
+        "ok: the result was appended to the stick's log",
+        "ok: U-Boot booted slot B on trial",
+        "ok: health passed: slot B confirmed",
+        "ok: env is ATOMUP_ORDER=B A;ATOMUP_TRIAL=;ATOMUP_LEFT=0",
+        "ok: the stick's log has one line per pass, 2",
+        "ok: the stick's log: demo-device-0001 installed 1 -> 2 from v2.atomup",
+        "ok: the stick's log: then demo-device-0001 on 2, up to date",
+    ] {
+        assert!(log.contains(proof), "missing `{proof}` in:\n{log}");
+    }
+}
+
+/// Issue 16's pulled stick: QMP `device_del` removes the stick (on its PCIe
+/// root port) while the device copies the delta off it (the stick throttled
+/// to 256 KiB/s, the delta 4 MiB); the install fails with the env unchanged
+/// and slot B out of the boot order, and after `device_add` (a second
+/// insertion) it completes, confirms and logs as above.
+#[test]
+fn stick_pulled_mid_install_fails_cleanly_and_a_second_insertion_completes() {
+    // A stick pulled mid-copy leaves the env untouched; re-inserted, the install completes.
+    let log = run_demo(false, &["--stick-pull"]);
+    for proof in [
+        "ok: the install from the pulled stick failed",
+        "ok: nothing was logged on the pulled stick",
+        "ok: the env is unchanged after the pull: slot B not in the boot order",
+        "ok: the device saw the stick inserted again",
+        "ok: v2 read from the stick, verified and written into slot B",
+        "ok: health passed: slot B confirmed",
+        "ok: env is ATOMUP_ORDER=B A;ATOMUP_TRIAL=;ATOMUP_LEFT=0",
+        "ok: the stick's log: demo-device-0001 installed 1 -> 2 from v2.atomup",
+        "ok: the stick's log: then demo-device-0001 on 2, up to date",
+    ] {
+        assert!(log.contains(proof), "missing `{proof}` in:\n{log}");
+    }
 }

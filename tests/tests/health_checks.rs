@@ -6,7 +6,7 @@
 //! arming, and health failing closed (issue 11.5) on anything in the checks
 //! directories that is not a runnable check.
 
-use atomup_tests::device::{atomup_bounded, env_args, env_show, mkfifo, text, Device};
+use atomup_tests::device::{atomup_bounded, env_args, env_show, mkfifo, run_bounded, text, Device};
 use atomup_tests::ostree_fixture::ScratchDir;
 use std::ffi::OsString;
 use std::fs;
@@ -607,4 +607,55 @@ fn the_global_config_dir_configures_the_checks() {
         text(&out)
     );
     assert_eq!(env_show(&t.d), CONFIRMED);
+}
+
+/// Regression (found by the fresh-machine check, whose jobs run in a
+/// chroot-like namespace): there `systemctl is-active` says "Running in
+/// chroot, ignoring command" on stderr and exits 0 for any unit, and a
+/// unit that does not exist passed the trial. Only `active` on its stdout
+/// counts; this systemctl behaves as systemd's does in a chroot.
+#[test]
+fn a_systemctl_that_exits_0_without_a_state_fails_the_services_check() {
+    let dir = ScratchDir::new("health-chroot-systemctl");
+    let t = on_trial(&dir);
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    script(
+        &bin.join("systemctl"),
+        "echo \"Running in chroot, ignoring command '$1'\" >&2\nexit 0",
+        0o755,
+    );
+    config(
+        &t,
+        "[health]\nread_only_root = false\ndata_partition = false\nmin_free = 0\n\
+         services = [\"atomup-test-no-such-unit.service\"]\n",
+    );
+    let mut a = args(&t, &["health", "--no-reboot", "--booted-slot", "B"]);
+    for (opt, p) in [
+        ("--checks", &t.site),
+        ("--vendor-checks", &t.vendor),
+        ("--config-dir", &t.config),
+    ] {
+        a.extend([opt.into(), p.into()]);
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = run_bounded(
+        std::process::Command::new(atomup_tests::workspace_bin("atomup"))
+            .args(&a)
+            .env("PATH", path),
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "required check atomup:services failed: atomup-test-no-such-unit.service: systemctl gave no state"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(env_show(&t.d), REJECTED);
 }

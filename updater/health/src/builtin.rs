@@ -7,7 +7,7 @@
 //! | `atomup:read-only-root` | required | `/` is mounted read-only (the immutable root) |
 //! | `atomup:data-partition` | required | the state directory lies on a mounted file system of its own (not the root's), read-write, on the board's `data` device when the profile names one, and a file written there survives `fsync` and rename |
 //! | `atomup:free-space` | required | the data partition has at least `health.min_free` bytes available |
-//! | `atomup:services` | required | each listed service runs: a systemd unit (`systemctl is-active`), or a pidfile whose process is alive (not a zombie) |
+//! | `atomup:services` | required | each listed service runs: a systemd unit (`systemctl is-active` printing `active`: its exit status alone passes every unit in a chroot), or a pidfile whose process is alive (not a zombie) |
 //! | `atomup:server-reachable` | wanted, never required | a TCP connection to the update server's host and port opens |
 //!
 //! Each returns `Ok(what it found)` or `Err(why it failed)`; the runner
@@ -199,19 +199,24 @@ fn pidfile(path: &Path) -> Result<String, String> {
     Ok(format!("{} (pid {pid})", path.display()))
 }
 
+/// Whether systemd says unit `name` is active. Rule (fails closed): only
+/// `active` on systemctl's stdout passes. Its exit status alone is not
+/// enough: in a chroot, or where PID 1 is not systemd, systemctl answers
+/// "Running in chroot, ignoring command" on stderr and exits 0 for every unit
+/// (regression: a unit that does not exist passed the trial in a container).
 fn unit(name: &str, limit: Duration) -> Result<String, String> {
+    use std::io::Read;
     let mut child = std::process::Command::new("systemctl")
-        .args(["is-active", "--quiet", "--", name])
+        .args(["is-active", "--", name])
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| format!("{name}: cannot run systemctl ({e})"))?;
     let start = std::time::Instant::now();
-    loop {
+    let status = loop {
         match child.try_wait() {
-            Ok(Some(s)) if s.success() => return Ok(name.to_owned()),
-            Ok(Some(_)) => return Err(format!("{name} is not active")),
+            Ok(Some(s)) => break s,
             Ok(None) if start.elapsed() > limit => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -220,6 +225,19 @@ fn unit(name: &str, limit: Duration) -> Result<String, String> {
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => return Err(format!("{name}: {e}")),
         }
+    };
+    // One word ("active", "inactive", "failed", ...); a pipe's worth at most
+    // was written before the exit, read capped.
+    let mut said = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = out.take(256).read_to_string(&mut said);
+    }
+    match (status.success(), said.trim()) {
+        (true, "active") => Ok(name.to_owned()),
+        (_, "") => Err(format!(
+            "{name}: systemctl gave no state (exit {status}; no running systemd here?)"
+        )),
+        (_, state) => Err(format!("{name} is not active ({state})")),
     }
 }
 

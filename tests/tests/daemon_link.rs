@@ -13,7 +13,13 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+/// The world's checkout of `commit`, made once. Tests run in parallel on
+/// one shared world: without the lock two of them checked out the same
+/// commit at once and the second failed ("mkdirat: File exists"), or saw a
+/// half-written tree.
 fn checkout(w: &atomup_tests::device::World, commit: &str) -> PathBuf {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dest = w.dir.join(format!("checkout-{commit}"));
     if !dest.exists() {
         w.repo.checkout(commit, &dest);

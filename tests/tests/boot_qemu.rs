@@ -1427,9 +1427,12 @@ fn only_wanted_checks_fail_confirms(loader: Loader) {
     assert!(console.contains("Boot order: B A"), "{console}");
     assert_eq!(m.upstream_state(), Some(st("B A", "", "0")));
     let led = led_levels(&trace);
+    // The trial's blink then the confirmed steady light: at least one whole
+    // blink (off, on, off) before the final on. How many blinks the trace
+    // holds depends on how long the trial ran (an idle machine: [0, 1, 0, 1]).
     let toggles = led.windows(2).filter(|w| w[0] != w[1]).count();
     assert!(
-        toggles >= 4 && led.last() == Some(&1),
+        toggles >= 3 && led.last() == Some(&1),
         "LED line 0: {led:?}"
     );
 

@@ -24,8 +24,9 @@ fn cargo() -> Command {
     cmd
 }
 
-#[test]
-fn etc_merge_fault_points_are_never_a_normal_dependency_feature() {
+/// `cargo tree` of the normal dependency edges (with the features they
+/// enable) that reach `krate`.
+fn normal_features_tree(krate: &str) -> String {
     let out = cargo()
         .args([
             "tree",
@@ -35,16 +36,21 @@ fn etc_merge_fault_points_are_never_a_normal_dependency_feature() {
             "-e",
             "normal,features",
             "-i",
-            "atomup-etc",
+            krate,
         ])
         .output()
         .unwrap();
-    let tree = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "cargo tree failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn etc_merge_fault_points_are_never_a_normal_dependency_feature() {
+    let tree = normal_features_tree("atomup-etc");
     assert!(tree.contains("atomup-etc v"), "{tree}");
     assert!(
         !tree.contains("feature \"failpoints\""),
@@ -54,25 +60,7 @@ fn etc_merge_fault_points_are_never_a_normal_dependency_feature() {
 
 #[test]
 fn crash_points_are_never_a_normal_dependency_feature() {
-    let out = cargo()
-        .args([
-            "tree",
-            "--workspace",
-            "--offline",
-            "--locked",
-            "-e",
-            "normal,features",
-            "-i",
-            "atomup-faults",
-        ])
-        .output()
-        .unwrap();
-    let tree = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "cargo tree failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let tree = normal_features_tree("atomup-faults");
     // Every device crate reaches the facility (so the points are real)...
     for user in [
         "atomup-fsio",

@@ -26,15 +26,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
-/// Cargo's target directory. A relative `CARGO_TARGET_DIR` is relative to where
-/// cargo was started (the workspace root), not to the test's working directory.
-pub fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
-        Some(dir) if dir.is_absolute() => dir,
-        Some(dir) => workspace_root().join(dir),
-        None => workspace_root().join("target"),
-    }
-}
+pub use atomup_scratch::target_dir;
 
 /// The workspace's top directory.
 pub fn workspace_root() -> PathBuf {

@@ -21,7 +21,7 @@ use std::process::Command;
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
-use atomup_tests::{require_tool, workspace_bin, workspace_root};
+use atomup_tests::{require_tool, target_dir, workspace_bin, workspace_root};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Loader {
@@ -79,12 +79,6 @@ fn booted(slot: &str, trial: bool, fallback: bool) -> Booted {
         fallback,
         image: slot.into(),
     }
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn run(cmd: &mut Command, what: &str) -> String {

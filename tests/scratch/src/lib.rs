@@ -13,13 +13,16 @@ pub struct ScratchDir(PathBuf);
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace
 /// root, where cargo was started, when relative), else `<workspace>/target`.
+/// Canonical, so a scratch path compares equal to what the kernel reports
+/// for it (`/proc/self/mountinfo` has no `..` in it).
 pub fn target_dir() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+    let dir = match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
         Some(dir) if dir.is_absolute() => dir,
         Some(dir) => root.join(dir),
         None => root.join("target"),
-    }
+    };
+    dir.canonicalize().unwrap_or(dir)
 }
 
 impl ScratchDir {

@@ -25,77 +25,7 @@ use std::fmt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-/// One line of `/proc/self/mountinfo`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mount {
-    /// `st_dev` of the mounted file system (major:minor).
-    pub dev: u64,
-    /// The directory of the file system that appears at `point` (not `/` for
-    /// a bind mount of a subdirectory).
-    pub root: PathBuf,
-    /// Where it is mounted.
-    pub point: PathBuf,
-}
-
-/// Undoes mountinfo's octal escapes (`\040` space, `\011` tab, `\012`
-/// newline, `\134` backslash).
-fn unescape(field: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let oct = b.get(i + 1..i + 4).filter(|d| {
-            b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)) && d[0] <= b'3'
-        });
-        match oct {
-            Some(d) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            None => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
-}
-
-/// Parses mountinfo text; lines that do not parse are skipped (the kernel
-/// writes them, a line we cannot read names nothing we could check).
-pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|line| {
-            let mut f = line.split(' ');
-            let (_id, _parent, devno, root, point) =
-                (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
-            let (maj, min) = devno.split_once(':')?;
-            Some(Mount {
-                dev: rustix::fs::makedev(maj.parse().ok()?, min.parse().ok()?),
-                root: unescape(root),
-                point: unescape(point),
-            })
-        })
-        .collect()
-}
-
-/// The mount a canonical path is reached through: the longest mount point
-/// that is a prefix of it, the last such line when mounts are stacked (the
-/// kernel lists a mount after the one it covers).
-pub fn mount_of<'m>(mounts: &'m [Mount], path: &Path) -> Option<&'m Mount> {
-    let mut best: Option<&Mount> = None;
-    for m in mounts {
-        if path.starts_with(&m.point)
-            && best.map_or(true, |b| {
-                m.point.components().count() >= b.point.components().count()
-            })
-        {
-            best = Some(m);
-        }
-    }
-    best
-}
+use atomup_fsio::mountinfo::{mount_of, Mount};
 
 /// A directory as the kernel sees it.
 #[derive(Clone, Debug)]
@@ -358,54 +288,12 @@ fn block_device(path: &Path) -> Result<u64, String> {
 
 /// Reads this process's mount table.
 pub fn read_mounts() -> Result<Vec<Mount>, String> {
-    let path = Path::new("/proc/self/mountinfo");
-    let text = atomup_fsio::read_text_capped(path, 16 << 20)
-        .map_err(|e| format!("reading {}: {e}", path.display()))?;
-    Ok(parse_mountinfo(&text))
+    atomup_fsio::mountinfo::read().map_err(|e| format!("reading /proc/self/mountinfo: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SAMPLE: &str = "\
-22 27 0:21 / /proc rw,relatime - proc proc rw
-27 1 254:2 / / rw,relatime - ext4 /dev/vda2 rw
-30 27 254:4 / /var rw,relatime - ext4 /dev/vda4 rw
-31 27 254:4 /lib/atomup/cache /mnt/with\\040space rw - ext4 /dev/vda4 rw
-32 30 254:4 /srv /var rw - ext4 /dev/vda4 rw
-garbage line
-";
-
-    /// Mount lines parse with their escapes; unreadable lines are skipped.
-    #[test]
-    fn mountinfo_parses_devices_roots_and_escaped_points() {
-        let m = parse_mountinfo(SAMPLE);
-        assert_eq!(m.len(), 5);
-        assert_eq!(m[1].dev, rustix::fs::makedev(254, 2));
-        assert_eq!(m[3].point, Path::new("/mnt/with space"));
-        assert_eq!(m[3].root, Path::new("/lib/atomup/cache"));
-        assert_eq!(unescape("a\\134b\\011c\\9x"), Path::new("a\\b\tc\\9x"));
-    }
-
-    /// The longest mount point wins, and the later of two stacked mounts.
-    #[test]
-    fn a_path_is_reached_through_its_longest_and_topmost_mount() {
-        let m = parse_mountinfo(SAMPLE);
-        assert_eq!(
-            mount_of(&m, Path::new("/usr/bin")).unwrap().point,
-            Path::new("/")
-        );
-        let var = mount_of(&m, Path::new("/var/lib/atomup")).unwrap();
-        assert_eq!(
-            (var.point.as_path(), var.root.as_path()),
-            (Path::new("/var"), Path::new("/srv"))
-        );
-        assert_eq!(
-            mount_of(&m, Path::new("/variable")).unwrap().point,
-            Path::new("/")
-        );
-    }
 
     /// Same device, a partition of the other, or its disk: overlapping.
     #[test]

@@ -1,5 +1,5 @@
-//! The mount table (`/proc/self/mountinfo`) as the health checks and
-//! `atomup board check` need it: for each mount its device number, root,
+//! The mount table (`/proc/self/mountinfo`) as the update's target check,
+//! the health checks and `atomup board check` need it: for each mount its device number, root,
 //! mount point, read-only flag, file system type and source. Parsing is pure;
 //! [`read`] reads this process's table through a capped read.
 
@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 pub struct Mount {
     /// `st_dev` of the mounted file system (major:minor).
     pub dev: u64,
-    /// The directory of the file system that appears at `point`.
+    /// The directory of the file system that appears at `point` (not `/` for
+    /// a bind mount of a subdirectory).
     pub root: PathBuf,
     /// Where it is mounted.
     pub point: PathBuf,
@@ -22,8 +23,8 @@ pub struct Mount {
 }
 
 /// Undoes mountinfo's octal escapes (`\040` space, `\011` tab, `\012`
-/// newline, `\134` backslash).
-fn unescape(field: &str) -> String {
+/// newline, `\134` backslash), as bytes: a path need not be UTF-8.
+fn unescape(field: &str) -> Vec<u8> {
     let b = field.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -42,7 +43,16 @@ fn unescape(field: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+fn unescape_path(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(unescape(field)))
+}
+
+fn unescape_text(field: &str) -> String {
+    String::from_utf8_lossy(&unescape(field)).into_owned()
 }
 
 /// Parses mountinfo text; lines that do not parse are skipped (the kernel
@@ -67,11 +77,11 @@ pub fn parse(text: &str) -> Vec<Mount> {
             let ro = |opts: &str| opts.split(',').any(|o| o == "ro");
             Some(Mount {
                 dev: rustix::fs::makedev(maj.parse().ok()?, min.parse().ok()?),
-                root: unescape(root).into(),
-                point: unescape(point).into(),
+                root: unescape_path(root),
+                point: unescape_path(point),
                 read_only: ro(options) || ro(sb),
-                fstype: unescape(fstype),
-                source: unescape(source),
+                fstype: unescape_text(fstype),
+                source: unescape_text(source),
             })
         })
         .collect()
@@ -85,7 +95,7 @@ pub fn mount_of<'m>(mounts: &'m [Mount], path: &Path) -> Option<&'m Mount> {
     for m in mounts {
         if path.starts_with(&m.point)
             && best.map_or(true, |b| {
-                m.point.as_os_str().len() >= b.point.as_os_str().len()
+                m.point.components().count() >= b.point.components().count()
             })
         {
             best = Some(m);
@@ -110,6 +120,7 @@ mod tests {
 30 22 254:4 / /var rw,relatime shared:9 master:1 - ext4 /dev/vda4 rw
 31 30 254:4 /lib/x /var/my\\040dir rw - ext4 /dev/vda4 rw
 32 22 254:1 / /boot/efi rw - vfat /dev/vda1 ro
+33 30 254:4 /srv /var rw - ext4 /dev/vda4 rw
 bad line
 ";
 
@@ -118,7 +129,7 @@ bad line
     #[test]
     fn mountinfo_parses_flags_types_and_escapes() {
         let m = parse(SAMPLE);
-        assert_eq!(m.len(), 5);
+        assert_eq!(m.len(), 6);
         assert_eq!(m[0].point, Path::new("/"));
         assert!(m[0].read_only);
         assert_eq!(
@@ -128,11 +139,26 @@ bad line
         assert_eq!(m[2].dev, rustix::fs::makedev(254, 4));
         assert!(!m[2].read_only, "optional fields skipped");
         assert_eq!(m[3].point, Path::new("/var/my dir"));
+        assert_eq!(m[3].root, Path::new("/lib/x"));
         assert!(m[4].read_only, "super block ro counts");
+        assert_eq!(unescape_path("a\\134b\\011c\\9x"), Path::new("a\\b\tc\\9x"));
+    }
+
+    /// The longest mount point wins, and the later of two stacked mounts.
+    #[test]
+    fn a_path_is_reached_through_its_longest_and_topmost_mount() {
+        let m = parse(SAMPLE);
         let var = mount_of(&m, Path::new("/var/lib/atomup")).unwrap();
-        assert_eq!(var.point, Path::new("/var"));
+        assert_eq!(
+            (var.point.as_path(), var.root.as_path()),
+            (Path::new("/var"), Path::new("/srv"))
+        );
         assert_eq!(
             mount_of(&m, Path::new("/usr")).unwrap().point,
+            Path::new("/")
+        );
+        assert_eq!(
+            mount_of(&m, Path::new("/variable")).unwrap().point,
             Path::new("/")
         );
     }

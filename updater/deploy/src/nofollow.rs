@@ -24,21 +24,10 @@ use sha2::Digest;
 
 use crate::error::{io, DeployError, Result};
 
-/// Opens directory `name` under `dir`, never following a symlink. (With
-/// `O_DIRECTORY` a FIFO or device is refused by the kernel before it is
-/// opened; `O_NONBLOCK | O_NOCTTY` as everywhere, see `atomup-fsio`.)
+/// Opens directory `name` under `dir`, never following a symlink and never
+/// blocking (a FIFO or device is refused by type; see `atomup-fsio`).
 pub(crate) fn open_dir_at(dir: impl AsFd, name: &str) -> std::io::Result<OwnedFd> {
-    Ok(rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY
-            | OFlags::DIRECTORY
-            | OFlags::NOFOLLOW
-            | OFlags::NONBLOCK
-            | OFlags::NOCTTY
-            | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
+    atomup_fsio::open_at(dir, name, Want::Directory).map(OwnedFd::from)
 }
 
 /// Opens regular file `name` under `dir` for reading, never following a

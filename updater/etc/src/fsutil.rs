@@ -7,25 +7,21 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::AtFlags;
 use rustix::io::Errno;
 
 use crate::error::{errno, Result};
 
 /// Opens directory `name` under `dir`, never following a symlink and never
-/// blocking (a FIFO or device is refused by `O_DIRECTORY` before it opens).
-pub(crate) fn open_dir_at(dir: impl AsFd, name: &str) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY
-            | OFlags::DIRECTORY
-            | OFlags::NOFOLLOW
-            | OFlags::NONBLOCK
-            | OFlags::NOCTTY
-            | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
+/// blocking (a FIFO or device is refused by type before it is read; see
+/// `atomup-fsio`).
+pub(crate) fn open_dir_at(
+    dir: impl AsFd,
+    name: impl rustix::path::Arg,
+) -> rustix::io::Result<OwnedFd> {
+    atomup_fsio::open_at(dir, name, atomup_fsio::Want::Directory)
+        .map(OwnedFd::from)
+        .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::NOTDIR))
 }
 
 /// Opens directory `rel` (components separated by `/`) under `root`, never
@@ -74,17 +70,7 @@ fn remove_c(dir: std::os::fd::BorrowedFd<'_>, name: &CStr, path: &Path) -> Resul
         Err(e) => return Err(errno("stat", path)(e)),
     };
     if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
-        let sub = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::RDONLY
-                | OFlags::DIRECTORY
-                | OFlags::NOFOLLOW
-                | OFlags::NONBLOCK
-                | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(errno("open directory", path))?;
+        let sub = open_dir_at(dir, name).map_err(errno("open directory", path))?;
         for n in names(&sub, path)? {
             let p = path.join(n.to_string_lossy().as_ref());
             remove_c(sub.as_fd(), &n, &p)?;

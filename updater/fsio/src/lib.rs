@@ -126,8 +126,9 @@ pub fn open_storage_rw(path: &Path) -> io::Result<File> {
 }
 
 /// Opens `name` under `dir` for reading without following a symlink in its
-/// last component, without blocking, refusing any type but `want`.
-pub fn open_at(dir: impl AsFd, name: &str, want: Want) -> io::Result<File> {
+/// last component, without blocking, refusing any type but `want`. (`name`
+/// may be raw bytes, as a directory listing gives them.)
+pub fn open_at(dir: impl AsFd, name: impl rustix::path::Arg, want: Want) -> io::Result<File> {
     let fd = rustix::fs::openat(
         dir,
         name,

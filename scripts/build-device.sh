@@ -24,6 +24,14 @@ if grep -q -a ATOMUP_FAILPOINT "$bin"; then
     exit 1
 fi
 
+# The unwind tables are discarded (updater/agent/build.rs: panic=abort never
+# unwinds); only the C runtime's few frames may stay.
+eh=$(aarch64-linux-gnu-readelf -SW "$bin" | sed -n 's/.* \.eh_frame  *PROGBITS  *[0-9a-f]*  *[0-9a-f]*  *\([0-9a-f]*\) .*/\1/p')
+if [ $((16#${eh:-0})) -gt 4096 ]; then
+    echo "build-device: FAIL: $bin carries $((16#$eh)) bytes of .eh_frame (the discard script did not apply)" >&2
+    exit 1
+fi
+
 size=$(stat -c %s "$bin")
 awk -v b="$bin" -v i="$info" -v s="$size" -v m="$budget" 'BEGIN {
     printf "device binary: %s\n  %s\n  size %d bytes (%.2f MiB) of budget %d bytes (%.2f MiB): %d%%\n",

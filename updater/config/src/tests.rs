@@ -392,3 +392,66 @@ fn impossible_health_values_name_the_key() {
         "{e}"
     );
 }
+
+/// `[bundle]`: the scanned directories (with `*` components), the interval
+/// and the remount rule are read and listed; off (no directory) by default.
+#[test]
+fn bundle_scan_keys_are_read_and_listed() {
+    let off = layered(&[]).unwrap().config.bundle;
+    assert!(off.scan.is_empty() && !off.remount);
+    let loaded = layered(&[(
+        "/v.toml",
+        "[bundle]\nscan = [\"/media/usb\", \"/run/media/*/*\"]\ninterval = \"2s\"\nremount = true\n",
+    )])
+    .unwrap();
+    let b = &loaded.config.bundle;
+    assert_eq!(
+        b.scan,
+        [PathBuf::from("/media/usb"), PathBuf::from("/run/media/*/*")]
+    );
+    assert_eq!((b.interval, b.remount), (Seconds(2), true));
+    let listing = loaded.listing();
+    assert!(
+        listing.contains("bundle.scan = [\"/media/usb\", \"/run/media/*/*\"]  # /v.toml\n")
+            && listing.contains("bundle.interval = \"2s\"  # /v.toml\n")
+            && listing.contains("bundle.remount = true  # /v.toml\n"),
+        "{listing}"
+    );
+}
+
+/// Each impossible `[bundle]` value is refused with the key and the reason.
+#[test]
+fn bad_bundle_values_are_refused_with_the_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[bundle]\nscan = [\"media\"]\n",
+            "bundle.scan (from /v.toml): `media` is not an absolute directory (`*` only as a whole component, no `.` or `..`)",
+        ),
+        (
+            "[bundle]\nscan = [\"/run/media/usb*\"]\n",
+            "bundle.scan (from /v.toml): `/run/media/usb*` is not an absolute directory (`*` only as a whole component, no `.` or `..`)",
+        ),
+        (
+            "[bundle]\nscan = [\"/media/../etc\"]\n",
+            "bundle.scan (from /v.toml): `/media/../etc` is not an absolute directory (`*` only as a whole component, no `.` or `..`)",
+        ),
+        (
+            "[bundle]\nscan = [\"/media\"]\ninterval = 0\n",
+            "bundle.interval (from /v.toml): must be between 1s and 1h",
+        ),
+        (
+            "[bundle]\ninterval = \"5s\"\n",
+            "bundle.interval (from /v.toml): is set but bundle.scan lists no directory",
+        ),
+        (
+            "[bundle]\nremount = true\n",
+            "bundle.remount (from /v.toml): is set but bundle.scan lists no directory",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(
+            layered(&[("/v.toml", text)]).unwrap_err().to_string(),
+            *want
+        );
+    }
+}

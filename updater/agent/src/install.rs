@@ -145,6 +145,55 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     let loaded = settings::load(&o.config)?;
     crate::logger::configured(loaded.config.log_level);
     o.boot.configure(&loaded);
+    let done = attempt(&o, &a, &loaded);
+    if a.linger > 0 {
+        let _led = result_led(&o, done.led);
+        std::thread::sleep(std::time::Duration::from_secs(a.linger));
+    }
+    let installed = matches!(done.result, Ok(Outcome::Installed { .. }));
+    done.result?;
+    if let Some(e) = done.log_err {
+        return Err(e);
+    }
+    if installed && a.reboot {
+        reboot(&loaded.config);
+    }
+    Ok(())
+}
+
+/// What one install from a bundle came to.
+pub struct Attempt {
+    pub result: Result<Outcome>,
+    /// What the status LED shows for it: on trial, error, or confirmed
+    /// (nothing to do).
+    pub led: State,
+    /// The result line could not be appended to the log (said already).
+    pub log_err: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// The status LED held at `state` (the technician reads the result) until
+/// the returned guard is dropped.
+pub fn result_led(o: &Opts, state: State) -> crate::led::StatusLed {
+    let profile = o.boot.board().ok().flatten();
+    crate::led::StatusLed::start(profile.as_ref().and_then(|p| p.led.as_ref()), state)
+}
+
+/// The daemon's install from a stick that appeared in a `bundle.scan`
+/// directory: exactly `atomup install --scan DIR` (`--remount` as
+/// `bundle.remount` says), the result line appended to `DIR`'s log.
+pub fn from_stick(o: &Opts, loaded: &atomup_config::Loaded, dir: &Path) -> Attempt {
+    let a = Args {
+        scan: Some(dir.to_owned()),
+        log: Some(dir.join(LOG_NAME)),
+        remount: loaded.config.bundle.remount,
+        ..Args::default()
+    };
+    attempt(o, &a, loaded)
+}
+
+/// One install (or `--check`) with its progress, report, result line and
+/// the LED state it ends in; nothing held afterwards.
+fn attempt(o: &Opts, a: &Args, loaded: &atomup_config::Loaded) -> Attempt {
     let cfg = &loaded.config;
     let started = system_now();
     let mut rep = Reporter::new(
@@ -152,7 +201,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         (!o.check).then_some(o.boot.state_dir.as_path()),
     );
     let mut summary = Summary::default();
-    let result = install(&o, &a, &loaded, &mut rep, &mut summary);
+    let result = install(o, a, loaded, &mut rep, &mut summary);
     let error = match &result {
         Ok(Outcome::Installed { .. }) => {
             rep.done();
@@ -182,7 +231,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     };
     // The technician reads the LED: installed (on trial) or failed, held
     // for a while after the work is done.
-    let led_state = match (&result, error.is_some()) {
+    let led = match (&result, error.is_some()) {
         (Ok(Outcome::Installed { .. }), _) => State::OnTrial,
         (_, true) => State::Error,
         _ => State::Confirmed,
@@ -197,21 +246,11 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
             rep.say(&format!("result logged to {}", log.display()));
         }
     }
-    if a.linger > 0 {
-        let profile = o.boot.board().ok().flatten();
-        let _led =
-            crate::led::StatusLed::start(profile.as_ref().and_then(|p| p.led.as_ref()), led_state);
-        std::thread::sleep(std::time::Duration::from_secs(a.linger));
+    Attempt {
+        result,
+        led,
+        log_err,
     }
-    let installed = matches!(result, Ok(Outcome::Installed { .. }));
-    result?;
-    if let Some(e) = log_err {
-        return Err(e);
-    }
-    if installed && a.reboot {
-        reboot(cfg);
-    }
-    Ok(())
 }
 
 /// Runs the init system's reboot (`reboot.command`); a failure is said, the

@@ -19,6 +19,7 @@ mod reports;
 mod settings;
 mod signals;
 mod status;
+mod stickwatch;
 mod target;
 mod transitions;
 mod update;

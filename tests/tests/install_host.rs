@@ -578,10 +578,11 @@ fn sha256_hex(data: &[u8]) -> String {
 /// What a stick pulled in the middle of the extraction leaves (the
 /// superblock extracted and verified, the part cut short as a `.partial`,
 /// plus a damaged complete-looking copy from an older pull) is never used as
-/// is: the next insertion re-hashes what is there, copies the rest and
-/// installs; nothing but the cache was touched in between.
+/// is: the next insertion re-hashes what is there, resumes the cut part
+/// from its `.partial` (its first half is not read from the stick again),
+/// and installs; nothing but the cache was touched in between.
 #[test]
-fn install_after_a_pulled_stick_rehashes_the_cache_and_completes() {
+fn install_after_a_pulled_stick_rehashes_the_cache_resumes_the_cut_member_and_completes() {
     let w = world(&[]);
     let d = provision(&w, "inst7");
     let b = w.dir.join("v2.atomup");
@@ -610,6 +611,13 @@ fn install_after_a_pulled_stick_rehashes_the_cache_and_completes() {
     fs::write(cache.join(sha256_hex(&part)), &damaged).unwrap();
     let out = atomup_bounded(install_args(&w, &d, &[&b], &["--no-log"]));
     assert!(out.status.success(), "{}", text(&out));
+    // The cut copy is resumed from its `.partial`, not read from the stick again.
+    let resumed = format!(
+        "{from_v1}/0: resumed at byte {} of {} (the copy cut when the stick was pulled)",
+        part.len() / 2,
+        part.len()
+    );
+    assert!(text(&out).contains(&resumed), "{resumed}: {}", text(&out));
     assert_same_tree(&d.slot_b, &checkout(&w, &w.v2));
     assert_eq!(
         env_show(&d),

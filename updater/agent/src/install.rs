@@ -20,7 +20,8 @@
 //!    commits), then its parts. Until here only the cache changed: a stick
 //!    pulled now is a failed read, the env and both slots untouched; a
 //!    member cut mid-copy stays a `.partial` that nothing uses, and the
-//!    next insertion re-hashes the finished members and copies the rest.
+//!    next insertion re-hashes the finished members, resumes the cut one
+//!    from where its `.partial` ends, and copies the rest.
 //! 3. `execute`: record, env write (slot out of the order), apply, verify,
 //!    /etc merge, sync, record, env write (slot in, on trial). It reads only
 //!    the cache, never the stick.
@@ -557,7 +558,8 @@ fn extract_delta(
             sha256: delta.superblock_sha256,
         },
         &p.cache,
-    )?;
+    )?
+    .path;
     let sb = VerifiedSuperblock::read(&sb_path, Some(&p.trust))?;
     update::check_superblock(&sb, release, delta, &p.current_commit)?;
     let separate: Vec<_> = sb
@@ -591,6 +593,13 @@ fn extract_delta(
         }
         let m = member(&format!("{}/{i}", delta.path))?;
         let got = atomup_bundle::extract_verified(c.file, &m, Expect { size, sha256 }, &p.cache)?;
+        if got.resumed > 0 {
+            rep.say(&format!(
+                "{}: resumed at byte {} of {size} (the copy cut when the stick was pulled)",
+                m.name, got.resumed
+            ));
+        }
+        let got = got.path;
         done += size;
         rep.received(done);
         rep.p.parts_done += 1;

@@ -14,6 +14,7 @@ mod inputs;
 mod install;
 mod led;
 mod logger;
+mod onelock;
 mod progress;
 mod reports;
 mod settings;

@@ -633,6 +633,8 @@ pub fn execute(
     let to = ObjectId(plan.release.commit);
     let current_commit = p.current_commit;
     p.led.set(atomup_board::status::State::Installing);
+    // One install at a time (`onelock.rs`): held until the last env write.
+    let _one = crate::onelock::take(&o.boot.state_dir, cancel, rep)?;
     let mut snap = atomup_bootctl::load(bl)?;
     if snap.state()? != p.env {
         return Err(format!(

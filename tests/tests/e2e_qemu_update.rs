@@ -7,8 +7,8 @@
 //! every boot) and falls back by itself, never retrying either. The script
 //! checks every step; these tests run it with the binaries `./test` built,
 //! once on the U-Boot board and once on the GRUB/EFI board. With `--stick`
-//! (issue 16) the update comes from a FAT USB stick instead of the server, on
-//! both boards too.
+//! (issue 16) the update comes from a FAT USB stick instead of the server
+//! (on both boards; the pulled stick on U-Boot).
 
 use atomup_tests::ostree_fixture::ScratchDir;
 use std::process::Command;
@@ -154,7 +154,8 @@ fn device_installs_a_bundle_from_a_fat_stick_confirms_it_and_logs_to_the_stick_o
 /// root port) while the device copies the delta off it (the stick throttled
 /// to 256 KiB/s, the delta 4 MiB); the install fails with the env unchanged
 /// and slot B out of the boot order, and after `device_add` (a second
-/// insertion) it completes, confirms and logs as above.
+/// insertion) it resumes the cut copy where it stopped, completes, confirms
+/// and logs as above.
 #[test]
 fn stick_pulled_mid_install_fails_cleanly_and_a_second_insertion_completes() {
     // A stick pulled mid-copy leaves the env untouched; re-inserted, the install completes.
@@ -164,6 +165,7 @@ fn stick_pulled_mid_install_fails_cleanly_and_a_second_insertion_completes() {
         "ok: nothing was logged on the pulled stick",
         "ok: the env is unchanged after the pull: slot B not in the boot order",
         "ok: the device saw the stick inserted again",
+        "ok: the second insertion resumed the cut copy where it stopped",
         "ok: v2 read from the stick, verified and written into slot B",
         "ok: health passed: slot B confirmed",
         "ok: env is ATOMUP_ORDER=B A;ATOMUP_TRIAL=;ATOMUP_LEFT=0",

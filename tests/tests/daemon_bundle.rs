@@ -212,3 +212,59 @@ fn daemon_refuses_a_bad_bundle_once_and_installs_the_good_one_added_later() {
     a.signal("TERM");
     assert!(a.wait_exit(MINUTE).success(), "{}", a.output());
 }
+
+/// A real stick: an ext4 loop device mounted read-only (`nosuid,nodev,noexec`)
+/// onto the empty scanned mount point while the daemon waits. With
+/// `bundle.remount` the bundle installs, the result line lands on the stick
+/// through the remount and the stick is read-only again afterwards; unmounted,
+/// the daemon sees it gone.
+#[test]
+fn daemon_installs_from_a_stick_mounted_read_only_and_logs_through_the_remount() {
+    if !atomup_tests::device::require_root() {
+        return;
+    }
+    let w = world(&[]);
+    let d = provision(&w, "dbun3");
+    let contents = w.dir.join("contents-dbun3");
+    fs::create_dir_all(&contents).unwrap();
+    bundle(&w, &contents.join("update.atomup"));
+    let lo = atomup_tests::device::LoopFs::from_dir(&w.dir.join("dbun3.img"), &contents);
+    let mnt = w.dir.join("mnt-dbun3");
+    fs::create_dir_all(&mnt).unwrap();
+    Conf::new(&w, &d, "http://127.0.0.1:1/")
+        .with(&format!(
+            "[link]\nretries = 1\n\n[bundle]\nscan = [{:?}]\ninterval = \"1s\"\nremount = true\n",
+            mnt.display().to_string()
+        ))
+        .write();
+    let mut a = Agent::spawn(&agent_args(&d, "daemon", "A", &[]));
+    a.wait_for("(1 failed in a row)", MINUTE);
+    run_ok(
+        Command::new("mount")
+            .args(["-o", "ro,nosuid,nodev,noexec"])
+            .arg(&lo.dev)
+            .arg(&mnt),
+    );
+    a.wait_for("into slot B", MINUTE);
+    a.wait_for("result logged to", MINUTE);
+    let opts = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
+        .map(|l| l.split(' ').nth(5).unwrap().to_owned());
+    let log = log_lines(&mnt);
+    let _ = Command::new("umount").arg(&mnt).status();
+    a.wait_for("is empty or gone", MINUTE);
+    a.signal("TERM");
+    assert!(a.wait_exit(MINUTE).success(), "{}", a.output());
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert!(log[0].contains(" outcome=installed"), "{log:?}");
+    let opts = opts.expect("the stick is still mounted");
+    for want in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(opts.split(',').any(|o| o == want), "{want} missing: {opts}");
+    }
+    assert_eq!(
+        env_show(&d),
+        "ATOMUP_ORDER=B A\nATOMUP_TRIAL=B\nATOMUP_LEFT=3\n"
+    );
+}

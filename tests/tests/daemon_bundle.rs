@@ -50,6 +50,10 @@ fn daemon(w: &World, d: &Device, stick: &Path) -> Agent {
         ))
         .write();
     let a = Agent::spawn(&agent_args(d, "daemon", "A", &[]));
+    a.wait_for(
+        &format!(", bundles from {} every 1s", stick.display()),
+        MINUTE,
+    );
     // The network poll failed: the daemon waits, watching the stick.
     a.wait_for("next poll in", MINUTE);
     a.wait_for("(1 failed in a row)", MINUTE);

@@ -203,8 +203,23 @@ fn describe(loaded: &Loaded) -> String {
             end % 60
         ),
     };
+    let sticks = if c.bundle.scan.is_empty() {
+        String::new()
+    } else {
+        let dirs: Vec<String> = c
+            .bundle
+            .scan
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        format!(
+            ", bundles from {} every {}",
+            dirs.join(" "),
+            c.bundle.interval
+        )
+    };
     format!(
-        "{server}, every {} + up to {}, reboot {reboot}",
+        "{server}, every {} + up to {}, reboot {reboot}{sticks}",
         c.poll_interval, c.poll_jitter
     )
 }

@@ -160,20 +160,21 @@ fn idle(
         for dir in due {
             sticks.led = None;
             println!("atomup daemon: a bundle appeared in {}", dir.display());
-            let done = install::from_stick(o, loaded, &dir);
+            let done = install::from_stick(o, loaded, &dir, Some(&signals::STOP));
             sticks.watch.handled(&dir);
             sticks.led = Some((dir.clone(), install::result_led(o, done.led)));
-            match done.result {
-                Ok(Outcome::Installed { version, slot }) => {
-                    if let Wake::Stop = reboot(o, boot_flags, loaded, version, slot) {
-                        return Wake::Stop;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => eprint!("{}", error::chain(e.as_ref())),
+            if let Err(e) = &done.result {
+                eprint!("{}", error::chain(e.as_ref()));
             }
             if signals::stop_requested() {
+                // Installed or not, the init system is stopping us: a slot
+                // on trial waits for the reboot that is coming anyway.
                 return Wake::Stop;
+            }
+            if let Ok(Outcome::Installed { version, slot }) = done.result {
+                if let Wake::Stop = reboot(o, boot_flags, loaded, version, slot) {
+                    return Wake::Stop;
+                }
             }
         }
     }

@@ -94,6 +94,9 @@ struct Args {
     remount: bool,
     reboot: bool,
     linger: u64,
+    /// The daemon's stop flag: a stop asked for during the apply ends it at
+    /// the next safe point, as in a network install.
+    cancel: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
 fn parse(args: &mut lexopt::Parser) -> Result<(Opts, Args)> {
@@ -182,11 +185,17 @@ pub fn result_led(o: &Opts, state: State) -> crate::led::StatusLed {
 /// The daemon's install from a stick that appeared in a `bundle.scan`
 /// directory: exactly `atomup install --scan DIR` (`--remount` as
 /// `bundle.remount` says), the result line appended to `DIR`'s log.
-pub fn from_stick(o: &Opts, loaded: &atomup_config::Loaded, dir: &Path) -> Attempt {
+pub fn from_stick(
+    o: &Opts,
+    loaded: &atomup_config::Loaded,
+    dir: &Path,
+    cancel: Option<&'static std::sync::atomic::AtomicBool>,
+) -> Attempt {
     let a = Args {
         scan: Some(dir.to_owned()),
         log: Some(dir.join(LOG_NAME)),
         remount: loaded.config.bundle.remount,
+        cancel,
         ..Args::default()
     };
     attempt(o, &a, loaded)
@@ -492,7 +501,7 @@ fn install(
     let vd = extract_delta(source, plan.release, plan.delta, &p, rep)?;
 
     // 3. The same execution as a network update.
-    let outcome = update::execute(o, &mut p, &plan, &vd, None, rep)?;
+    let outcome = update::execute(o, &mut p, &plan, &vd, a.cancel, rep)?;
     p.led.set(State::OnTrial);
     Ok(outcome)
 }

@@ -272,3 +272,34 @@ fn daemon_installs_from_a_stick_mounted_read_only_and_logs_through_the_remount()
         "ATOMUP_ORDER=B A\nATOMUP_TRIAL=B\nATOMUP_LEFT=3\n"
     );
 }
+
+/// A device that never sees a network: `server.channel` and `bundle.scan`,
+/// no `server.url`. The daemon does not poll at all and installs the bundle
+/// that appears.
+#[test]
+fn daemon_without_a_server_watches_for_bundles_only() {
+    let w = world(&[]);
+    let d = provision(&w, "dbun4");
+    let stick = w.dir.join("stick-dbun4");
+    fs::create_dir_all(&stick).unwrap();
+    Conf::new(&w, &d, "http://127.0.0.1:1/")
+        .without_url()
+        .with(&format!(
+            "[bundle]\nscan = [{:?}]\ninterval = \"1s\"\n",
+            stick.display().to_string()
+        ))
+        .write();
+    let mut a = Agent::spawn(&agent_args(&d, "daemon", "A", &[]));
+    a.wait_for("no server configured", MINUTE);
+    bundle(&w, &stick.join("update.atomup"));
+    a.wait_for("into slot B", MINUTE);
+    assert_eq!(
+        env_show(&d),
+        "ATOMUP_ORDER=B A\nATOMUP_TRIAL=B\nATOMUP_LEFT=3\n"
+    );
+    a.signal("TERM");
+    assert!(a.wait_exit(MINUTE).success(), "{}", a.output());
+    let out = a.output();
+    assert!(!out.contains("next poll in"), "it polled: {out}");
+    assert!(!out.contains("no update server"), "{out}");
+}

@@ -37,7 +37,8 @@ The device's update service: polls at poll.interval + random(0..=poll.jitter), i
 a due release into the inactive slot, reboots by reboot.policy (now, in the daily
 reboot.window, or never: the operator reboots), reports to server.report_url.
 Between polls, every bundle.interval, the bundle.scan directories are looked at: a USB
-stick's bundle that appears there is installed as by `atomup install --scan DIR`.
+stick's bundle that appears there is installed as by `atomup install --scan DIR`
+(with server.channel and bundle.scan but no server.url: bundles only, no polls).
 SIGTERM/SIGINT: stop at the next safe point, exit 0. SIGHUP: reload the configuration
 and poll at once. Takes the options of `atomup update` (but --check):
   --json                progress as one JSON event per line on stdout
@@ -59,6 +60,20 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     let mut failures = 0u32;
     let mut sticks = Sticks::default();
     loop {
+        if loaded.config.server.is_none() && !loaded.config.bundle.scan.is_empty() {
+            // Bundles only (a device that never sees a network): no poll,
+            // only the watch.
+            let wait = loaded.config.poll_interval.as_duration();
+            match idle(&mut o, &boot_flags, &mut loaded, &mut sticks, wait) {
+                Wake::Stop => return stopped(),
+                Wake::Reload => {
+                    signals::take_reload();
+                    reload(&mut o, &boot_flags, &mut loaded);
+                }
+                Wake::Elapsed => {}
+            }
+            continue;
+        }
         // The network poll drives the LED itself.
         sticks.led = None;
         let mut rep = Reporter::new(Mode::detect(o.json), Some(&o.boot.state_dir));

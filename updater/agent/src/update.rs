@@ -454,9 +454,8 @@ pub struct Prepared {
 pub fn prepare(o: &Opts, loaded: &Loaded, flags: Flags) -> Result<Prepared> {
     let cfg = &loaded.config;
     let channel = cfg
-        .server
-        .as_ref()
-        .map(|s| s.channel.clone())
+        .channel
+        .clone()
         .ok_or("no channel: set server.url and server.channel in config.d (or --server URL --channel NAME)")?;
     let profile = o.boot.board()?;
     let board = match (&o.board, &profile) {

@@ -251,6 +251,9 @@ pub struct Layered {
 pub struct Config {
     /// The update server: repository URL and channel (both or neither).
     pub server: Option<ServerConfig>,
+    /// The device's channel (`server.channel`): the server's, or without a
+    /// server that of a device updated only from bundles (`bundle.scan`).
+    pub channel: Option<String>,
     /// PEM bundle of the CAs trusted for HTTPS; `None`: the built-in web roots.
     pub ca_bundle: Option<PathBuf>,
     pub report_url: Option<String>,
@@ -400,15 +403,18 @@ impl Layered {
     /// Validates the merged values as a whole and fills in the defaults.
     pub fn finish(self) -> Result<Loaded, ConfigError> {
         let v = &self.values;
+        if let Some(channel) = &v.server.channel {
+            if !is_label(channel) {
+                return Err(self.err(
+                    "server.channel",
+                    format!("`{channel}` is not a channel name (1-64 of a-z 0-9 . _ -)"),
+                ));
+            }
+        }
+        let bundles_only = v.bundle.scan.as_ref().is_some_and(|s| !s.is_empty());
         let server = match (&v.server.url, &v.server.channel) {
             (Some(url), Some(channel)) => {
                 check_url(url).map_err(|m| self.err("server.url", m))?;
-                if !is_label(channel) {
-                    return Err(self.err(
-                        "server.channel",
-                        format!("`{channel}` is not a channel name (1-64 of a-z 0-9 . _ -)"),
-                    ));
-                }
                 Some(ServerConfig {
                     url: url.clone(),
                     channel: channel.clone(),
@@ -418,8 +424,13 @@ impl Layered {
             (Some(_), None) => {
                 return Err(self.err("server.url", "is set but server.channel is not"))
             }
+            // A device updated only from bundles (`bundle.scan`): a channel, no server.
+            (None, Some(_)) if bundles_only => None,
             (None, Some(_)) => {
-                return Err(self.err("server.channel", "is set but server.url is not"))
+                return Err(self.err(
+                    "server.channel",
+                    "is set but server.url is not (and bundle.scan lists no directory)",
+                ))
             }
         };
         if let Some(url) = &v.server.report_url {
@@ -617,6 +628,7 @@ impl Layered {
         };
 
         let config = Config {
+            channel: v.server.channel.clone(),
             server,
             ca_bundle: v.server.ca_bundle.clone(),
             report_url: v.server.report_url.clone(),
@@ -684,7 +696,7 @@ impl Config {
         let secs = |d: Seconds| s(&d.to_string());
         match key {
             "server.url" => opt(self.server.as_ref().map(|v| s(&v.url))),
-            "server.channel" => opt(self.server.as_ref().map(|v| s(&v.channel))),
+            "server.channel" => opt(self.channel.as_deref().map(s)),
             "server.ca_bundle" => opt(self.ca_bundle.as_deref().map(p)),
             "server.report_url" => opt(self.report_url.as_deref().map(s)),
             "server.report_queue_max" => self.report_queue_max.to_string(),

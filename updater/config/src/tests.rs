@@ -455,3 +455,28 @@ fn bad_bundle_values_are_refused_with_the_key() {
         );
     }
 }
+
+/// A device updated only from bundles: `server.channel` without `server.url`
+/// is valid with `bundle.scan` (no server, the channel kept), refused without.
+#[test]
+fn a_channel_without_a_server_is_valid_only_for_bundles() {
+    let c = layered(&[(
+        "/v.toml",
+        "[server]\nchannel = \"stable\"\n[bundle]\nscan = [\"/media/usb\"]\n",
+    )])
+    .unwrap()
+    .config;
+    assert_eq!((c.server, c.channel.as_deref()), (None, Some("stable")));
+    assert_eq!(
+        layered(&[("/v.toml", "[server]\nchannel = \"stable\"\n")])
+            .unwrap_err()
+            .to_string(),
+        "server.channel (from /v.toml): is set but server.url is not (and bundle.scan lists no directory)"
+    );
+    let e = layered(&[(
+        "/v.toml",
+        "[server]\nchannel = \"Bad\"\n[bundle]\nscan = [\"/media/usb\"]\n",
+    )])
+    .unwrap_err();
+    assert!(e.to_string().contains("`Bad` is not a channel name"), "{e}");
+}

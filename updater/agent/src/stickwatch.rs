@@ -108,7 +108,8 @@ pub fn look_all(patterns: &[PathBuf]) -> Vec<(PathBuf, Option<u64>)> {
 }
 
 /// The directories `pattern` stands for: each `*` component is every
-/// subdirectory there (hidden ones excepted), at most [`MAX_DIRS`] in all.
+/// subdirectory there (hidden ones and symlinks excepted), at most
+/// [`MAX_DIRS`] in all.
 pub fn expand(pattern: &Path, out: &mut Vec<PathBuf>) {
     let mut prefixes = vec![PathBuf::from("/")];
     for c in pattern.components() {
@@ -129,8 +130,10 @@ pub fn expand(pattern: &Path, out: &mut Vec<PathBuf>) {
                     break;
                 }
                 let hidden = e.file_name().as_encoded_bytes().starts_with(b".");
-                // Followed like a mount helper's symlinked label would be.
-                if !hidden && e.path().is_dir() {
+                // Mount points are directories: a symlink is not followed
+                // (it could lead the watch anywhere, `/` included).
+                let dir = e.file_type().is_ok_and(|t| t.is_dir());
+                if !hidden && dir {
                     next.push(e.path());
                 }
             }
@@ -239,7 +242,8 @@ mod tests {
         assert_ne!(fingerprint(d), Some(one), "the bundle grew");
     }
 
-    // Proves `*` stands for each visible subdirectory and a fixed path for itself.
+    // Proves `*` stands for each visible subdirectory (not a symlink) and a
+    // fixed path for itself.
     #[test]
     fn expand_takes_each_subdirectory_for_a_star() {
         let dir = atomup_scratch::ScratchDir::new("stickwatch-expand");
@@ -247,6 +251,7 @@ mod tests {
         for sub in ["alice/USB1", "alice/USB2", "bob/STICK", ".hidden/X"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
+        std::os::unix::fs::symlink("/", d.join("alice/root")).unwrap();
         std::fs::write(d.join("alice/file"), b"").unwrap();
         let mut out = Vec::new();
         expand(&d.join("*/*"), &mut out);

@@ -291,13 +291,14 @@ stick_pull_run() {
     wait "$vm" || rc=$?
     exec 7>&- 8<&-
     echo "VM run 'stick': exit $rc after $(($(date +%s) - start)) s"
-    grep -a "ATOMUP-DEMO\|^skipping\|^installing\|^installed\|^error\| -> \|ATOMUP-UBOOT: boot \|confirmed\|^health" "$work/stick.log" || true
+    grep -a "ATOMUP-DEMO\|^skipping\|^installing\|^installed\|resumed at byte\|^error\| -> \|ATOMUP-UBOOT: boot \|confirmed\|^health" "$work/stick.log" || true
     [ "$rc" = 0 ] || { tail -n 40 "$work/stick.log"; exit 1; }
     expect stick 'ATOMUP-DEMO: stick /dev/vdb done: exit [1-9]' "the install from the pulled stick failed"
     expect stick '^error: the result was not logged' "nothing was logged on the pulled stick"
     expect stick 'ATOMUP-DEMO: env after the failed install: ATOMUP_ORDER=A;ATOMUP_TRIAL=;ATOMUP_LEFT=0;' \
         "the env is unchanged after the pull: slot B not in the boot order"
     expect stick 'ATOMUP-DEMO: stick inserted again as /dev/vd' "the device saw the stick inserted again"
+    expect stick '/0: resumed at byte [1-9][0-9]* of ' "the second insertion resumed the cut copy where it stopped"
 }
 
 vm_extra=--net

@@ -168,6 +168,12 @@ impl Conf {
         self
     }
 
+    /// No `server.url` (a device updated only from bundles keeps its channel).
+    pub fn without_url(mut self) -> Conf {
+        self.server.retain(|(k, _)| k != "url");
+        self
+    }
+
     /// More sections (`[link]\nbandwidth = ...`).
     pub fn with(mut self, toml: &str) -> Conf {
         self.rest.push_str(toml);

@@ -578,10 +578,11 @@ fn sha256_hex(data: &[u8]) -> String {
 /// What a stick pulled in the middle of the extraction leaves (the
 /// superblock extracted and verified, the part cut short as a `.partial`,
 /// plus a damaged complete-looking copy from an older pull) is never used as
-/// is: the next insertion re-hashes what is there, copies the rest and
-/// installs; nothing but the cache was touched in between.
+/// is: the next insertion re-hashes what is there, resumes the cut part
+/// from its `.partial` (its first half is not read from the stick again),
+/// and installs; nothing but the cache was touched in between.
 #[test]
-fn install_after_a_pulled_stick_rehashes_the_cache_and_completes() {
+fn install_after_a_pulled_stick_rehashes_the_cache_resumes_the_cut_member_and_completes() {
     let w = world(&[]);
     let d = provision(&w, "inst7");
     let b = w.dir.join("v2.atomup");
@@ -610,6 +611,13 @@ fn install_after_a_pulled_stick_rehashes_the_cache_and_completes() {
     fs::write(cache.join(sha256_hex(&part)), &damaged).unwrap();
     let out = atomup_bounded(install_args(&w, &d, &[&b], &["--no-log"]));
     assert!(out.status.success(), "{}", text(&out));
+    // The cut copy is resumed from its `.partial`, not read from the stick again.
+    let resumed = format!(
+        "{from_v1}/0: resumed at byte {} of {} (the copy cut when the stick was pulled)",
+        part.len() / 2,
+        part.len()
+    );
+    assert!(text(&out).contains(&resumed), "{resumed}: {}", text(&out));
     assert_same_tree(&d.slot_b, &checkout(&w, &w.v2));
     assert_eq!(
         env_show(&d),
@@ -658,4 +666,41 @@ fn install_remount_appends_the_log_and_keeps_the_sticks_mount_flags() {
     for want in ["ro", "nosuid", "nodev", "noexec"] {
         assert!(opts.split(',').any(|o| o == want), "{want} missing: {opts}");
     }
+}
+
+/// One install at a time across processes: while another holds the state
+/// directory's install lock (a daemon writing a slot), `atomup install`
+/// says it waits and writes neither slot nor env; once the lock is free it
+/// completes.
+#[test]
+fn install_waits_for_the_install_lock_then_completes() {
+    use rustix::fs::{flock, FlockOperation};
+    let w = world(&[]);
+    let d = provision(&w, "inst9");
+    let b = w.dir.join("v2-inst9.atomup");
+    bundle(&w, "qemu-virt", &b, &[]);
+    let lock = fs::File::create(d.state.join("install.lock")).unwrap();
+    flock(&lock, FlockOperation::NonBlockingLockExclusive).unwrap();
+    let env = env_show(&d);
+    let record_b = fs::read(d.state.join("slots/B")).ok();
+    let accepted = fs::read(d.state.join("accepted")).ok();
+    let slot_b = atomup_tests::ostree_fixture::tree_digest(&d.slot_b);
+    let mut a = atomup_tests::service::Agent::spawn(&install_args(&w, &d, &[&b], &["--no-log"]));
+    let minute = std::time::Duration::from_secs(60);
+    a.wait_for("waiting for another atomup install to finish", minute);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(a.child.try_wait().unwrap().is_none(), "{}", a.output());
+    // Only the cache (and the progress record) changed meanwhile.
+    assert_eq!(fs::read(d.state.join("slots/B")).ok(), record_b);
+    assert_eq!(fs::read(d.state.join("accepted")).ok(), accepted);
+    assert_eq!(atomup_tests::ostree_fixture::tree_digest(&d.slot_b), slot_b);
+    assert_eq!(env_show(&d), env);
+    drop(lock);
+    assert!(a.wait_exit(minute).success(), "{}", a.output());
+    assert!(a.output().contains("into slot B"), "{}", a.output());
+    assert_same_tree(&d.slot_b, &checkout(&w, &w.v2));
+    assert_eq!(
+        env_show(&d),
+        "ATOMUP_ORDER=B A\nATOMUP_TRIAL=B\nATOMUP_LEFT=3\n"
+    );
 }

@@ -12,12 +12,22 @@
 //! cut would (the next start writes it again). SIGHUP reloads the
 //! configuration (an invalid one is refused and the old one kept) and polls
 //! at once.
+//!
+//! Offline bundles (`bundle.scan`, `stickwatch.rs`): while it waits for the
+//! next poll, every `bundle.interval` it looks at the scanned directories;
+//! a stick that appeared (and settled) is installed from exactly as `atomup
+//! install --scan DIR` would (`install::from_stick`: the same checks, the
+//! same log on the stick, the same LED), then the reboot policy applies as
+//! after a network install. Polls and bundles take turns in this one loop,
+//! so they never install at once. The result shows on the LED until the stick is
+//! pulled or the next poll.
 
 use crate::error::{self, Result};
 use crate::progress::{Mode, Reporter};
 use crate::signals::{self, Wake};
+use crate::stickwatch::{self, Watch};
 use crate::update::{self, Outcome};
-use crate::{logger, settings};
+use crate::{install, logger, settings};
 use atomup_config::{Loaded, RebootPolicy};
 use std::time::Duration;
 
@@ -26,6 +36,9 @@ Usage: atomup daemon [options]
 The device's update service: polls at poll.interval + random(0..=poll.jitter), installs
 a due release into the inactive slot, reboots by reboot.policy (now, in the daily
 reboot.window, or never: the operator reboots), reports to server.report_url.
+Between polls, every bundle.interval, the bundle.scan directories are looked at: a USB
+stick's bundle that appears there is installed as by `atomup install --scan DIR`
+(with server.channel and bundle.scan but no server.url: bundles only, no polls).
 SIGTERM/SIGINT: stop at the next safe point, exit 0. SIGHUP: reload the configuration
 and poll at once. Takes the options of `atomup update` (but --check):
   --json                progress as one JSON event per line on stdout
@@ -45,7 +58,24 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         describe(&loaded)
     );
     let mut failures = 0u32;
+    let mut sticks = Sticks::default();
     loop {
+        if loaded.config.server.is_none() && !loaded.config.bundle.scan.is_empty() {
+            // Bundles only (a device that never sees a network): no poll,
+            // only the watch.
+            let wait = loaded.config.poll_interval.as_duration();
+            match idle(&mut o, &boot_flags, &mut loaded, &mut sticks, wait) {
+                Wake::Stop => return stopped(),
+                Wake::Reload => {
+                    signals::take_reload();
+                    reload(&mut o, &boot_flags, &mut loaded);
+                }
+                Wake::Elapsed => {}
+            }
+            continue;
+        }
+        // The network poll drives the LED itself.
+        sticks.led = None;
         let mut rep = Reporter::new(Mode::detect(o.json), Some(&o.boot.state_dir));
         let result = update::poll(&o, &loaded, Some(&signals::STOP), &mut rep);
         if let Err(e) = &result {
@@ -88,13 +118,79 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
                 String::new()
             }
         );
-        match signals::sleep(wait) {
+        match idle(&mut o, &boot_flags, &mut loaded, &mut sticks, wait) {
             Wake::Stop => return stopped(),
             Wake::Reload => {
                 signals::take_reload();
                 reload(&mut o, &boot_flags, &mut loaded);
             }
             Wake::Elapsed => {}
+        }
+    }
+}
+
+/// The bundle watch and the LED showing the last stick's result.
+#[derive(Default)]
+struct Sticks {
+    watch: Watch,
+    /// The scanned directory whose result the LED holds, and the LED.
+    led: Option<(std::path::PathBuf, crate::led::StatusLed)>,
+}
+
+/// Waits `wait` for the next poll; with `bundle.scan`, looks at the scanned
+/// directories every `bundle.interval` meanwhile and installs from a stick
+/// that appeared. Ends early on a signal, as [`signals::sleep`] does.
+fn idle(
+    o: &mut update::Opts,
+    boot_flags: &crate::bootopts::BootOpts,
+    loaded: &mut Loaded,
+    sticks: &mut Sticks,
+    wait: Duration,
+) -> Wake {
+    let end = std::time::Instant::now() + wait;
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        let b = &loaded.config.bundle;
+        if b.scan.is_empty() {
+            return signals::sleep(left);
+        }
+        if left.is_zero() {
+            return Wake::Elapsed;
+        }
+        match signals::sleep(left.min(b.interval.as_duration())) {
+            Wake::Elapsed => {}
+            other => return other,
+        }
+        let (due, gone) = sticks.watch.look(stickwatch::look_all(&b.scan));
+        for dir in gone {
+            println!("atomup daemon: {} is empty or gone", dir.display());
+        }
+        if sticks
+            .led
+            .as_ref()
+            .is_some_and(|(d, _)| !sticks.watch.holds(d))
+        {
+            sticks.led = None;
+        }
+        for dir in due {
+            sticks.led = None;
+            println!("atomup daemon: a bundle appeared in {}", dir.display());
+            let done = install::from_stick(o, loaded, &dir, Some(&signals::STOP));
+            sticks.watch.handled(&dir);
+            sticks.led = Some((dir.clone(), install::result_led(o, done.led)));
+            if let Err(e) = &done.result {
+                eprint!("{}", error::chain(e.as_ref()));
+            }
+            if signals::stop_requested() {
+                // Installed or not, the init system is stopping us: a slot
+                // on trial waits for the reboot that is coming anyway.
+                return Wake::Stop;
+            }
+            if let Ok(Outcome::Installed { version, slot }) = done.result {
+                if let Wake::Stop = reboot(o, boot_flags, loaded, version, slot) {
+                    return Wake::Stop;
+                }
+            }
         }
     }
 }
@@ -123,8 +219,23 @@ fn describe(loaded: &Loaded) -> String {
             end % 60
         ),
     };
+    let sticks = if c.bundle.scan.is_empty() {
+        String::new()
+    } else {
+        let dirs: Vec<String> = c
+            .bundle
+            .scan
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        format!(
+            ", bundles from {} every {}",
+            dirs.join(" "),
+            c.bundle.interval
+        )
+    };
     format!(
-        "{server}, every {} + up to {}, reboot {reboot}",
+        "{server}, every {} + up to {}, reboot {reboot}{sticks}",
         c.poll_interval, c.poll_jitter
     )
 }

@@ -20,7 +20,8 @@
 //!    commits), then its parts. Until here only the cache changed: a stick
 //!    pulled now is a failed read, the env and both slots untouched; a
 //!    member cut mid-copy stays a `.partial` that nothing uses, and the
-//!    next insertion re-hashes the finished members and copies the rest.
+//!    next insertion re-hashes the finished members, resumes the cut one
+//!    from where its `.partial` ends, and copies the rest.
 //! 3. `execute`: record, env write (slot out of the order), apply, verify,
 //!    /etc merge, sync, record, env write (slot in, on trial). It reads only
 //!    the cache, never the stick.
@@ -93,6 +94,9 @@ struct Args {
     remount: bool,
     reboot: bool,
     linger: u64,
+    /// The daemon's stop flag: a stop asked for during the apply ends it at
+    /// the next safe point, as in a network install.
+    cancel: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
 fn parse(args: &mut lexopt::Parser) -> Result<(Opts, Args)> {
@@ -145,6 +149,61 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     let loaded = settings::load(&o.config)?;
     crate::logger::configured(loaded.config.log_level);
     o.boot.configure(&loaded);
+    let done = attempt(&o, &a, &loaded);
+    if a.linger > 0 {
+        let _led = result_led(&o, done.led);
+        std::thread::sleep(std::time::Duration::from_secs(a.linger));
+    }
+    let installed = matches!(done.result, Ok(Outcome::Installed { .. }));
+    done.result?;
+    if let Some(e) = done.log_err {
+        return Err(e);
+    }
+    if installed && a.reboot {
+        reboot(&loaded.config);
+    }
+    Ok(())
+}
+
+/// What one install from a bundle came to.
+pub struct Attempt {
+    pub result: Result<Outcome>,
+    /// What the status LED shows for it: on trial, error, or confirmed
+    /// (nothing to do).
+    pub led: State,
+    /// The result line could not be appended to the log (said already).
+    pub log_err: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// The status LED held at `state` (the technician reads the result) until
+/// the returned guard is dropped.
+pub fn result_led(o: &Opts, state: State) -> crate::led::StatusLed {
+    let profile = o.boot.board().ok().flatten();
+    crate::led::StatusLed::start(profile.as_ref().and_then(|p| p.led.as_ref()), state)
+}
+
+/// The daemon's install from a stick that appeared in a `bundle.scan`
+/// directory: exactly `atomup install --scan DIR` (`--remount` as
+/// `bundle.remount` says), the result line appended to `DIR`'s log.
+pub fn from_stick(
+    o: &Opts,
+    loaded: &atomup_config::Loaded,
+    dir: &Path,
+    cancel: Option<&'static std::sync::atomic::AtomicBool>,
+) -> Attempt {
+    let a = Args {
+        scan: Some(dir.to_owned()),
+        log: Some(dir.join(LOG_NAME)),
+        remount: loaded.config.bundle.remount,
+        cancel,
+        ..Args::default()
+    };
+    attempt(o, &a, loaded)
+}
+
+/// One install (or `--check`) with its progress, report, result line and
+/// the LED state it ends in; nothing held afterwards.
+fn attempt(o: &Opts, a: &Args, loaded: &atomup_config::Loaded) -> Attempt {
     let cfg = &loaded.config;
     let started = system_now();
     let mut rep = Reporter::new(
@@ -152,7 +211,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         (!o.check).then_some(o.boot.state_dir.as_path()),
     );
     let mut summary = Summary::default();
-    let result = install(&o, &a, &loaded, &mut rep, &mut summary);
+    let result = install(o, a, loaded, &mut rep, &mut summary);
     let error = match &result {
         Ok(Outcome::Installed { .. }) => {
             rep.done();
@@ -182,7 +241,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
     };
     // The technician reads the LED: installed (on trial) or failed, held
     // for a while after the work is done.
-    let led_state = match (&result, error.is_some()) {
+    let led = match (&result, error.is_some()) {
         (Ok(Outcome::Installed { .. }), _) => State::OnTrial,
         (_, true) => State::Error,
         _ => State::Confirmed,
@@ -197,21 +256,11 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
             rep.say(&format!("result logged to {}", log.display()));
         }
     }
-    if a.linger > 0 {
-        let profile = o.boot.board().ok().flatten();
-        let _led =
-            crate::led::StatusLed::start(profile.as_ref().and_then(|p| p.led.as_ref()), led_state);
-        std::thread::sleep(std::time::Duration::from_secs(a.linger));
+    Attempt {
+        result,
+        led,
+        log_err,
     }
-    let installed = matches!(result, Ok(Outcome::Installed { .. }));
-    result?;
-    if let Some(e) = log_err {
-        return Err(e);
-    }
-    if installed && a.reboot {
-        reboot(cfg);
-    }
-    Ok(())
 }
 
 /// Runs the init system's reboot (`reboot.command`); a failure is said, the
@@ -452,7 +501,7 @@ fn install(
     let vd = extract_delta(source, plan.release, plan.delta, &p, rep)?;
 
     // 3. The same execution as a network update.
-    let outcome = update::execute(o, &mut p, &plan, &vd, None, rep)?;
+    let outcome = update::execute(o, &mut p, &plan, &vd, a.cancel, rep)?;
     p.led.set(State::OnTrial);
     Ok(outcome)
 }
@@ -518,7 +567,8 @@ fn extract_delta(
             sha256: delta.superblock_sha256,
         },
         &p.cache,
-    )?;
+    )?
+    .path;
     let sb = VerifiedSuperblock::read(&sb_path, Some(&p.trust))?;
     update::check_superblock(&sb, release, delta, &p.current_commit)?;
     let separate: Vec<_> = sb
@@ -552,6 +602,13 @@ fn extract_delta(
         }
         let m = member(&format!("{}/{i}", delta.path))?;
         let got = atomup_bundle::extract_verified(c.file, &m, Expect { size, sha256 }, &p.cache)?;
+        if got.resumed > 0 {
+            rep.say(&format!(
+                "{}: resumed at byte {} of {size} (the copy cut when the stick was pulled)",
+                m.name, got.resumed
+            ));
+        }
+        let got = got.path;
         done += size;
         rep.received(done);
         rep.p.parts_done += 1;

@@ -116,7 +116,7 @@ pub fn make(
         device_id: device_id(&machine_id),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         board: boot.board().ok().flatten().map(|b| b.name),
-        channel: cfg.server.as_ref().map(|s| s.channel.clone()),
+        channel: cfg.channel.clone(),
         booted_slot: booted.map(|s| if s == Slot::A { 'A' } else { 'B' }),
         commit: running.commit().map(|c| c.to_hex()),
         version: running.version(),

@@ -454,9 +454,8 @@ pub struct Prepared {
 pub fn prepare(o: &Opts, loaded: &Loaded, flags: Flags) -> Result<Prepared> {
     let cfg = &loaded.config;
     let channel = cfg
-        .server
-        .as_ref()
-        .map(|s| s.channel.clone())
+        .channel
+        .clone()
         .ok_or("no channel: set server.url and server.channel in config.d (or --server URL --channel NAME)")?;
     let profile = o.boot.board()?;
     let board = match (&o.board, &profile) {
@@ -633,6 +632,8 @@ pub fn execute(
     let to = ObjectId(plan.release.commit);
     let current_commit = p.current_commit;
     p.led.set(atomup_board::status::State::Installing);
+    // One install at a time (`onelock.rs`): held until the last env write.
+    let _one = crate::onelock::take(&o.boot.state_dir, cancel, rep)?;
     let mut snap = atomup_bootctl::load(bl)?;
     if snap.state()? != p.env {
         return Err(format!(

@@ -358,6 +358,16 @@ pub struct Expect {
     pub sha256: [u8; 32],
 }
 
+/// A member in the cache, verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extracted {
+    pub path: std::path::PathBuf,
+    /// Bytes of it that a copy cut earlier had left in its `.partial` and
+    /// that were not read from the bundle again (0: copied whole, or found
+    /// complete in the cache).
+    pub resumed: u64,
+}
+
 /// Copies member `m` of `bundle` into `cache/<sha256 hex>` (the download
 /// cache's naming, so a network update can reuse it and the reverse), if and
 /// only if its size and sha256 are `expect`; returns the cached path.
@@ -365,13 +375,19 @@ pub struct Expect {
 /// Only this member is read. It streams through a `.partial` file that is
 /// fsynced and renamed into place once its digest holds, so a stick pulled
 /// mid-copy leaves no file that looks complete; a copy already in the cache
-/// is re-hashed and reused. Memory is one 64 KiB buffer.
+/// is re-hashed and reused. A `.partial` left by a copy cut by a read error
+/// (a pulled stick) is resumed: its bytes are hashed, not read again, and
+/// the copy goes on from the bundle where it stopped (as the downloader's
+/// Range request does). The digest over the whole member still decides; a
+/// resumed copy that does not hash right is copied once more from its first
+/// byte before it is refused, so a damaged `.partial` costs time, never the
+/// install. Memory is one 64 KiB buffer.
 pub fn extract_verified<R: Read + Seek>(
     bundle: &mut R,
     m: &Member,
     expect: Expect,
     cache: &std::path::Path,
-) -> Result<std::path::PathBuf, BundleError> {
+) -> Result<Extracted, BundleError> {
     use sha2::{Digest, Sha256};
     let hex: String = expect.sha256.iter().map(|b| format!("{b:02x}")).collect();
     let done = cache.join(&hex);
@@ -387,46 +403,69 @@ pub fn extract_verified<R: Read + Seek>(
             why: "its size differs from what the signed metadata says",
         });
     }
+    let complete = |path| Extracted { path, resumed: 0 };
     match hash_of(&done) {
-        Ok(got) if got == (expect.size, expect.sha256) => return Ok(done),
+        Ok(got) if got == (expect.size, expect.sha256) => return Ok(complete(done)),
         Ok(_) => std::fs::remove_file(&done)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
     }
     std::fs::create_dir_all(cache)?;
     let partial = cache.join(format!("{hex}.partial"));
-    let mut out = std::fs::File::create(&partial)?;
-    bundle.seek(SeekFrom::Start(m.offset))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut left = m.size;
-    while left > 0 {
-        let want = (buf.len() as u64).min(left) as usize;
-        let n = bundle.read(&mut buf[..want])?;
-        if n == 0 {
+    let mut from = match std::fs::symlink_metadata(&partial) {
+        Ok(md) if md.is_file() && md.len() <= m.size => md.len(),
+        _ => 0,
+    };
+    loop {
+        let mut h = Sha256::new();
+        let mut out = if from > 0 {
+            let mut f = atomup_fsio::open_rw(&partial, false)?;
+            from = io::copy(&mut (&mut f).take(from), &mut HashWriter(&mut h))?;
+            f.set_len(from)?;
+            f.seek(SeekFrom::Start(from))?;
+            f
+        } else {
+            std::fs::File::create(&partial)?
+        };
+        bundle.seek(SeekFrom::Start(m.offset + from))?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = m.size - from;
+        while left > 0 {
+            let want = (buf.len() as u64).min(left) as usize;
+            let n = bundle.read(&mut buf[..want])?;
+            if n == 0 {
+                drop(out);
+                let _ = std::fs::remove_file(&partial);
+                return Err(BundleError::Truncated {
+                    name: m.name.clone(),
+                });
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        if <[u8; 32]>::from(h.finalize()) != expect.sha256 {
             drop(out);
             let _ = std::fs::remove_file(&partial);
-            return Err(BundleError::Truncated {
+            if from > 0 {
+                // The kept prefix was not this member's bytes: once more, whole.
+                from = 0;
+                continue;
+            }
+            return Err(BundleError::Mismatch {
                 name: m.name.clone(),
+                why: "its sha256 differs from what the signed metadata says",
             });
         }
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    if <[u8; 32]>::from(h.finalize()) != expect.sha256 {
+        out.sync_all()?;
         drop(out);
-        let _ = std::fs::remove_file(&partial);
-        return Err(BundleError::Mismatch {
-            name: m.name.clone(),
-            why: "its sha256 differs from what the signed metadata says",
+        std::fs::rename(&partial, &done)?;
+        atomup_fsio::sync_parent(&done)?;
+        return Ok(Extracted {
+            path: done,
+            resumed: from,
         });
     }
-    out.sync_all()?;
-    drop(out);
-    std::fs::rename(&partial, &done)?;
-    atomup_fsio::sync_parent(&done)?;
-    Ok(done)
 }
 
 struct HashWriter<'a>(&'a mut sha2::Sha256);

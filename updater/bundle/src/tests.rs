@@ -239,13 +239,17 @@ fn members_are_extracted_only_when_their_digest_holds() {
         sha256: sha2::Sha256::digest(data).into(),
     };
     let cache = scratch("extract");
-    let p = extract_verified(&mut Cursor::new(&bytes), m, good, &cache).unwrap();
+    let p = extract_verified(&mut Cursor::new(&bytes), m, good, &cache)
+        .unwrap()
+        .path;
     assert_eq!(&std::fs::read(&p).unwrap(), data);
     // Reused: a bundle that no longer holds the bytes still finds the copy.
     let mut gone = bytes.clone();
     gone[m.offset as usize] ^= 1;
     assert_eq!(
-        extract_verified(&mut Cursor::new(&gone), m, good, &cache).unwrap(),
+        extract_verified(&mut Cursor::new(&gone), m, good, &cache)
+            .unwrap()
+            .path,
         p
     );
     std::fs::remove_file(&p).unwrap();
@@ -259,4 +263,93 @@ fn members_are_extracted_only_when_their_digest_holds() {
     assert!(left.is_empty(), "nothing half-written stays in the cache");
     let wrong_size = Expect { size: 1, ..good };
     assert!(extract_verified(&mut Cursor::new(&bytes), m, wrong_size, &cache).is_err());
+}
+
+/// The bundle as a stick that is pulled once `cut_at` bytes of it were
+/// read (every later read fails, as an unplugged USB disk does), counting
+/// the bytes read from it.
+struct Stick<'a> {
+    bytes: Cursor<&'a [u8]>,
+    cut_at: Option<u64>,
+    read: u64,
+}
+
+impl std::io::Read for Stick<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let pos = self.bytes.position();
+        if self.cut_at.is_some_and(|c| pos >= c) {
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        let room = self.cut_at.map_or(buf.len() as u64, |c| c - pos) as usize;
+        let len = buf.len().min(room);
+        let n = self.bytes.read(&mut buf[..len])?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for Stick<'_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.bytes.seek(to)
+    }
+}
+
+/// A copy cut by a pulled stick keeps its `.partial`; the next extraction
+/// hashes that prefix and reads only the rest of the member from the bundle;
+/// a `.partial` whose bytes are wrong is copied again whole, not refused.
+#[test]
+fn a_copy_cut_by_a_pulled_stick_resumes_where_it_stopped() {
+    use sha2::Digest;
+    let data: Vec<u8> = (0..300 * 1024u32)
+        .map(|i| (i * 7 + i / 251) as u8)
+        .collect();
+    let members = vec![
+        ("atomup/stable/b/release", b"meta".to_vec()),
+        ("deltas/Ab/CdEf/0", data.clone()),
+    ];
+    let bytes = build(&members);
+    let found = scan(&mut Cursor::new(&bytes)).unwrap();
+    let m = &found[1];
+    let good = Expect {
+        size: data.len() as u64,
+        sha256: sha2::Sha256::digest(&data).into(),
+    };
+    let cache = scratch("resume");
+    let cut = 100 * 1024;
+    let mut pulled = Stick {
+        bytes: Cursor::new(&bytes),
+        cut_at: Some(m.offset + cut),
+        read: 0,
+    };
+    let e = extract_verified(&mut pulled, m, good, &cache).unwrap_err();
+    assert!(matches!(e, BundleError::Io(_)), "{e}");
+    let hex: String = good.sha256.iter().map(|b| format!("{b:02x}")).collect();
+    let partial = cache.join(format!("{hex}.partial"));
+    assert_eq!(std::fs::metadata(&partial).unwrap().len(), cut);
+
+    let mut again = Stick {
+        bytes: Cursor::new(&bytes),
+        cut_at: None,
+        read: 0,
+    };
+    let got = extract_verified(&mut again, m, good, &cache).unwrap();
+    assert_eq!(got.resumed, cut);
+    assert_eq!(again.read, m.size - cut, "only the rest was read");
+    assert_eq!(std::fs::read(&got.path).unwrap(), data);
+    assert!(!partial.exists());
+
+    // A damaged prefix: the digest fails, the member is copied once more whole.
+    std::fs::remove_file(&got.path).unwrap();
+    let mut bad = data[..cut as usize].to_vec();
+    bad[10] ^= 1;
+    std::fs::write(&partial, &bad).unwrap();
+    let mut whole = Stick {
+        bytes: Cursor::new(&bytes),
+        cut_at: None,
+        read: 0,
+    };
+    let got = extract_verified(&mut whole, m, good, &cache).unwrap();
+    assert_eq!(got.resumed, 0);
+    assert_eq!(whole.read, m.size - cut + m.size);
+    assert_eq!(std::fs::read(&got.path).unwrap(), data);
 }

@@ -232,6 +232,11 @@ schema! {
         server_reachable: bool,
         services: Vec<String>,
     }
+    bundle: Bundle {
+        scan: Vec<PathBuf>,
+        interval: Seconds,
+        remount: bool,
+    }
 }
 
 /// Values as layered so far, with the source of each one set.
@@ -246,6 +251,9 @@ pub struct Layered {
 pub struct Config {
     /// The update server: repository URL and channel (both or neither).
     pub server: Option<ServerConfig>,
+    /// The device's channel (`server.channel`): the server's, or without a
+    /// server that of a device updated only from bundles (`bundle.scan`).
+    pub channel: Option<String>,
     /// PEM bundle of the CAs trusted for HTTPS; `None`: the built-in web roots.
     pub ca_bundle: Option<PathBuf>,
     pub report_url: Option<String>,
@@ -292,7 +300,25 @@ pub struct Config {
     pub reboot_command: Vec<String>,
     pub log_level: LogLevel,
     pub health: HealthConfig,
+    pub bundle: BundleConfig,
 }
+
+/// Where the daemon looks for offline bundles (USB sticks) between network
+/// polls; `scan` empty: it does not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleConfig {
+    /// Absolute directories; a component that is exactly `*` stands for
+    /// every subdirectory there (`/run/media/*/*`).
+    pub scan: Vec<PathBuf>,
+    /// How often they are looked at (a readdir and a stat per entry).
+    pub interval: Seconds,
+    /// A scanned directory is a read-only mount point: remount it
+    /// read-write for the result log's append only.
+    pub remount: bool,
+}
+
+/// Longest `bundle.interval`.
+pub const MAX_BUNDLE_INTERVAL: u64 = 3600;
 
 /// What `atomup health` checks besides the release's own check scripts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -377,15 +403,18 @@ impl Layered {
     /// Validates the merged values as a whole and fills in the defaults.
     pub fn finish(self) -> Result<Loaded, ConfigError> {
         let v = &self.values;
+        if let Some(channel) = &v.server.channel {
+            if !is_label(channel) {
+                return Err(self.err(
+                    "server.channel",
+                    format!("`{channel}` is not a channel name (1-64 of a-z 0-9 . _ -)"),
+                ));
+            }
+        }
+        let bundles_only = v.bundle.scan.as_ref().is_some_and(|s| !s.is_empty());
         let server = match (&v.server.url, &v.server.channel) {
             (Some(url), Some(channel)) => {
                 check_url(url).map_err(|m| self.err("server.url", m))?;
-                if !is_label(channel) {
-                    return Err(self.err(
-                        "server.channel",
-                        format!("`{channel}` is not a channel name (1-64 of a-z 0-9 . _ -)"),
-                    ));
-                }
                 Some(ServerConfig {
                     url: url.clone(),
                     channel: channel.clone(),
@@ -395,8 +424,13 @@ impl Layered {
             (Some(_), None) => {
                 return Err(self.err("server.url", "is set but server.channel is not"))
             }
+            // A device updated only from bundles (`bundle.scan`): a channel, no server.
+            (None, Some(_)) if bundles_only => None,
             (None, Some(_)) => {
-                return Err(self.err("server.channel", "is set but server.url is not"))
+                return Err(self.err(
+                    "server.channel",
+                    "is set but server.url is not (and bundle.scan lists no directory)",
+                ))
             }
         };
         if let Some(url) = &v.server.report_url {
@@ -561,7 +595,40 @@ impl Layered {
             services,
         };
 
+        let b = &v.bundle;
+        let scan = b.scan.clone().unwrap_or_default();
+        if let Some(bad) = scan.iter().find(|p| !is_scan_path(p)) {
+            return Err(self.err(
+                "bundle.scan",
+                format!(
+                    "`{}` is not an absolute directory (`*` only as a whole component, no `.` or `..`)",
+                    bad.display()
+                ),
+            ));
+        }
+        if scan.len() > MAX_SCAN {
+            return Err(self.err("bundle.scan", format!("more than {MAX_SCAN} entries")));
+        }
+        let bundle_interval = b.interval.unwrap_or(Seconds(5));
+        if !(1..=MAX_BUNDLE_INTERVAL).contains(&bundle_interval.0) {
+            return Err(self.err("bundle.interval", "must be between 1s and 1h"));
+        }
+        if scan.is_empty() && (b.interval.is_some() || b.remount.is_some()) {
+            let key = if b.interval.is_some() {
+                "bundle.interval"
+            } else {
+                "bundle.remount"
+            };
+            return Err(self.err(key, "is set but bundle.scan lists no directory"));
+        }
+        let bundle = BundleConfig {
+            scan,
+            interval: bundle_interval,
+            remount: b.remount.unwrap_or(false),
+        };
+
         let config = Config {
+            channel: v.server.channel.clone(),
             server,
             ca_bundle: v.server.ca_bundle.clone(),
             report_url: v.server.report_url.clone(),
@@ -606,6 +673,7 @@ impl Layered {
             reboot_command,
             log_level,
             health,
+            bundle,
         };
         Ok(Loaded {
             config,
@@ -628,7 +696,7 @@ impl Config {
         let secs = |d: Seconds| s(&d.to_string());
         match key {
             "server.url" => opt(self.server.as_ref().map(|v| s(&v.url))),
-            "server.channel" => opt(self.server.as_ref().map(|v| s(&v.channel))),
+            "server.channel" => opt(self.channel.as_deref().map(s)),
             "server.ca_bundle" => opt(self.ca_bundle.as_deref().map(p)),
             "server.report_url" => opt(self.report_url.as_deref().map(s)),
             "server.report_queue_max" => self.report_queue_max.to_string(),
@@ -678,6 +746,12 @@ impl Config {
                 .map_or("0".into(), |b| s(&Bytes(b).to_string())),
             "health.server_reachable" => self.health.server_reachable.to_string(),
             "health.services" => list(&self.health.services),
+            "bundle.scan" => {
+                let items: Vec<String> = self.bundle.scan.iter().map(|v| p(v)).collect();
+                format!("[{}]", items.join(", "))
+            }
+            "bundle.interval" => secs(self.bundle.interval),
+            "bundle.remount" => self.bundle.remount.to_string(),
             _ => "(unknown key)".into(),
         }
     }
@@ -689,6 +763,25 @@ fn is_label(s: &str) -> bool {
         && s.len() <= 64
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+/// Most `bundle.scan` entries.
+pub const MAX_SCAN: usize = 16;
+
+/// A `bundle.scan` entry: absolute, normal components or a whole `*`, no
+/// `.`/`..` (a pattern never climbs out of where it points).
+fn is_scan_path(p: &Path) -> bool {
+    use std::path::Component;
+    p.is_absolute()
+        && p.components().all(|c| match c {
+            Component::RootDir => true,
+            Component::Normal(n) => {
+                let n = n.as_encoded_bytes();
+                n == b"*" || !n.contains(&b'*')
+            }
+            _ => false,
+        })
+        && !p.as_os_str().as_encoded_bytes().contains(&0)
 }
 
 /// A base64 ed25519 public key as OSTree writes it: 32 bytes, 44 characters.

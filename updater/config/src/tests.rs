@@ -392,3 +392,91 @@ fn impossible_health_values_name_the_key() {
         "{e}"
     );
 }
+
+/// `[bundle]`: the scanned directories (with `*` components), the interval
+/// and the remount rule are read and listed; off (no directory) by default.
+#[test]
+fn bundle_scan_keys_are_read_and_listed() {
+    let off = layered(&[]).unwrap().config.bundle;
+    assert!(off.scan.is_empty() && !off.remount);
+    let loaded = layered(&[(
+        "/v.toml",
+        "[bundle]\nscan = [\"/media/usb\", \"/run/media/*/*\"]\ninterval = \"2s\"\nremount = true\n",
+    )])
+    .unwrap();
+    let b = &loaded.config.bundle;
+    assert_eq!(
+        b.scan,
+        [PathBuf::from("/media/usb"), PathBuf::from("/run/media/*/*")]
+    );
+    assert_eq!((b.interval, b.remount), (Seconds(2), true));
+    let listing = loaded.listing();
+    assert!(
+        listing.contains("bundle.scan = [\"/media/usb\", \"/run/media/*/*\"]  # /v.toml\n")
+            && listing.contains("bundle.interval = \"2s\"  # /v.toml\n")
+            && listing.contains("bundle.remount = true  # /v.toml\n"),
+        "{listing}"
+    );
+}
+
+/// Each impossible `[bundle]` value is refused with the key and the reason.
+#[test]
+fn bad_bundle_values_are_refused_with_the_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[bundle]\nscan = [\"media\"]\n",
+            "bundle.scan (from /v.toml): `media` is not an absolute directory (`*` only as a whole component, no `.` or `..`)",
+        ),
+        (
+            "[bundle]\nscan = [\"/run/media/usb*\"]\n",
+            "bundle.scan (from /v.toml): `/run/media/usb*` is not an absolute directory (`*` only as a whole component, no `.` or `..`)",
+        ),
+        (
+            "[bundle]\nscan = [\"/media/../etc\"]\n",
+            "bundle.scan (from /v.toml): `/media/../etc` is not an absolute directory (`*` only as a whole component, no `.` or `..`)",
+        ),
+        (
+            "[bundle]\nscan = [\"/media\"]\ninterval = 0\n",
+            "bundle.interval (from /v.toml): must be between 1s and 1h",
+        ),
+        (
+            "[bundle]\ninterval = \"5s\"\n",
+            "bundle.interval (from /v.toml): is set but bundle.scan lists no directory",
+        ),
+        (
+            "[bundle]\nremount = true\n",
+            "bundle.remount (from /v.toml): is set but bundle.scan lists no directory",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(
+            layered(&[("/v.toml", text)]).unwrap_err().to_string(),
+            *want
+        );
+    }
+}
+
+/// A device updated only from bundles: `server.channel` without `server.url`
+/// is valid with `bundle.scan` (no server, the channel kept), refused without.
+#[test]
+fn a_channel_without_a_server_is_valid_only_for_bundles() {
+    let c = layered(&[(
+        "/v.toml",
+        "[server]\nchannel = \"stable\"\n[bundle]\nscan = [\"/media/usb\"]\n",
+    )])
+    .unwrap()
+    .config;
+    assert_eq!((c.server, c.channel.as_deref()), (None, Some("stable")));
+    assert_eq!(
+        layered(&[("/v.toml", "[server]\nchannel = \"stable\"\n")])
+            .unwrap_err()
+            .to_string(),
+        "server.channel (from /v.toml): is set but server.url is not (and bundle.scan lists no directory)"
+    );
+    let e = layered(&[(
+        "/v.toml",
+        "[server]\nchannel = \"Bad\"\n[bundle]\nscan = [\"/media/usb\"]\n",
+    )])
+    .unwrap_err();
+    assert!(e.to_string().contains("`Bad` is not a channel name"), "{e}");
+}

@@ -42,14 +42,19 @@ impl MountNs {
     }
 
     /// `bin args` inside the namespace (nsenter execs it: its pid is the
-    /// child's), with SIGINT's default action as a terminal's foreground
+    /// child's), as seen from our root and working directory, with SIGINT's default action as a terminal's foreground
     /// process has it: a test run started in the background (`cmd &` in a
     /// script, as CI may start it) inherits SIGINT ignored, and the update
     /// would then never see the Ctrl-C this test sends.
     fn command(&self, bin: &Path, args: &[OsString]) -> Command {
         use std::os::unix::process::CommandExt;
+        // `--root`/`--wd` keep the sleeper's root and working directory:
+        // entering a mount namespace resets them to the namespace's own root,
+        // which is not ours inside a chroot (the fresh-machine check runs the
+        // suite in one: the agent's path was not found).
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--mount={}", self.path().display()))
+        cmd.arg(format!("--target={}", self.0.id()))
+            .args(["--mount", "--root", "--wd"])
             .arg("--")
             .arg(bin)
             .args(args);

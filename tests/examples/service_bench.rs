@@ -181,17 +181,33 @@ fn idle(bin: &Path, w: &World, nginx: &Nginx) {
     println!(
         "idle daemon (after an up-to-date poll): peak RSS (VmHWM) {hwm} KiB, RSS now {rss} KiB"
     );
-    println!("idle daemon's resident pages now, by mapping (/proc/PID/smaps):");
-    for (name, kib) in smaps_breakdown(a.pid()) {
+    println!("idle daemon's resident pages now, by mapping (/proc/PID/smaps Rss):");
+    for (name, kib) in smaps_breakdown(a.pid(), "Rss:") {
+        println!("  {kib:>6} KiB  {name}");
+    }
+    // Which of them one more poll touches: the accessed bits cleared, a
+    // SIGHUP (reload, poll at once), then the pages referenced since. The
+    // kernel maps file pages around each one faulted (fault-around), so the
+    // resident text is more than the code that ran.
+    std::fs::write(format!("/proc/{}/clear_refs", a.pid()), "1").unwrap();
+    a.signal("HUP");
+    a.wait_for("configuration reloaded", Duration::from_secs(60));
+    let polls = |a: &Agent| a.output().matches("next poll in").count();
+    let start = Instant::now();
+    while polls(&a) < 2 && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("pages one more poll referenced (SIGHUP after clear_refs; smaps Referenced):");
+    for (name, kib) in smaps_breakdown(a.pid(), "Referenced:") {
         println!("  {kib:>6} KiB  {name}");
     }
     a.signal("TERM");
 }
 
-/// The resident KiB of each mapping of `pid` (by name: the binary's
-/// segments by permissions, `[heap]`, `[stack]`, anonymous maps), largest
-/// first: what the idle RSS consists of.
-fn smaps_breakdown(pid: u32) -> Vec<(String, u64)> {
+/// The KiB of `field` (`Rss:`, `Referenced:`) of each mapping of `pid` (by
+/// name: the binary's segments by permissions, `[heap]`, `[stack]`,
+/// anonymous maps), largest first: what the idle RSS consists of.
+fn smaps_breakdown(pid: u32, field: &str) -> Vec<(String, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
     let mut out: Vec<(String, u64)> = Vec::new();
     let mut current = String::new();
@@ -203,7 +219,7 @@ fn smaps_breakdown(pid: u32) -> Vec<(String, u64)> {
             let path = line.split_whitespace().nth(5).unwrap_or("[anon]");
             let path = path.rsplit('/').next().unwrap_or(path);
             current = format!("{path} {perms}");
-        } else if first == "Rss:" {
+        } else if first == field {
             let kib: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
             match out.iter_mut().find(|(n, _)| *n == current) {
                 Some(e) => e.1 += kib,

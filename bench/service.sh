@@ -7,7 +7,7 @@
 # here (the aarch64 device binary is the same code for the same profile).
 # Not a test: it prints figures (tests/examples/service_bench.rs).
 #
-# Usage: bench/service.sh
+# Usage: bench/service.sh [--only wire|idle]
 # Env:   AGENT (a prebuilt static agent instead of building one)
 # Needs: ostree, nginx, GNU time (apt `time`), the x86_64-unknown-linux-musl
 #        rust target (`rustup target add x86_64-unknown-linux-musl`).
@@ -26,4 +26,4 @@ if [ -z "${AGENT:-}" ]; then
 fi
 # The fixture (commits, deltas, releases, provisioning) uses the debug tools.
 cargo build --quiet --locked --workspace --bins
-cargo run --quiet --locked -p atomup-tests --example service_bench -- --agent "$AGENT"
+cargo run --quiet --locked -p atomup-tests --example service_bench -- --agent "$AGENT" "$@"

@@ -67,6 +67,9 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 
 fn main() {
     let bin = PathBuf::from(arg("--agent").expect("--agent PATH (the device build of atomup)"));
+    // `--only wire` or `--only idle`: one half of the figures (default both).
+    let only = arg("--only");
+    let run = |part: &str| only.as_deref().map_or(true, |o| o == part);
     let (w, _) = world_with("service-bench", BLOBS, BLOB);
     let delta = delta_bytes(&w, &w.v1, &w.v2);
     let nginx = Nginx::serve(&w.repo.path, &w.dir.join("bench-nginx"));
@@ -76,18 +79,27 @@ fn main() {
         std::fs::metadata(&bin).unwrap().len()
     );
     println!("delta v1 -> v2: {delta} bytes ({BLOBS} parts of about {BLOB} bytes)");
-    let ratio = |wire: u64| wire as f64 / delta as f64;
 
+    if run("wire") {
+        wire(&bin, &w, delta, &nginx);
+    }
+    if run("idle") {
+        idle(&bin, &w, &nginx);
+    }
+}
+
+/// Stages 1-3b: the wire figures.
+fn wire(bin: &Path, w: &World, delta: u64, nginx: &Nginx) {
     // 1. A clean link: the baseline, and the whole update's peak RSS.
     let proxy = FlakyProxy::with_faults(nginx.port, Faults::default());
-    let d = device(&w, "clean", &proxy.url(), "");
-    let (ok, rss, text) = timed_update(&bin, &d);
+    let d = device(w, "clean", &proxy.url(), "");
+    let (ok, rss, text) = timed_update(bin, &d);
     assert!(ok, "{text}");
-    println!(
-        "clean link:            {:>9} bytes on the wire, ratio {:.4}, {} connections; update peak RSS {rss} KiB",
-        proxy.forwarded(),
-        ratio(proxy.forwarded()),
-        proxy.connections()
+    wire_line(
+        "clean link",
+        &proxy,
+        delta,
+        &format!("; update peak RSS {rss} KiB"),
     );
 
     // 2. A disconnect every 256 KiB.
@@ -98,29 +110,24 @@ fn main() {
             ..Faults::default()
         },
     );
-    let d = device(&w, "cut256", &proxy.url(), "[link]\nretries = 100\n");
-    let (ok, rss, text) = timed_update(&bin, &d);
+    let d = device(w, "cut256", &proxy.url(), "[link]\nretries = 100\n");
+    let (ok, rss, text) = timed_update(bin, &d);
     assert!(ok, "{text}");
-    println!(
-        "cut every 256 KiB:     {:>9} bytes on the wire, ratio {:.4}, {} connections; update peak RSS {rss} KiB",
-        proxy.forwarded(),
-        ratio(proxy.forwarded()),
-        proxy.connections()
+    wire_line(
+        "cut every 256 KiB",
+        &proxy,
+        delta,
+        &format!("; update peak RSS {rss} KiB"),
     );
 
     // 3. 10 kill -9 in the middle of the download, each restarted.
     let proxy = FlakyProxy::with_faults(nginx.port, Faults::default());
-    let d = device(&w, "kill9", &proxy.url(), "[link]\nbandwidth = \"2MiB\"\n");
+    let d = device(w, "kill9", &proxy.url(), "[link]\nbandwidth = \"2MiB\"\n");
     let step = delta / 11;
-    kill_ten_times(&bin, &d, step);
-    let (ok, _, text) = timed_update(&bin, &d);
+    kill_ten_times(bin, &d, step);
+    let (ok, _, text) = timed_update(bin, &d);
     assert!(ok, "{text}");
-    println!(
-        "10 kill -9 + restarts: {:>9} bytes on the wire, ratio {:.4}, {} connections",
-        proxy.forwarded(),
-        ratio(proxy.forwarded()),
-        proxy.connections()
-    );
+    wire_line("10 kill -9 + restarts", &proxy, delta, "");
 
     // 3b. The same 10 kills on a link whose bottleneck is the link itself
     //     (the proxy forwards 160 KiB/s), not the agent's own cap: what is in
@@ -133,25 +140,40 @@ fn main() {
             ..Faults::default()
         },
     );
-    let d = device(&w, "kill9-link", &proxy.url(), "");
-    kill_ten_times(&bin, &d, step);
-    let (ok, _, text) = timed_update(&bin, &d);
+    let d = device(w, "kill9-link", &proxy.url(), "");
+    kill_ten_times(bin, &d, step);
+    let (ok, _, text) = timed_update(bin, &d);
     assert!(ok, "{text}");
+    wire_line("10 kill -9, slow link", &proxy, delta, "");
+}
+
+/// One wire figure: the bytes the proxy wrote to the agent's connections
+/// (into their send buffers) and the bytes its TCP transmitted, each over
+/// the delta's bytes. They differ only where the agent was killed with the
+/// proxy's send buffer full: those bytes were written but never crossed the
+/// wire.
+fn wire_line(label: &str, proxy: &FlakyProxy, delta: u64, extra: &str) {
+    let ratio = |wire: u64| wire as f64 / delta as f64;
+    let (sent, written) = (proxy.transmitted(), proxy.forwarded());
     println!(
-        "10 kill -9, slow link:  {:>9} bytes on the wire, ratio {:.4}, {} connections",
-        proxy.forwarded(),
-        ratio(proxy.forwarded()),
+        "{:<22} {sent:>9} bytes on the wire (TCP sent), ratio {:.4}; {written:>9} written by the proxy, ratio {:.4}; {} connections{extra}",
+        format!("{label}:"),
+        ratio(sent),
+        ratio(written),
         proxy.connections()
     );
+}
 
+/// Stage 4: the idle daemon.
+fn idle(bin: &Path, w: &World, nginx: &Nginx) {
     // 4. The idle daemon: the device of 1 booted into B and confirmed, its
     //    poll finds v2 installed; then it sleeps until the next poll.
-    let d = device(&w, "idle", &nginx.url(), "");
-    let (ok, _, text) = timed_update(&bin, &d);
+    let d = device(w, "idle", &nginx.url(), "");
+    let (ok, _, text) = timed_update(bin, &d);
     assert!(ok, "{text}");
     let good = atomup(env_args(&d, &["mark-good", "--booted-slot", "B"]));
     assert!(good.status.success());
-    let a = Agent::spawn_bin(&bin, &agent_args(&d, "daemon", "B", &[]));
+    let a = Agent::spawn_bin(bin, &agent_args(&d, "daemon", "B", &[]));
     a.wait_for("next poll in", Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(200));
     let (hwm, rss) = (status_kib(a.pid(), "VmHWM:"), status_kib(a.pid(), "VmRSS:"));
@@ -159,7 +181,55 @@ fn main() {
     println!(
         "idle daemon (after an up-to-date poll): peak RSS (VmHWM) {hwm} KiB, RSS now {rss} KiB"
     );
+    println!("idle daemon's resident pages now, by mapping (/proc/PID/smaps Rss):");
+    for (name, kib) in smaps_breakdown(a.pid(), "Rss:") {
+        println!("  {kib:>6} KiB  {name}");
+    }
+    // Which of them one more poll touches: the accessed bits cleared, a
+    // SIGHUP (reload, poll at once), then the pages referenced since. The
+    // kernel maps file pages around each one faulted (fault-around), so the
+    // resident text is more than the code that ran.
+    std::fs::write(format!("/proc/{}/clear_refs", a.pid()), "1").unwrap();
+    a.signal("HUP");
+    a.wait_for("configuration reloaded", Duration::from_secs(60));
+    let polls = |a: &Agent| a.output().matches("next poll in").count();
+    let start = Instant::now();
+    while polls(&a) < 2 && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("pages one more poll referenced (SIGHUP after clear_refs; smaps Referenced):");
+    for (name, kib) in smaps_breakdown(a.pid(), "Referenced:") {
+        println!("  {kib:>6} KiB  {name}");
+    }
     a.signal("TERM");
+}
+
+/// The KiB of `field` (`Rss:`, `Referenced:`) of each mapping of `pid` (by
+/// name: the binary's segments by permissions, `[heap]`, `[stack]`,
+/// anonymous maps), largest first: what the idle RSS consists of.
+fn smaps_breakdown(pid: u32, field: &str) -> Vec<(String, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut out: Vec<(String, u64)> = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            let perms = words.next().unwrap_or("");
+            let path = line.split_whitespace().nth(5).unwrap_or("[anon]");
+            let path = path.rsplit('/').next().unwrap_or(path);
+            current = format!("{path} {perms}");
+        } else if first == field {
+            let kib: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match out.iter_mut().find(|(n, _)| *n == current) {
+                Some(e) => e.1 += kib,
+                None => out.push((current.clone(), kib)),
+            }
+        }
+    }
+    out.retain(|(_, kib)| *kib > 0);
+    out.sort_by_key(|e| std::cmp::Reverse(e.1));
+    out
 }
 
 /// Runs the agent and kills it (-9) each time the download passed the next

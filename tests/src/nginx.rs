@@ -154,7 +154,11 @@ pub struct Faults {
 pub struct FlakyProxy {
     pub port: u16,
     forwarded: Arc<AtomicU64>,
+    /// Response bytes its TCP transmitted to the client (see [`FlakyProxy::transmitted`]).
+    transmitted: Arc<AtomicU64>,
     connections: Arc<AtomicUsize>,
+    /// Connections whose `transmitted` bytes are counted.
+    counted: Arc<AtomicUsize>,
     samples: Arc<std::sync::Mutex<Vec<(Instant, u64)>>>,
 }
 
@@ -189,7 +193,9 @@ impl FlakyProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let forwarded = Arc::new(AtomicU64::new(0));
+        let transmitted = Arc::new(AtomicU64::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::new(AtomicUsize::new(0));
         let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
         let budget = Arc::new(Budget {
             cuts_left: AtomicUsize::new(faults.cuts.unwrap_or(usize::MAX)),
@@ -198,18 +204,27 @@ impl FlakyProxy {
             faults,
         });
         let (counter, conns, log) = (forwarded.clone(), connections.clone(), samples.clone());
+        let (sent, done) = (transmitted.clone(), counted.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
                 conns.fetch_add(1, Ordering::SeqCst);
                 let (counter, budget, log) = (counter.clone(), budget.clone(), log.clone());
-                std::thread::spawn(move || relay(client, upstream, &budget, &counter, &log));
+                let (sent, done) = (sent.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let c = client.try_clone().unwrap();
+                    relay(client, upstream, &budget, &counter, &log);
+                    sent.fetch_add(tcp_bytes_sent(&c), Ordering::SeqCst);
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
         FlakyProxy {
             port,
             forwarded,
+            transmitted,
             connections,
+            counted,
             samples,
         }
     }
@@ -221,6 +236,24 @@ impl FlakyProxy {
     /// Response bytes (headers included) that reached the client.
     pub fn forwarded(&self) -> u64 {
         self.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Response bytes (headers included) the proxy's TCP transmitted to the
+    /// client (`tcpi_bytes_sent`, so retransmissions count): what crossed
+    /// the wire. Unlike [`forwarded`] it leaves out what the proxy wrote
+    /// into its socket's send buffer but never transmitted because the
+    /// client was killed first (its window was full). Call it once the
+    /// client is done: it waits (up to 60 s) until every connection so far
+    /// has ended and been counted.
+    ///
+    /// [`forwarded`]: FlakyProxy::forwarded
+    pub fn transmitted(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.counted.load(Ordering::SeqCst) < self.connections() && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.transmitted.load(Ordering::SeqCst)
     }
 
     /// Connections accepted so far.
@@ -240,6 +273,42 @@ impl FlakyProxy {
             }
             _ => 0.0,
         }
+    }
+}
+
+/// The bytes `s`'s TCP transmitted (`TCP_INFO`'s `tcpi_bytes_sent`, Linux
+/// 4.19+) once it is done: everything written was sent and acknowledged, or
+/// the connection was reset (nothing more will go), or 60 s passed; 0 if
+/// the kernel does not say.
+fn tcp_bytes_sent(s: &TcpStream) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let Some(info) = tcp_info(s) else { return 0 };
+        // TCP_CLOSE is 7: reset or fully closed.
+        let done = info.tcpi_state == 7 || (info.tcpi_notsent_bytes == 0 && info.tcpi_unacked == 0);
+        if done || Instant::now() > deadline {
+            return info.tcpi_bytes_sent;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn tcp_info(s: &TcpStream) -> Option<libc::tcp_info> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `info` is a plain C struct, zeroed, and `len` is its size; the
+    // kernel writes at most `len` bytes into it.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        let end = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_sent) + 8;
+        (rc == 0 && len as usize >= end).then_some(info)
     }
 }
 

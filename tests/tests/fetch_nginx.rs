@@ -397,6 +397,60 @@ fn bandwidth_cap_holds_across_resumes_within_ten_percent() {
     );
 }
 
+/// The window scale a fetcher's connection offers in its SYN, as the server
+/// sees it (`TCP_INFO` of the accepted socket), after one `fetch_small`.
+fn offered_window_scale(opts: Options) -> u8 {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        // SAFETY: a zeroed tcp_info the kernel writes at most `len` bytes of.
+        let info = unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let rc = libc::getsockopt(
+                c.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            );
+            assert_eq!(rc, 0);
+            info
+        };
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap() == 1 {
+            head.push(b[0]);
+        }
+        c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            .unwrap();
+        // The low 4 bits: the peer's (the fetcher's) window scale.
+        info.tcpi_snd_rcv_wscale & 0x0f
+    });
+    let cache = ScratchDir::new("fetch-wscale");
+    let f = Fetcher::new(&format!("http://127.0.0.1:{port}"), &cache.join("c"), opts).unwrap();
+    assert_eq!(f.fetch_small("doc", 100).unwrap(), b"ok");
+    server.join().unwrap()
+}
+
+/// With a bandwidth cap the receive buffer is bounded before connect: the
+/// SYN offers the window scale of the small buffer (0: a 64 KiB cap needs
+/// 16 KiB, under the 64 KiB an unscaled window covers), not the large one
+/// an autotuned buffer offers (a kill then loses at most that buffer).
+#[test]
+fn a_capped_fetcher_offers_the_window_of_its_bounded_receive_buffer() {
+    let capped = offered_window_scale(Options {
+        bandwidth: Some(64 * 1024),
+        ..quick()
+    });
+    let uncapped = offered_window_scale(quick());
+    assert_eq!(capped, 0, "capped: window scale {capped}");
+    assert!(uncapped > 0, "uncapped: window scale {uncapped}");
+}
+
 /// A trickle below the low-speed limit is cut after the window and, once the
 /// attempts are spent, given up on with a message naming the limit.
 #[test]

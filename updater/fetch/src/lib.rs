@@ -20,7 +20,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod tcp;
+
 const BUF: usize = 64 * 1024;
+/// ureq's buffers per connection (its default is 128 KiB each, written
+/// whole on the first request): the input one holds a response's head (so
+/// no head may be longer) and what the socket delivered ahead of our reads,
+/// which a kill loses; the output one a request's head.
+const CONN_BUF: usize = 16 * 1024;
 /// Longest single sleep (backoff, bandwidth cap) between two looks at the
 /// cancel flag.
 const SLICE: Duration = Duration::from_millis(100);
@@ -207,9 +214,12 @@ impl Fetcher {
             .timeout_connect(Some(opts.connect_timeout))
             .timeout_per_read(Some(opts.idle_timeout))
             .timeout_recv_response(Some(opts.idle_timeout))
-            .timeout_recv_body(opts.attempt_deadline);
+            .timeout_recv_body(opts.attempt_deadline)
+            .input_buffer_size(CONN_BUF)
+            .output_buffer_size(CONN_BUF)
+            .max_response_header_size(CONN_BUF);
         let builder = with_ca(builder, opts.ca_pem.as_deref())?;
-        let agent = builder.build().new_agent();
+        let agent = tcp::agent(builder.build(), opts.bandwidth);
         let epoch = Instant::now();
         let bucket = opts.bandwidth.map(|rate| TokenBucket::for_cap(rate, 0));
         Ok(Fetcher {

@@ -69,6 +69,36 @@ impl TokenBucket {
     }
 }
 
+/// Smallest socket receive buffer for a capped link, in the kernel's
+/// accounting (Linux doubles what `SO_RCVBUF` asks for and counts packet
+/// overhead in it): a few reads' worth.
+pub const MIN_RECEIVE_BUFFER: u64 = 16 * 1024;
+/// Largest: a bound, never more than the kernel would autotune to.
+pub const MAX_RECEIVE_BUFFER: u64 = 4 * 1024 * 1024;
+
+/// The largest receive buffer a link capped at `rate` bytes/s needs: a
+/// quarter second of the cap (enough for a 250 ms round trip), within
+/// [`MIN_RECEIVE_BUFFER`]..=[`MAX_RECEIVE_BUFFER`]. Set before connect, so
+/// the window scale the SYN offers fits it.
+pub fn receive_buffer_max(rate: u64) -> u64 {
+    (rate / 4).clamp(MIN_RECEIVE_BUFFER, MAX_RECEIVE_BUFFER)
+}
+
+/// The receive buffer for a link capped at `rate` bytes/s whose round trip
+/// took `rtt_us` microseconds (the connect's): twice the bandwidth-delay
+/// product at the cap (the sender keeps the pipe full across our paced
+/// reads), within [`MIN_RECEIVE_BUFFER`]..=[`receive_buffer_max`].
+///
+/// What the kernel holds but the agent has not read yet is lost when the
+/// agent is killed (and paid for again after the restart), so the buffer is
+/// no bigger than the cap needs: a bigger one only lets the sender run
+/// further ahead of a reader that the cap holds back.
+pub fn receive_buffer(rate: u64, rtt_us: u64) -> u64 {
+    let bdp = rate.saturating_mul(rtt_us) / 1_000_000;
+    bdp.saturating_mul(2)
+        .clamp(MIN_RECEIVE_BUFFER, receive_buffer_max(rate))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +146,29 @@ mod tests {
         assert_eq!(b.take(333, 1), 0);
         assert_eq!(b.take(334, 1), 1);
         assert_eq!(b.take(100, 1), 0, "clock went back: nothing accrues");
+    }
+
+    /// The receive buffer for a capped link is twice the bandwidth-delay
+    /// product at the cap, never under the floor (loopback) and never over a
+    /// quarter second of the cap (a satellite link), and the largest one is
+    /// itself bounded both ways.
+    #[test]
+    fn receive_buffer_is_twice_the_capped_bdp_within_bounds() {
+        let mib = 1024 * 1024;
+        // 2 MiB/s over a 50 ms round trip: 100 KiB in flight, 200 KiB.
+        assert_eq!(
+            receive_buffer(2 * mib, 50_000),
+            2 * (2 * mib * 50_000 / 1_000_000)
+        );
+        // Loopback (30 us): the floor.
+        assert_eq!(receive_buffer(2 * mib, 30), MIN_RECEIVE_BUFFER);
+        // A 2 s round trip: a quarter second of the cap.
+        assert_eq!(receive_buffer(2 * mib, 2_000_000), mib / 2);
+        assert_eq!(receive_buffer_max(2 * mib), mib / 2);
+        // A slow cap: the floor even for a long round trip.
+        assert_eq!(receive_buffer(10_000, 1_000_000), MIN_RECEIVE_BUFFER);
+        assert_eq!(receive_buffer_max(1), MIN_RECEIVE_BUFFER);
+        assert_eq!(receive_buffer_max(u64::MAX), MAX_RECEIVE_BUFFER);
+        assert_eq!(receive_buffer(u64::MAX, u64::MAX), MAX_RECEIVE_BUFFER);
     }
 }

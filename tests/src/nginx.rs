@@ -293,7 +293,9 @@ fn tcp_bytes_sent(s: &TcpStream) -> u64 {
     }
 }
 
-fn tcp_info(s: &TcpStream) -> Option<libc::tcp_info> {
+/// `TCP_INFO` of a socket (None when the kernel's is older than the fields
+/// up to `tcpi_bytes_sent`, Linux 4.19).
+pub fn tcp_info(s: &TcpStream) -> Option<libc::tcp_info> {
     use std::os::fd::AsRawFd;
     // SAFETY: `info` is a plain C struct, zeroed, and `len` is its size; the
     // kernel writes at most `len` bytes into it.

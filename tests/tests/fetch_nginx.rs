@@ -401,25 +401,11 @@ fn bandwidth_cap_holds_across_resumes_within_ten_percent() {
 /// sees it (`TCP_INFO` of the accepted socket), after one `fetch_small`.
 fn offered_window_scale(opts: Options) -> u8 {
     use std::io::{Read, Write};
-    use std::os::fd::AsRawFd;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = std::thread::spawn(move || {
         let (mut c, _) = listener.accept().unwrap();
-        // SAFETY: a zeroed tcp_info the kernel writes at most `len` bytes of.
-        let info = unsafe {
-            let mut info: libc::tcp_info = std::mem::zeroed();
-            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-            let rc = libc::getsockopt(
-                c.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&mut info as *mut libc::tcp_info).cast(),
-                &mut len,
-            );
-            assert_eq!(rc, 0);
-            info
-        };
+        let info = atomup_tests::nginx::tcp_info(&c).expect("TCP_INFO of the accepted socket");
         let mut head = Vec::new();
         let mut b = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap() == 1 {

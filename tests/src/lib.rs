@@ -6,6 +6,7 @@ pub mod delta_craft;
 pub mod device;
 pub mod nginx;
 pub mod ostree_fixture;
+pub mod reaped;
 pub mod service;
 pub mod uboot;
 

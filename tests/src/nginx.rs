@@ -58,16 +58,17 @@ impl Nginx {
             root.display()
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
-            .arg("-p")
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-p")
             .arg(&dir)
             .arg("-e")
             .arg(dir.join("error.log"))
             .arg("-c")
             .arg(dir.join("nginx.conf"))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting nginx");
+            .stdin(Stdio::null());
+        // Ends with the test process even when its world is a static that
+        // is never dropped.
+        let child = crate::reaped::spawn(cmd).expect("starting nginx");
         wait_for_port(port);
         Nginx { child, port, dir }
     }

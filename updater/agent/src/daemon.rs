@@ -64,13 +64,8 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
             // Bundles only (a device that never sees a network): no poll,
             // only the watch.
             let wait = loaded.config.poll_interval.as_duration();
-            match idle(&mut o, &boot_flags, &mut loaded, &mut sticks, wait) {
-                Wake::Stop => return stopped(),
-                Wake::Reload => {
-                    signals::take_reload();
-                    reload(&mut o, &boot_flags, &mut loaded);
-                }
-                Wake::Elapsed => {}
+            if wait_or_reload(&mut o, &boot_flags, &mut loaded, &mut sticks, wait) {
+                return stopped();
             }
             continue;
         }
@@ -118,14 +113,29 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
                 String::new()
             }
         );
-        match idle(&mut o, &boot_flags, &mut loaded, &mut sticks, wait) {
-            Wake::Stop => return stopped(),
-            Wake::Reload => {
-                signals::take_reload();
-                reload(&mut o, &boot_flags, &mut loaded);
-            }
-            Wake::Elapsed => {}
+        if wait_or_reload(&mut o, &boot_flags, &mut loaded, &mut sticks, wait) {
+            return stopped();
         }
+    }
+}
+
+/// [`idle`], then the configuration reloaded when SIGHUP ended the wait;
+/// true when a stop was asked for.
+fn wait_or_reload(
+    o: &mut update::Opts,
+    boot_flags: &crate::bootopts::BootOpts,
+    loaded: &mut Loaded,
+    sticks: &mut Sticks,
+    wait: Duration,
+) -> bool {
+    match idle(o, boot_flags, loaded, sticks, wait) {
+        Wake::Stop => true,
+        Wake::Reload => {
+            signals::take_reload();
+            reload(o, boot_flags, loaded);
+            false
+        }
+        Wake::Elapsed => false,
     }
 }
 

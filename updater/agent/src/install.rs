@@ -571,56 +571,29 @@ fn extract_delta(
     .path;
     let sb = VerifiedSuperblock::read(&sb_path, Some(&p.trust))?;
     update::check_superblock(&sb, release, delta, &p.current_commit)?;
-    let separate: Vec<_> = sb
-        .parts()
-        .iter()
-        .enumerate()
-        .filter(|(_, part)| !part.is_inline())
-        .map(|(i, part)| (i, part.size, part.checksum.0))
-        .collect();
-    let mut keep: Vec<[u8; 32]> = separate.iter().map(|(_, _, sha)| *sha).collect();
-    keep.push(delta.superblock_sha256);
-    let freed = atomup_fetch::prune_cache(&p.cache, &keep)?;
-    if freed > 0 {
-        log::info!("download cache: {freed} bytes of an older download removed");
-    }
+    let separate = update::separate_parts(&sb, delta, &p.cache)?;
     rep.p.parts_total = separate.len() as u64;
     rep.phase(Phase::Receiving, None);
     let mut done = delta.superblock_size;
     rep.received(done);
-    let mut total = 0u64;
-    let mut files = Vec::new();
-    for (i, size, sha256) in separate {
-        total += size;
-        // Rule: the signed release caps the delta's parts, the superblock each part.
-        if total > delta.parts_size {
-            return Err(format!(
-                "delta {} parts exceed the {} bytes the release allows",
-                delta.path, delta.parts_size
-            )
-            .into());
-        }
+    update::receive_parts(sb, delta, &separate, |i, expect| {
         let m = member(&format!("{}/{i}", delta.path))?;
-        let got = atomup_bundle::extract_verified(c.file, &m, Expect { size, sha256 }, &p.cache)?;
+        let want = Expect {
+            size: expect.size,
+            sha256: expect.sha256,
+        };
+        let got = atomup_bundle::extract_verified(c.file, &m, want, &p.cache)?;
         if got.resumed > 0 {
             rep.say(&format!(
-                "{}: resumed at byte {} of {size} (the copy cut when the stick was pulled)",
-                m.name, got.resumed
+                "{}: resumed at byte {} of {} (the copy cut when the stick was pulled)",
+                m.name, got.resumed, expect.size
             ));
         }
-        let got = got.path;
-        done += size;
+        done += expect.size;
         rep.received(done);
         rep.p.parts_done += 1;
-        files.push((i, got));
-    }
-    Ok(VerifiedDelta::from_downloads(sb, |i| {
-        files
-            .iter()
-            .find(|(n, _)| *n == i)
-            .map(|(_, p)| p.clone())
-            .unwrap_or_default()
-    })?)
+        Ok(got.path)
+    })
 }
 
 /// One line of the log on the stick: `key=value` fields, the error quoted.

@@ -911,25 +911,60 @@ fn download_delta(
     )?;
     let sb = VerifiedSuperblock::read(&sb_path, Some(trust))?;
     check_superblock(&sb, release, delta, booted_commit)?;
-    let separate: Vec<_> = sb
+    let separate = separate_parts(&sb, delta, cache)?;
+    rep.p.parts_total = separate.len() as u64;
+    rep.phase(Phase::Receiving, None);
+    receive_parts(sb, delta, &separate, |i, expect| {
+        let got = fetch(rep, &format!("{}/{i}", delta.path), expect)?;
+        rep.p.parts_done += 1;
+        Ok(got)
+    })
+}
+
+/// The superblock's separate (not inline) parts, as (index, what the file
+/// must be); the download cache is pruned to them and the superblock (it
+/// holds one delta: an older download goes).
+pub fn separate_parts(
+    sb: &VerifiedSuperblock,
+    delta: &Delta,
+    cache: &Path,
+) -> Result<Vec<(usize, Expect)>> {
+    let separate: Vec<(usize, Expect)> = sb
         .parts()
         .iter()
         .enumerate()
         .filter(|(_, p)| !p.is_inline())
+        .map(|(i, p)| {
+            let expect = Expect {
+                size: p.size,
+                sha256: p.checksum.0,
+            };
+            (i, expect)
+        })
         .collect();
-    let mut keep: Vec<[u8; 32]> = separate.iter().map(|(_, p)| p.checksum.0).collect();
+    let mut keep: Vec<[u8; 32]> = separate.iter().map(|(_, e)| e.sha256).collect();
     keep.push(delta.superblock_sha256);
     let freed = atomup_fetch::prune_cache(cache, &keep)?;
     if freed > 0 {
         log::info!("download cache: {freed} bytes of an older download removed");
     }
-    rep.p.parts_total = separate.len() as u64;
-    rep.phase(Phase::Receiving, None);
+    Ok(separate)
+}
+
+/// Gets each separate part through `get` (a download or a bundle member,
+/// each proving its size and sha256) and hands the engine the verified
+/// delta, which holds the files open and proves them again as they stream.
+/// Rule: the signed release caps the parts' total, the superblock each part.
+pub fn receive_parts(
+    sb: VerifiedSuperblock,
+    delta: &Delta,
+    separate: &[(usize, Expect)],
+    mut get: impl FnMut(usize, Expect) -> Result<PathBuf>,
+) -> Result<VerifiedDelta> {
     let mut total = 0u64;
     let mut files = Vec::new();
-    for (i, part) in separate {
-        total += part.size;
-        // Rule: the signed release caps the total download, the superblock each part.
+    for &(i, expect) in separate {
+        total += expect.size;
         if total > delta.parts_size {
             return Err(format!(
                 "delta {} parts exceed the {} bytes the release allows",
@@ -937,19 +972,8 @@ fn download_delta(
             )
             .into());
         }
-        let got = fetch(
-            rep,
-            &format!("{}/{i}", delta.path),
-            Expect {
-                size: part.size,
-                sha256: part.checksum.0,
-            },
-        )?;
-        rep.p.parts_done += 1;
-        files.push((i, got));
+        files.push((i, get(i, expect)?));
     }
-    // The download proved each part's size and sha256; the engine holds the
-    // files open from here and proves them again as they stream.
     Ok(VerifiedDelta::from_downloads(sb, |i| {
         files
             .iter()

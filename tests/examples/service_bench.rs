@@ -9,7 +9,8 @@
 //!   download, each followed by a restart (bandwidth capped so the kills land
 //!   in the download);
 //! - peak RSS of a whole update (GNU time's maximum resident set size);
-//! - the idle daemon: VmHWM (peak) and VmRSS once its poll found nothing to do.
+//! - the idle daemon: VmHWM (peak) and VmRSS once its poll found nothing to
+//!   do, and the peak of that poll (it runs in a child process).
 
 use atomup_tests::device::{env_args, provision, Device, World};
 use atomup_tests::nginx::{Faults, FlakyProxy, Nginx};
@@ -180,6 +181,13 @@ fn idle(bin: &Path, w: &World, nginx: &Nginx) {
     assert!(a.output().contains("up to date"), "{}", a.output());
     println!(
         "idle daemon (after an up-to-date poll): peak RSS (VmHWM) {hwm} KiB, RSS now {rss} KiB"
+    );
+    // The poll ran in a child process (the daemon's `worker.rs`), which
+    // logged its own peak: what a poll costs while it runs.
+    let child = a.wait_for("poll process peak RSS", Duration::from_secs(5));
+    println!(
+        "its up-to-date poll, in a child process: {}",
+        child.trim_start_matches("info: ")
     );
     println!("idle daemon's resident pages now, by mapping (/proc/PID/smaps Rss):");
     for (name, kib) in smaps_breakdown(a.pid(), "Rss:") {

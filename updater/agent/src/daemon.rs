@@ -27,7 +27,8 @@ use crate::progress::{Mode, Reporter};
 use crate::signals::{self, Wake};
 use crate::stickwatch::{self, Watch};
 use crate::update::{self, Outcome};
-use crate::{install, logger, settings};
+use crate::{install, logger, settings, worker};
+use atomup_board::status::State;
 use atomup_config::{Loaded, RebootPolicy};
 use std::time::Duration;
 
@@ -71,26 +72,33 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         }
         // The network poll drives the LED itself.
         sticks.led = None;
-        let mut rep = Reporter::new(Mode::detect(o.json), Some(&o.boot.state_dir));
-        let result = update::poll(&o, &loaded, Some(&signals::STOP), &mut rep);
-        if let Err(e) = &result {
-            if !update::is_cancelled(e.as_ref()) {
-                eprint!("{}", error::chain(e.as_ref()));
+        let back = in_child("poll", || {
+            let mut rep = Reporter::new(Mode::detect(o.json), Some(&o.boot.state_dir));
+            let result = update::poll(&o, &loaded, Some(&signals::STOP), &mut rep);
+            if let Err(e) = &result {
+                if !update::is_cancelled(e.as_ref()) {
+                    eprint!("{}", error::chain(e.as_ref()));
+                }
             }
-        }
-        update::after_poll(&o, &loaded.config, &result, &mut rep);
+            update::after_poll(&o, &loaded.config, &result, &mut rep);
+            Came::of(&result).line()
+        });
+        let came = back
+            .as_deref()
+            .and_then(Came::parse)
+            .unwrap_or(Came::Failed);
         if signals::stop_requested() {
             return stopped();
         }
-        match result {
-            Ok(Outcome::Installed { version, slot }) => {
+        match came {
+            Came::Installed { version, slot } => {
                 failures = 0;
                 if let Wake::Stop = reboot(&mut o, &boot_flags, &mut loaded, version, slot) {
                     return stopped();
                 }
             }
-            Ok(_) => failures = 0,
-            Err(_) => failures = failures.saturating_add(1),
+            Came::Done => failures = 0,
+            Came::Failed => failures = failures.saturating_add(1),
         }
         if signals::take_reload() {
             reload(&mut o, &boot_flags, &mut loaded);
@@ -185,24 +193,122 @@ fn idle(
         for dir in due {
             sticks.led = None;
             println!("atomup daemon: a bundle appeared in {}", dir.display());
-            let done = install::from_stick(o, loaded, &dir, Some(&signals::STOP));
+            let back = in_child("bundle install", || {
+                let done = install::from_stick(o, loaded, &dir, Some(&signals::STOP));
+                if let Err(e) = &done.result {
+                    eprint!("{}", error::chain(e.as_ref()));
+                }
+                stick_line(done.led, &Came::of(&done.result))
+            });
+            let (led, came) = back
+                .as_deref()
+                .and_then(parse_stick_line)
+                .unwrap_or((State::Error, Came::Failed));
             sticks.watch.handled(&dir);
-            sticks.led = Some((dir.clone(), install::result_led(o, done.led)));
-            if let Err(e) = &done.result {
-                eprint!("{}", error::chain(e.as_ref()));
-            }
+            sticks.led = Some((dir.clone(), install::result_led(o, led)));
             if signals::stop_requested() {
                 // Installed or not, the init system is stopping us: a slot
                 // on trial waits for the reboot that is coming anyway.
                 return Wake::Stop;
             }
-            if let Ok(Outcome::Installed { version, slot }) = done.result {
+            if let Came::Installed { version, slot } = came {
                 if let Wake::Stop = reboot(o, boot_flags, loaded, version, slot) {
                     return Wake::Stop;
                 }
             }
         }
     }
+}
+
+/// What the daemon needs to know of a poll or a stick install that ran in
+/// a child (`worker.rs`): the rest (messages, reports, the LED, the status
+/// file) the child did itself.
+#[derive(Debug, PartialEq, Eq)]
+enum Came {
+    Installed {
+        version: u64,
+        slot: atomup_policy::Slot,
+    },
+    /// Up to date, pending, waiting, or stopped by a signal.
+    Done,
+    Failed,
+}
+
+impl Came {
+    fn of(result: &Result<Outcome>) -> Came {
+        match result {
+            Ok(Outcome::Installed { version, slot }) => Came::Installed {
+                version: *version,
+                slot: *slot,
+            },
+            Ok(_) => Came::Done,
+            Err(e) if update::is_cancelled(e.as_ref()) => Came::Done,
+            Err(_) => Came::Failed,
+        }
+    }
+
+    /// The line the child sends back.
+    fn line(&self) -> String {
+        match self {
+            Came::Installed { version, slot } => format!("installed {version} {slot}"),
+            Came::Done => "done".to_owned(),
+            Came::Failed => "failed".to_owned(),
+        }
+    }
+
+    /// The line read back; `None` for anything else (no line at all: the
+    /// child died, or stopped in the middle of a slot write).
+    fn parse(line: &str) -> Option<Came> {
+        let mut words = line.split(' ');
+        let came = match words.next()? {
+            "installed" => Came::Installed {
+                version: words.next()?.parse().ok()?,
+                slot: atomup_policy::Slot::parse(words.next()?)?,
+            },
+            "done" => Came::Done,
+            "failed" => Came::Failed,
+            _ => return None,
+        };
+        words.next().is_none().then_some(came)
+    }
+}
+
+/// Runs `work` (a poll, a stick install) in a child process (`worker.rs`)
+/// and logs the child's peak memory; the line the child sent back, or
+/// `None` when it could not start, died, or sent nothing (said here unless
+/// the daemon is stopping: then the child stopped, as asked).
+fn in_child(what: &str, work: impl FnOnce() -> String) -> Option<String> {
+    let ended = match worker::run(work) {
+        Ok(ended) => ended,
+        Err(e) => {
+            log::error!("cannot start the {what} process: {e}");
+            return None;
+        }
+    };
+    log::info!("{what} process peak RSS {} KiB", ended.peak_kib);
+    if ended.clean && !ended.line.is_empty() {
+        return Some(ended.line);
+    }
+    if !signals::stop_requested() {
+        log::error!(
+            "the {what} process ended with {} and no result: counted as a failure",
+            ended.how
+        );
+    }
+    None
+}
+
+/// A stick install's line: the LED's state (its index in `State::ALL`),
+/// then the [`Came`] line.
+fn stick_line(led: State, came: &Came) -> String {
+    let n = State::ALL.iter().position(|s| *s == led).unwrap_or(0);
+    format!("{n} {}", came.line())
+}
+
+fn parse_stick_line(line: &str) -> Option<(State, Came)> {
+    let (n, rest) = line.split_once(' ')?;
+    let led = *State::ALL.get(n.parse::<usize>().ok()?)?;
+    Some((led, Came::parse(rest)?))
 }
 
 fn stopped() -> Result {

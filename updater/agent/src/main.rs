@@ -24,6 +24,7 @@ mod stickwatch;
 mod target;
 mod transitions;
 mod update;
+mod worker;
 
 use std::error::Error;
 use std::process::ExitCode;

@@ -32,6 +32,23 @@ if [ $((16#${eh:-0})) -gt 4096 ]; then
     exit 1
 fi
 
+# The function order (updater/agent/build.rs): how much of the order file
+# this build found. Symbol hashes change with the toolchain; a stale file
+# links fine but leaves the sleeping daemon's code spread out again.
+order=updater/agent/link/$target.order
+map=$(scripts/link-map "$target")
+read -r found named < <(awk 'NR == FNR { if ($1 !~ /^#/ && $1 != "") { want[$1] = 1; n++ } next }
+    { name = ""
+      if (match($0, /:\(\.text\.[^)]*\)/)) name = substr($0, RSTART + 8, RLENGTH - 9)
+      else if (NF == 5) name = $5
+      if (name in want && !(name in seen)) { seen[name] = 1; f++ } }
+    END { print f + 0, n + 0 }' "$order" "$map")
+echo "function order: $found of the $named functions $order names are in this build"
+if [ $((found * 100)) -lt $((named * 80)) ]; then
+    echo "build-device: FAIL: the function order is stale (under 80% found): run scripts/link-order and commit its files" >&2
+    exit 1
+fi
+
 size=$(stat -c %s "$bin")
 awk -v b="$bin" -v i="$info" -v s="$size" -v m="$budget" 'BEGIN {
     printf "device binary: %s\n  %s\n  size %d bytes (%.2f MiB) of budget %d bytes (%.2f MiB): %d%%\n",

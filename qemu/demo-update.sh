@@ -357,6 +357,13 @@ expect phase1 'health: required atomup:data-partition passed' "the built-in chec
 expect phase1 'health: [0-9]+ check\(s\) passed on slot B' "every required check passed on slot B"
 expect phase1 'slot B confirmed good' "health passed: slot B confirmed"
 expect phase1 'up to date: version 2' "the next poll finds nothing to do"
+# The sleeping daemon's peak memory on the device's own kernel and binary
+# (its polls run in child processes; the issue's budget is 2 MiB).
+hwm=$(sed -n 's/.*ATOMUP-DEMO: idle daemon memory: VmHWM: *\([0-9]*\) kB.*/\1/p' "$work/phase1.log" | tail -n 1)
+poll=$(sed -n 's/.*poll process peak RSS \([0-9]*\) KiB.*/\1/p' "$work/phase1.log" | tail -n 1)
+[ -n "$hwm" ] && [ "$hwm" -le 2048 ] &&
+    echo "ok: the idle daemon's peak RSS is $hwm KiB (budget 2048 KiB); its last poll's child peaked at ${poll:-?} KiB" ||
+    { echo "FAILED: the idle daemon's peak RSS is ${hwm:-not reported} KiB, over 2048 KiB"; tail -n 60 "$work/phase1.log"; exit 1; }
 expect phase1 'ATOMUP-DEMO: wrote /etc/site.conf' "the device wrote its own /etc/site.conf on v1"
 expect phase1 '/etc: 0 modified, 0 removed, 1 added, 0 conflicts' "the update carried the device's /etc change into slot B"
 after_b=$(sed -n '/booted slot=B trial=1/,$p' "$work/phase1.log")

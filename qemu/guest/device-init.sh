@@ -134,6 +134,16 @@ while [ ! -e /tmp/atomup-reboot ] && ! grep -q "next poll in" /tmp/atomup.log 2>
   n=$((n + 1)); [ "$n" -lt 600 ] || break
   sleep 1
 done
+# The sleeping daemon's memory, its peak since it started and now (its
+# polls run in child processes, which log their own peaks).
+if [ ! -e /tmp/atomup-reboot ]; then
+  for p in /proc/[0-9]*; do
+    case "$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" in
+      *"atomup daemon"*)
+        echo "ATOMUP-DEMO: idle daemon memory: $(grep -E '^Vm(HWM|RSS)' "$p/status" | tr -s ' \t\n' ' ')" ;;
+    esac
+  done
+fi
 /etc/init.d/S99zz-atomup stop
 cat /tmp/atomup.log
 if [ -e /tmp/atomup-reboot ]; then

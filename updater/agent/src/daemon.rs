@@ -285,7 +285,9 @@ fn in_child(what: &str, work: impl FnOnce() -> String) -> Option<String> {
             return None;
         }
     };
-    log::info!("{what} process peak RSS {} KiB", ended.peak_kib);
+    if let Some(kib) = ended.peak_kib {
+        log::info!("{what} process peak RSS {kib} KiB");
+    }
     if ended.clean && !ended.line.is_empty() {
         return Some(ended.line);
     }

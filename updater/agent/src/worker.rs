@@ -30,7 +30,8 @@ pub struct Ended {
     pub clean: bool,
     /// How it ended, for the log when it is not clean.
     pub how: String,
-    pub peak_kib: u64,
+    /// The child's peak resident memory; `None` when it ran in the daemon.
+    pub peak_kib: Option<u64>,
 }
 
 /// Runs `work` in a child process and waits for it; `work` returns the line
@@ -38,15 +39,29 @@ pub struct Ended {
 /// child never blocks on it). While it waits the daemon forwards a stop
 /// request to the child once, and otherwise only sleeps in 100 ms steps.
 pub fn run(work: impl FnOnce() -> String) -> std::io::Result<Ended> {
+    if threads() != 1 {
+        // A fork now could copy a lock another thread holds (the child
+        // would hang on it): run in this process instead, as the daemon
+        // did before it forked; only the memory benefit is lost.
+        log::warn!("the daemon has other threads: this one runs in the daemon itself");
+        let line = work();
+        return Ok(Ended {
+            line,
+            clean: true,
+            how: "in the daemon itself".into(),
+            peak_kib: None,
+        });
+    }
     let (mut reader, writer) = pipe()?;
     // Nothing buffered may be written twice (once by each process).
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     let parent = rustix::process::getpid();
-    // SAFETY: the daemon is single-threaded when it forks (its only
-    // threads are the scoped ones inside a poll or an install, all joined
-    // before they return, and those run in the child), so the child may
-    // allocate and take locks: no other thread held one at the fork.
+    // SAFETY: the daemon is single-threaded when it forks (checked above;
+    // its threads are the scoped ones inside a poll or an install, all
+    // joined before they return and run in the child, and the LED's, which
+    // it stops before each poll and install), so the child may allocate and
+    // take locks: no other thread held one at the fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(std::io::Error::last_os_error());
@@ -95,7 +110,7 @@ pub fn run(work: impl FnOnce() -> String) -> std::io::Result<Ended> {
         line,
         clean: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         how,
-        peak_kib: usage.ru_maxrss.max(0) as u64,
+        peak_kib: Some(usage.ru_maxrss.max(0) as u64),
     })
 }
 
@@ -120,6 +135,11 @@ fn child(
     std::process::exit(0);
 }
 
+/// The threads of this process (`/proc/self/task`); 0 when unreadable.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
+
 /// A close-on-exec pipe, as (read end, write end).
 fn pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
     use std::os::fd::FromRawFd;
@@ -133,5 +153,21 @@ fn pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
             std::fs::File::from_raw_fd(fds[0]),
             std::fs::File::from_raw_fd(fds[1]),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test harness runs each test on a thread of its own: a process
+    /// with threads never forks, the work runs in it.
+    #[test]
+    fn with_other_threads_the_work_runs_in_this_process() {
+        assert!(threads() > 1);
+        let me = std::process::id();
+        let ended = run(|| std::process::id().to_string()).unwrap();
+        assert_eq!(ended.line, me.to_string());
+        assert!(ended.clean);
     }
 }

@@ -27,3 +27,16 @@ pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+/// A daemon told to stop (SIGTERM) ended this at a safe point: nothing is
+/// wrong, what was done is kept for the next start.
+#[derive(Debug)]
+pub struct Stopped(pub String);
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Stopped {}

@@ -222,6 +222,11 @@ fn attempt(o: &Opts, a: &Args, loaded: &atomup_config::Loaded) -> Attempt {
             rep.done();
             None
         }
+        // A daemon told to stop: nothing failed, nothing to report.
+        Err(e) if update::is_cancelled(e.as_ref()) => {
+            rep.done();
+            Some(crate::error::one_line(e.as_ref()))
+        }
         Err(e) => {
             let text = crate::error::one_line(e.as_ref());
             rep.failed(&text);
@@ -237,6 +242,7 @@ fn attempt(o: &Opts, a: &Args, loaded: &atomup_config::Loaded) -> Attempt {
         Ok(Outcome::Pending) => "pending",
         Ok(Outcome::Waiting) => "waiting",
         Ok(Outcome::WouldInstall) => "would-install",
+        Err(e) if update::is_cancelled(e.as_ref()) => "stopped",
         Err(_) => "failed",
     };
     // The technician reads the LED: installed (on trial) or failed, held
@@ -498,7 +504,7 @@ fn install(
         file: &mut file,
         members: &members,
     };
-    let vd = extract_delta(source, plan.release, plan.delta, &p, rep)?;
+    let vd = extract_delta(source, plan.release, plan.delta, &p, a.cancel, rep)?;
 
     // 3. The same execution as a network update.
     let outcome = update::execute(o, &mut p, &plan, &vd, a.cancel, rep)?;
@@ -549,6 +555,7 @@ fn extract_delta(
     release: &Release,
     delta: &Delta,
     p: &update::Prepared,
+    cancel: Option<&'static std::sync::atomic::AtomicBool>,
     rep: &mut Reporter,
 ) -> Result<VerifiedDelta> {
     let member = |name: &str| -> Result<Member> {
@@ -577,6 +584,16 @@ fn extract_delta(
     let mut done = delta.superblock_size;
     rep.received(done);
     update::receive_parts(sb, delta, &separate, |i, expect| {
+        // A stop between two members: the copied ones stay in the cache
+        // (verified, by sha256), the next start copies only the rest.
+        if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst)) {
+            return Err(crate::error::Stopped(format!(
+                "stopped while copying {}'s members: the {} copied are kept for the next start",
+                c.path.display(),
+                rep.p.parts_done
+            ))
+            .into());
+        }
         let m = member(&format!("{}/{i}", delta.path))?;
         let want = Expect {
             size: expect.size,

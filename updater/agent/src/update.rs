@@ -261,14 +261,16 @@ fn report_base(cfg: &Config) -> String {
     cfg.report_url.clone().unwrap_or_default()
 }
 
-/// Whether `e` is a download stopped by the cancel flag (a daemon told to stop).
+/// Whether `e` is a download (or a bundle's copy) stopped by the cancel flag
+/// (a daemon told to stop).
 pub fn is_cancelled(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if matches!(
             err.downcast_ref::<FetchError>(),
             Some(FetchError::Cancelled { .. })
-        ) {
+        ) || err.is::<crate::error::Stopped>()
+        {
             return true;
         }
         cur = err.source();

@@ -451,6 +451,29 @@ pub fn partial_bytes(d: &Device) -> u64 {
         .sum()
 }
 
+/// Waits until `cond` holds; fails the test after `limit`, naming `what`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `d`'s daemon, caught in the middle of its download: the link capped at
+/// 512 KiB/s to `nginx`, started, and returned once a part is half
+/// downloaded (256 KiB in its partial).
+pub fn daemon_mid_download(w: &World, d: &Device, nginx: &Nginx) -> Agent {
+    Conf::new(w, d, &nginx.url())
+        .with("[link]\nbandwidth = \"512KiB\"\n")
+        .write();
+    let a = Agent::spawn(&agent_args(d, "daemon", "A", &[]));
+    wait_until("a part half downloaded", Duration::from_secs(60), || {
+        partial_bytes(d) >= 256 * 1024
+    });
+    a
+}
+
 /// A pristine copy of a provisioned device, restored before each trial.
 pub struct Pristine {
     dir: PathBuf,

@@ -11,19 +11,12 @@
 
 use atomup_tests::ostree_fixture::tree_digest;
 use atomup_tests::service::{
-    agent_args, env_line, partial_bytes, serve, shared_big_world, Agent, Conf,
+    agent_args, daemon_mid_download, env_line, partial_bytes, serve, shared_big_world, wait_until,
+    Agent,
 };
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// The child processes of `pid` (`/proc/PID/task/PID/children`).
 fn children(pid: u32) -> Vec<u32> {
@@ -52,14 +45,8 @@ fn a_poll_child_killed_with_9_is_a_failed_poll_and_the_daemon_keeps_running() {
     let (w, _) = shared_big_world();
     let d = atomup_tests::device::provision(w, "child-killed");
     let nginx = serve(w, &d.root);
-    Conf::new(w, &d, &nginx.url())
-        .with("[link]\nbandwidth = \"512KiB\"\n")
-        .write();
     let (env0, a0, b0) = (env_line(&d), tree_digest(&d.slot_a), tree_digest(&d.slot_b));
-    let mut a = Agent::spawn(&agent_args(&d, "daemon", "A", &[]));
-    wait_until("a part half downloaded", MINUTE, || {
-        partial_bytes(&d) >= 256 * 1024
-    });
+    let mut a = daemon_mid_download(w, &d, &nginx);
     let kids = children(a.pid());
     assert_eq!(kids.len(), 1, "one poll child: {kids:?}");
     let ok = std::process::Command::new("kill")
@@ -89,14 +76,8 @@ fn a_daemon_killed_with_9_takes_its_poll_child_along_and_the_next_start_complete
     let (w, _) = shared_big_world();
     let d = atomup_tests::device::provision(w, "daemon-killed");
     let nginx = serve(w, &d.root);
-    Conf::new(w, &d, &nginx.url())
-        .with("[link]\nbandwidth = \"512KiB\"\n")
-        .write();
     let a0 = tree_digest(&d.slot_a);
-    let mut a = Agent::spawn(&agent_args(&d, "daemon", "A", &[]));
-    wait_until("a part half downloaded", MINUTE, || {
-        partial_bytes(&d) >= 256 * 1024
-    });
+    let mut a = daemon_mid_download(w, &d, &nginx);
     let kids = children(a.pid());
     assert_eq!(kids.len(), 1, "one poll child: {kids:?}");
     a.signal("KILL");

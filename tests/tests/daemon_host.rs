@@ -8,8 +8,8 @@
 use atomup_tests::device::{atomup_bounded, env_args, provision, release, text, T0};
 use atomup_tests::ostree_fixture::{assert_same_tree, atomup, tree_digest};
 use atomup_tests::service::{
-    agent_args, big_world, cache_entries, delta_bytes, env_line, partial_bytes, reboots, serve,
-    shared_big_world, Agent, Conf, ReportSink,
+    agent_args, big_world, cache_entries, daemon_mid_download, delta_bytes, env_line, reboots,
+    serve, shared_big_world, wait_until, Agent, Conf, ReportSink,
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -28,14 +28,6 @@ fn checkout(w: &atomup_tests::device::World, commit: &str) -> PathBuf {
         w.repo.checkout(commit, &dest);
     }
     dest
-}
-
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// v2 is installed into B and the reboot command runs; after B boots and is
@@ -92,14 +84,8 @@ fn sigterm_mid_download_keeps_the_partial_and_the_next_start_resumes() {
     let (w, _) = shared_big_world();
     let d = provision(w, "term-dl");
     let nginx = serve(w, &d.root);
-    Conf::new(w, &d, &nginx.url())
-        .with("[link]\nbandwidth = \"512KiB\"\n")
-        .write();
     let (env0, a0, b0) = (env_line(&d), tree_digest(&d.slot_a), tree_digest(&d.slot_b));
-    let mut a = Agent::spawn(&agent_args(&d, "daemon", "A", &[]));
-    wait_until("a part half downloaded", MINUTE, || {
-        partial_bytes(&d) >= 256 * 1024
-    });
+    let mut a = daemon_mid_download(w, &d, &nginx);
     let started = Instant::now();
     a.signal("TERM");
     assert!(a.wait_exit(MINUTE).success(), "{}", a.output());

@@ -595,11 +595,7 @@ fn extract_delta(
             .into());
         }
         let m = member(&format!("{}/{i}", delta.path))?;
-        let want = Expect {
-            size: expect.size,
-            sha256: expect.sha256,
-        };
-        let got = atomup_bundle::extract_verified(c.file, &m, want, &p.cache)?;
+        let got = atomup_bundle::extract_verified(c.file, &m, expect, &p.cache)?;
         if got.resumed > 0 {
             rep.say(&format!(
                 "{}: resumed at byte {} of {} (the copy cut when the stick was pulled)",

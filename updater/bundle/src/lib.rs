@@ -350,13 +350,9 @@ impl<W: Write> Writer<W> {
     }
 }
 
-/// What a member must be (from the signed release, or the verified
-/// superblock): its exact size and sha256.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Expect {
-    pub size: u64,
-    pub sha256: [u8; 32],
-}
+/// What a payload must be: exact size and sha256 (the type is
+/// `atomup-fsio`'s, shared with the other reader of verified files).
+pub use atomup_fsio::Expect;
 
 /// A member in the cache, verified.
 #[derive(Clone, Debug, PartialEq, Eq)]

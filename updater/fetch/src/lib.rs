@@ -32,12 +32,9 @@ const CONN_BUF: usize = 16 * 1024;
 /// cancel flag.
 const SLICE: Duration = Duration::from_millis(100);
 
-/// What a payload must be: exact size and sha256 (from signed metadata).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Expect {
-    pub size: u64,
-    pub sha256: [u8; 32],
-}
+/// What a payload must be: exact size and sha256 (the type is
+/// `atomup-fsio`'s, shared with the other reader of verified files).
+pub use atomup_fsio::Expect;
 
 #[derive(Clone, Debug)]
 pub struct Options {

@@ -14,6 +14,8 @@
 //!   written on it.
 //! - **The mount table** ([`mountinfo`]), read and parsed once for everyone
 //!   who asks what is mounted where and how.
+//! - **What a fetched or copied file must be** ([`Expect`]): the one type
+//!   the downloader and the bundle reader check their files against.
 
 pub mod mountinfo;
 
@@ -24,6 +26,15 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, Mode, OFlags};
+
+/// What a file must be, from signed metadata (a release, a verified
+/// superblock): its exact size and sha256. A download (`atomup-fetch`) or a
+/// bundle member's copy (`atomup-bundle`) is kept only when both hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expect {
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
 
 /// What an open accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -135,9 +135,18 @@ fn child(
     std::process::exit(0);
 }
 
-/// The threads of this process (`/proc/self/task`); 0 when unreadable.
+/// The threads of this process (`num_threads`, the 20th field of
+/// `/proc/self/stat`, counted after the `)` that ends the command name); 0
+/// when unreadable. A small file read, the way the daemon already reads its
+/// configuration, so the sleeping daemon's code stays where it is.
 fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            rest.split_whitespace().nth(17)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// A close-on-exec pipe, as (read end, write end).

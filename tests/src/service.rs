@@ -460,6 +460,20 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A daemon started on `d` (booted from A) that installs the release into
+/// slot B, then stops on SIGTERM with exit 0: the next start after an
+/// interruption, completing the update.
+pub fn daemon_completes_into_b(d: &Device) {
+    let mut a = Agent::spawn(&agent_args(d, "daemon", "A", &[]));
+    a.wait_for("into slot B", Duration::from_secs(60));
+    a.signal("TERM");
+    assert!(
+        a.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        a.output()
+    );
+}
+
 /// `d`'s daemon, caught in the middle of its download: the link capped at
 /// 512 KiB/s to `nginx`, started, and returned once a part is half
 /// downloaded (256 KiB in its partial).

@@ -11,8 +11,8 @@
 
 use atomup_tests::ostree_fixture::tree_digest;
 use atomup_tests::service::{
-    agent_args, daemon_mid_download, env_line, partial_bytes, serve, shared_big_world, wait_until,
-    Agent,
+    daemon_completes_into_b, daemon_mid_download, env_line, partial_bytes, serve, shared_big_world,
+    wait_until,
 };
 use std::time::Duration;
 
@@ -97,10 +97,7 @@ fn a_daemon_killed_with_9_takes_its_poll_child_along_and_the_next_start_complete
     );
     assert_eq!(tree_digest(&d.slot_a), a0);
 
-    let mut a = Agent::spawn(&agent_args(&d, "daemon", "A", &[]));
-    a.wait_for("into slot B", MINUTE);
-    a.signal("TERM");
-    assert!(a.wait_exit(MINUTE).success(), "{}", a.output());
+    daemon_completes_into_b(&d);
     assert_eq!(
         env_line(&d),
         "ATOMUP_ORDER=B A;ATOMUP_TRIAL=B;ATOMUP_LEFT=3"

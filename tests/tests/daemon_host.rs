@@ -8,8 +8,8 @@
 use atomup_tests::device::{atomup_bounded, env_args, provision, release, text, T0};
 use atomup_tests::ostree_fixture::{assert_same_tree, atomup, tree_digest};
 use atomup_tests::service::{
-    agent_args, big_world, cache_entries, daemon_mid_download, delta_bytes, env_line, reboots,
-    serve, shared_big_world, wait_until, Agent, Conf, ReportSink,
+    agent_args, big_world, cache_entries, daemon_completes_into_b, daemon_mid_download,
+    delta_bytes, env_line, reboots, serve, shared_big_world, wait_until, Agent, Conf, ReportSink,
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -103,10 +103,7 @@ fn sigterm_mid_download_keeps_the_partial_and_the_next_start_resumes() {
         .expect("the partial was kept");
     assert!(have > 0, "{partial} is empty");
 
-    let mut a = Agent::spawn(&agent_args(&d, "daemon", "A", &[]));
-    a.wait_for("into slot B", MINUTE);
-    a.signal("TERM");
-    assert!(a.wait_exit(MINUTE).success());
+    daemon_completes_into_b(&d);
     assert_same_tree(&d.slot_b, &checkout(w, &w.v2));
     // The interrupted part: fetched whole once, then continued from the
     // bytes on disk, never started over.
@@ -145,10 +142,7 @@ fn sigterm_mid_apply_leaves_the_slot_out_of_the_order_and_the_next_start_complet
     let rec = std::fs::read_to_string(d.state.join("slots/B")).unwrap();
     assert!(rec.contains("status=installing"), "{rec}");
 
-    let mut a = Agent::spawn(&agent_args(&d, "daemon", "A", &[]));
-    a.wait_for("into slot B", MINUTE);
-    a.signal("TERM");
-    assert!(a.wait_exit(MINUTE).success());
+    daemon_completes_into_b(&d);
     assert_eq!(
         env_line(&d),
         "ATOMUP_ORDER=B A;ATOMUP_TRIAL=B;ATOMUP_LEFT=3"

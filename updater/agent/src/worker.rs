@@ -39,11 +39,13 @@ pub struct Ended {
 /// child never blocks on it). While it waits the daemon forwards a stop
 /// request to the child once, and otherwise only sleeps in 100 ms steps.
 pub fn run(work: impl FnOnce() -> String) -> std::io::Result<Ended> {
-    if threads() != 1 {
+    if threads() != Some(1) {
         // A fork now could copy a lock another thread holds (the child
         // would hang on it): run in this process instead, as the daemon
         // did before it forked; only the memory benefit is lost.
-        log::warn!("the daemon has other threads: this one runs in the daemon itself");
+        log::warn!(
+            "the daemon has other threads (or no /proc to tell): this one runs in the daemon itself"
+        );
         let line = work();
         return Ok(Ended {
             line,
@@ -136,17 +138,16 @@ fn child(
 }
 
 /// The threads of this process (`num_threads`, the 20th field of
-/// `/proc/self/stat`, counted after the `)` that ends the command name); 0
-/// when unreadable. A small file read, the way the daemon already reads its
+/// `/proc/self/stat`, counted after the `)` that ends the command name);
+/// `None` when unreadable. A small file read, the way the daemon already reads its
 /// configuration, so the sleeping daemon's code stays where it is.
-fn threads() -> usize {
+fn threads() -> Option<usize> {
     std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| {
             let rest = s.rsplit_once(')')?.1;
             rest.split_whitespace().nth(17)?.parse().ok()
         })
-        .unwrap_or(0)
 }
 
 /// A close-on-exec pipe, as (read end, write end).
@@ -173,7 +174,7 @@ mod tests {
     /// with threads never forks, the work runs in it.
     #[test]
     fn with_other_threads_the_work_runs_in_this_process() {
-        assert!(threads() > 1);
+        assert!(threads() > Some(1));
         let me = std::process::id();
         let ended = run(|| std::process::id().to_string()).unwrap();
         assert_eq!(ended.line, me.to_string());

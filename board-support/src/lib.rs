@@ -248,7 +248,7 @@ impl Board {
 pub fn fuzz_profile(data: &[u8]) {
     if let Ok(Ok(b)) = std::str::from_utf8(data).map(Board::parse) {
         assert!(b.slot_a.is_absolute() && b.slot_b.is_absolute());
-        assert!(b.data.as_ref().map_or(true, |d| d.is_absolute()));
+        assert!(b.data.as_ref().is_none_or(|d| d.is_absolute()));
     }
 }
 

@@ -70,7 +70,7 @@ fn main() {
     let bin = PathBuf::from(arg("--agent").expect("--agent PATH (the device build of atomup)"));
     // `--only wire` or `--only idle`: one half of the figures (default both).
     let only = arg("--only");
-    let run = |part: &str| only.as_deref().map_or(true, |o| o == part);
+    let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let (w, _) = world_with("service-bench", BLOBS, BLOB);
     let delta = delta_bytes(&w, &w.v1, &w.v2);
     let nginx = Nginx::serve(&w.repo.path, &w.dir.join("bench-nginx"));

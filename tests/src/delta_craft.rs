@@ -87,7 +87,7 @@ pub fn var_array(elems: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn pad_to(body: &mut Vec<u8>, align: usize) {
-    while body.len() % align != 0 {
+    while !body.len().is_multiple_of(align) {
         body.push(0);
     }
 }

@@ -148,7 +148,7 @@ impl Reporter {
             }
         }
         if self.record.is_some()
-            && (force || self.record_at.map_or(true, |t| now >= t + RECORD_EVERY_MS))
+            && (force || self.record_at.is_none_or(|t| now >= t + RECORD_EVERY_MS))
             && !matches!(self.p.phase, Phase::Done | Phase::Failed)
         {
             self.record_at = Some(now);

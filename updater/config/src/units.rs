@@ -66,7 +66,7 @@ impl Bytes {
 
 fn show(n: u64, units: &[(&str, u64)], bare: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     for (name, scale) in units {
-        if n >= *scale && n % scale == 0 {
+        if n >= *scale && n.is_multiple_of(*scale) {
             return write!(f, "{}{name}", n / scale);
         }
     }

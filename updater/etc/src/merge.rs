@@ -280,7 +280,7 @@ pub fn upper(merged: &Tree, new: &Tree) -> Upper {
                 // A whiteout means something only where the merged tree and
                 // the new defaults both have the parent directory; otherwise
                 // an ancestor is removed or replaced, which hides it already.
-                let parent_is_dir = parent(p).map_or(true, |q| {
+                let parent_is_dir = parent(p).is_none_or(|q| {
                     merged.get(q).is_some_and(|e| e.kind == Kind::Dir)
                         && new.get(q).is_some_and(|e| e.kind == Kind::Dir)
                 });

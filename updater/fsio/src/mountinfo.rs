@@ -94,9 +94,7 @@ pub fn mount_of<'m>(mounts: &'m [Mount], path: &Path) -> Option<&'m Mount> {
     let mut best: Option<&Mount> = None;
     for m in mounts {
         if path.starts_with(&m.point)
-            && best.map_or(true, |b| {
-                m.point.components().count() >= b.point.components().count()
-            })
+            && best.is_none_or(|b| m.point.components().count() >= b.point.components().count())
         {
             best = Some(m);
         }

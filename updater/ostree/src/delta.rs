@@ -312,6 +312,11 @@ impl PayloadLayout {
     }
 }
 
+/// The op code of [`Op::GzipRebuild`], atomup's one extension op. Upstream's
+/// applier refuses it as an unknown opcode, so the publisher writes it only
+/// when asked (`--gzip-rebuild`).
+pub const OP_GZIP_REBUILD: u8 = b'G';
+
 /// One delta op with its decoded arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -342,6 +347,16 @@ pub enum Op {
     Bspatch {
         offset: u64,
         length: u64,
+    },
+    /// atomup's extension (not upstream's): the open file is a gzip file
+    /// rebuilt from its text (`gzip.rs`). The record (header, corrections)
+    /// is at `record`; the text is at `data` in the blob, or, with a read
+    /// source set, `data` is a bsdiff patch against the old gzip file's text.
+    GzipRebuild {
+        record_offset: u64,
+        record_len: u64,
+        data_offset: u64,
+        data_len: u64,
     },
 }
 
@@ -391,6 +406,12 @@ impl<'a> OpReader<'a> {
             b'B' => Op::Bspatch {
                 offset: self.varint()?,
                 length: self.varint()?,
+            },
+            OP_GZIP_REBUILD => Op::GzipRebuild {
+                record_offset: self.varint()?,
+                record_len: self.varint()?,
+                data_offset: self.varint()?,
+                data_len: self.varint()?,
             },
             other => {
                 return Err(Error::Unsupported {

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::delta::{Op, OpReader, MAX_METADATA_SIZE};
 use crate::error::{Error, Result};
 use crate::gvariant::{self as gv, VarArray};
+use crate::gzip;
 use crate::object::{
     finish_id, Commit, DirMeta, DirTree, FileHeader, ObjectId, ObjectType, Xattrs, MAX_SYMLINK,
 };
@@ -122,7 +123,7 @@ pub fn execute_part<S: ObjectSink>(
     let mode_table = gv::fixed_array(modes, 12, "payload mode table")?;
     let modes: Vec<&[u8]> = mode_table.collect();
     let xattr_table = VarArray::parse(xattrs, 1, "payload xattr table")?;
-    if objects.len() % 33 != 0 {
+    if !objects.len().is_multiple_of(33) {
         return Err(Error::malformed("part objects", "not a multiple of 33 bytes").into());
     }
     let object_list: Vec<&[u8]> = objects.chunks_exact(33).collect();
@@ -277,6 +278,12 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
             Op::UnsetReadSource => self.source = None,
             Op::Close => self.close()?,
             Op::Bspatch { offset, length } => self.bspatch(offset, length)?,
+            Op::GzipRebuild {
+                record_offset,
+                record_len,
+                data_offset,
+                data_len,
+            } => self.gzip_rebuild(record_offset, record_len, data_offset, data_len)?,
         }
         Ok(())
     }
@@ -489,9 +496,8 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
         Ok(())
     }
 
-    /// Streams a raw mendsley bsdiff patch (no header, no bzip2): control
-    /// triples of sign-magnitude i64 (diff len, extra len, old seek), diff
-    /// bytes added to old bytes, extra bytes copied.
+    /// Streams a raw mendsley bsdiff patch (no header, no bzip2) from the
+    /// blob against the read source into the open file: see [`bspatch`].
     fn bspatch(&mut self, offset: u64, length: u64) -> ExecResult<(), S::Error> {
         let w = "bspatch";
         let old_size = self.source.ok_or(Error::malformed(w, "no read source"))?;
@@ -500,84 +506,221 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
             _ => return Err(Error::malformed(w, "needs a freshly opened regular file").into()),
         };
         self.check_blob(offset, length)?;
-        let end = offset + length;
-        let mut p = offset;
-        let mut newpos = 0u64;
-        let mut oldpos: i64 = 0;
-        let mut diff = vec![0u8; CHUNK];
-        let mut old = vec![0u8; CHUNK];
-        while newpos < new_size {
-            if p.checked_add(24).map_or(true, |e| e > end) {
-                return Err(Error::malformed(w, "truncated control record").into());
+        bspatch(self, offset, offset + length, old_size, new_size)
+    }
+
+    /// The `G` op (atomup's extension, `gzip.rs`): the open file is the
+    /// gzip file rebuilt from a text, which is in the blob or, with a read
+    /// source set, is a bsdiff patch against the old gzip file's text.
+    /// Memory: at most the old text, the patch and the new text during the
+    /// patch, then the new text, preflate's predictor and the file; every
+    /// size is checked against its `gzip` cap before anything is allocated.
+    fn gzip_rebuild(
+        &mut self,
+        record_offset: u64,
+        record_len: u64,
+        data_offset: u64,
+        data_len: u64,
+    ) -> ExecResult<(), S::Error> {
+        let w = "gzip rebuild";
+        match &self.open {
+            Some(o) if o.written == 0 && o.symlink.is_none() => {}
+            _ => return Err(Error::malformed(w, "needs a freshly opened regular file").into()),
+        }
+        self.check_blob(record_offset, record_len)?;
+        self.check_blob(data_offset, data_len)?;
+        if record_len > gzip::MAX_RECORD {
+            return Err(Error::TooLarge {
+                what: "gzip rebuild record",
+                limit: gzip::MAX_RECORD,
             }
-            let mut ctrl = [0u8; 24];
-            self.sink.read_blob(p, &mut ctrl).map_err(PartError::Sink)?;
-            p += 24;
-            let diff_len = offtin(&ctrl[0..8]);
-            let extra_len = offtin(&ctrl[8..16]);
-            let seek = offtin(&ctrl[16..24]);
-            let (Ok(diff_len), Ok(extra_len)) = (u64::try_from(diff_len), u64::try_from(extra_len))
-            else {
-                return Err(Error::malformed(w, "negative length").into());
-            };
-            let fits = |pos: u64, n: u64, lim: u64| pos.checked_add(n).is_some_and(|e| e <= lim);
-            if !fits(newpos, diff_len, new_size) || !fits(p, diff_len, end) {
-                return Err(Error::malformed(w, "diff block out of range").into());
-            }
-            self.reserve(diff_len)?;
-            let mut done = 0u64;
-            while done < diff_len {
-                let n = (diff_len - done).min(CHUNK as u64) as usize;
-                self.sink
-                    .read_blob(p + done, &mut diff[..n])
-                    .map_err(PartError::Sink)?;
-                // Old bytes outside [0, old_size) contribute nothing (bsdiff semantics).
-                let start = oldpos
-                    .checked_add(done as i64)
-                    .ok_or(Error::malformed(w, "seek overflow"))?;
-                let lo = start.max(0);
-                let hi = start.saturating_add(n as i64).min(old_size as i64);
-                if lo < hi {
-                    let k = (lo - start) as usize;
-                    let m = (hi - lo) as usize;
-                    self.sink
-                        .read_source(lo as u64, &mut old[..m])
-                        .map_err(PartError::Sink)?;
-                    for (d, o) in diff[k..k + m].iter_mut().zip(&old[..m]) {
-                        *d = d.wrapping_add(*o);
-                    }
+            .into());
+        }
+        let mut raw = vec![0u8; record_len as usize];
+        self.sink
+            .read_blob(record_offset, &mut raw)
+            .map_err(PartError::Sink)?;
+        let record = gzip::Record::parse(&raw)?;
+        let text = match self.source {
+            None => {
+                if data_len != record.text_len {
+                    return Err(Error::malformed(w, "text length differs from the record").into());
                 }
-                let chunk = diff[..n].to_vec();
-                self.emit(&chunk)?;
-                done += n as u64;
-            }
-            p += diff_len;
-            newpos += diff_len;
-            oldpos = oldpos
-                .checked_add(diff_len as i64)
-                .ok_or(Error::malformed(w, "seek overflow"))?;
-            if !fits(newpos, extra_len, new_size) || !fits(p, extra_len, end) {
-                return Err(Error::malformed(w, "extra block out of range").into());
-            }
-            self.reserve(extra_len)?;
-            let mut done = 0u64;
-            while done < extra_len {
-                let n = (extra_len - done).min(CHUNK as u64) as usize;
+                let mut text = vec![0u8; data_len as usize];
                 self.sink
-                    .read_blob(p + done, &mut diff[..n])
+                    .read_blob(data_offset, &mut text)
                     .map_err(PartError::Sink)?;
-                let chunk = diff[..n].to_vec();
-                self.emit(&chunk)?;
-                done += n as u64;
+                text
             }
-            p += extra_len;
-            newpos += extra_len;
-            oldpos = oldpos
-                .checked_add(seek)
-                .ok_or(Error::malformed(w, "seek overflow"))?;
+            Some(old_size) => {
+                let patch_cap = 2 * gzip::MAX_TEXT + (1 << 20);
+                if data_len > patch_cap {
+                    return Err(Error::TooLarge {
+                        what: "gzip rebuild patch",
+                        limit: patch_cap,
+                    }
+                    .into());
+                }
+                let mut head = vec![0u8; old_size.min(gzip::MAX_HEADER) as usize];
+                self.sink
+                    .read_source(0, &mut head)
+                    .map_err(PartError::Sink)?;
+                let start = gzip::header_len(&head)? as u64;
+                let (old_text, _) =
+                    gzip::inflate_member(start, old_size, |at, buf| self.sink.read_source(at, buf))
+                        .map_err(PartError::Sink)??;
+                let mut patch = vec![0u8; data_len as usize];
+                self.sink
+                    .read_blob(data_offset, &mut patch)
+                    .map_err(PartError::Sink)?;
+                let mut io = MemPatch {
+                    patch: &patch,
+                    old: &old_text,
+                    out: Vec::with_capacity(record.text_len as usize),
+                };
+                bspatch::<_, S::Error>(
+                    &mut io,
+                    0,
+                    data_len,
+                    old_text.len() as u64,
+                    record.text_len,
+                )?;
+                io.out
+            }
+        };
+        let file = gzip::rebuild(&record, &text)?;
+        drop(text);
+        self.reserve(file.len() as u64)?;
+        for piece in file.chunks(CHUNK) {
+            self.emit(piece)?;
         }
         Ok(())
     }
+}
+
+/// Where a bsdiff patch reads and writes: the part's blob and read source
+/// through the sink into the open file (`B`), or texts in memory (`G`).
+trait PatchIo<E> {
+    fn patch(&mut self, at: u64, buf: &mut [u8]) -> ExecResult<(), E>;
+    fn old(&mut self, at: u64, buf: &mut [u8]) -> ExecResult<(), E>;
+    /// Appends new bytes; [`bspatch`] has checked they fit the new size.
+    fn out(&mut self, data: &[u8]) -> ExecResult<(), E>;
+}
+
+impl<S: ObjectSink> PatchIo<S::Error> for Exec<'_, '_, S> {
+    fn patch(&mut self, at: u64, buf: &mut [u8]) -> ExecResult<(), S::Error> {
+        self.sink.read_blob(at, buf).map_err(PartError::Sink)
+    }
+    fn old(&mut self, at: u64, buf: &mut [u8]) -> ExecResult<(), S::Error> {
+        self.sink.read_source(at, buf).map_err(PartError::Sink)
+    }
+    fn out(&mut self, data: &[u8]) -> ExecResult<(), S::Error> {
+        self.reserve(data.len() as u64)?;
+        self.emit(data)
+    }
+}
+
+struct MemPatch<'a> {
+    patch: &'a [u8],
+    old: &'a [u8],
+    out: Vec<u8>,
+}
+
+impl<E> PatchIo<E> for MemPatch<'_> {
+    fn patch(&mut self, at: u64, buf: &mut [u8]) -> ExecResult<(), E> {
+        let at = at as usize;
+        buf.copy_from_slice(&self.patch[at..at + buf.len()]);
+        Ok(())
+    }
+    fn old(&mut self, at: u64, buf: &mut [u8]) -> ExecResult<(), E> {
+        let at = at as usize;
+        buf.copy_from_slice(&self.old[at..at + buf.len()]);
+        Ok(())
+    }
+    fn out(&mut self, data: &[u8]) -> ExecResult<(), E> {
+        self.out.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+/// Applies the raw mendsley bsdiff patch at `[p, end)` of `io`'s patch
+/// bytes: control triples of sign-magnitude i64 (diff len, extra len, old
+/// seek), diff bytes added to old bytes, extra bytes copied, until
+/// `new_size` bytes are out. Every length is checked against the patch and
+/// the new size before it is read; old reads stay within `[0, old_size)`.
+fn bspatch<P: PatchIo<E>, E>(
+    io: &mut P,
+    mut p: u64,
+    end: u64,
+    old_size: u64,
+    new_size: u64,
+) -> ExecResult<(), E> {
+    let w = "bspatch";
+    let mut newpos = 0u64;
+    let mut oldpos: i64 = 0;
+    let mut diff = vec![0u8; CHUNK];
+    let mut old = vec![0u8; CHUNK];
+    while newpos < new_size {
+        if p.checked_add(24).is_none_or(|e| e > end) {
+            return Err(Error::malformed(w, "truncated control record").into());
+        }
+        let mut ctrl = [0u8; 24];
+        io.patch(p, &mut ctrl)?;
+        p += 24;
+        let diff_len = offtin(&ctrl[0..8]);
+        let extra_len = offtin(&ctrl[8..16]);
+        let seek = offtin(&ctrl[16..24]);
+        let (Ok(diff_len), Ok(extra_len)) = (u64::try_from(diff_len), u64::try_from(extra_len))
+        else {
+            return Err(Error::malformed(w, "negative length").into());
+        };
+        let fits = |pos: u64, n: u64, lim: u64| pos.checked_add(n).is_some_and(|e| e <= lim);
+        if !fits(newpos, diff_len, new_size) || !fits(p, diff_len, end) {
+            return Err(Error::malformed(w, "diff block out of range").into());
+        }
+        let mut done = 0u64;
+        while done < diff_len {
+            let n = (diff_len - done).min(CHUNK as u64) as usize;
+            io.patch(p + done, &mut diff[..n])?;
+            // Old bytes outside [0, old_size) contribute nothing (bsdiff semantics).
+            let start = oldpos
+                .checked_add(done as i64)
+                .ok_or(Error::malformed(w, "seek overflow"))?;
+            let lo = start.max(0);
+            let hi = start.saturating_add(n as i64).min(old_size as i64);
+            if lo < hi {
+                let k = (lo - start) as usize;
+                let m = (hi - lo) as usize;
+                io.old(lo as u64, &mut old[..m])?;
+                for (d, o) in diff[k..k + m].iter_mut().zip(&old[..m]) {
+                    *d = d.wrapping_add(*o);
+                }
+            }
+            io.out(&diff[..n])?;
+            done += n as u64;
+        }
+        p += diff_len;
+        newpos += diff_len;
+        oldpos = oldpos
+            .checked_add(diff_len as i64)
+            .ok_or(Error::malformed(w, "seek overflow"))?;
+        if !fits(newpos, extra_len, new_size) || !fits(p, extra_len, end) {
+            return Err(Error::malformed(w, "extra block out of range").into());
+        }
+        let mut done = 0u64;
+        while done < extra_len {
+            let n = (extra_len - done).min(CHUNK as u64) as usize;
+            io.patch(p + done, &mut diff[..n])?;
+            io.out(&diff[..n])?;
+            done += n as u64;
+        }
+        p += extra_len;
+        newpos += extra_len;
+        oldpos = oldpos
+            .checked_add(seek)
+            .ok_or(Error::malformed(w, "seek overflow"))?;
+    }
+    Ok(())
 }
 
 /// bsdiff's 8-byte little-endian sign-magnitude integer.

@@ -187,7 +187,7 @@ pub fn fixed_array<'a>(
     elem_size: usize,
     what: &'static str,
 ) -> Result<std::slice::ChunksExact<'a, u8>> {
-    if elem_size == 0 || data.len() % elem_size != 0 {
+    if elem_size == 0 || !data.len().is_multiple_of(elem_size) {
         return Err(Error::malformed(
             what,
             "array length is not a multiple of the element size",
@@ -226,7 +226,7 @@ impl<'a> VarArray<'a> {
             .checked_sub(width)
             .ok_or(Error::malformed(what, "truncated array"))?;
         let table_start = read_offset(data, last_at, width, what)?;
-        if table_start > last_at || (data.len() - table_start) % width != 0 {
+        if table_start > last_at || !(data.len() - table_start).is_multiple_of(width) {
             return Err(Error::malformed(what, "array offset table out of range"));
         }
         let count = (data.len() - table_start) / width;
@@ -423,7 +423,7 @@ fn width_for(body: usize, n: usize) -> usize {
 }
 
 fn pad_to(out: &mut Vec<u8>, align: usize) {
-    while out.len() % align != 0 {
+    while !out.len().is_multiple_of(align) {
         out.push(0);
     }
 }

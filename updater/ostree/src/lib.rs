@@ -11,6 +11,7 @@ pub mod encode;
 pub mod error;
 pub mod execute;
 pub mod gvariant;
+pub mod gzip;
 pub mod hex;
 pub mod object;
 pub mod sign;

@@ -414,7 +414,7 @@ pub(crate) mod tests {
             x
         };
         // .text: BL instructions (0x94xxxxxx) and other words, 16-byte aligned.
-        while d.len() % 16 != 0 {
+        while !d.len().is_multiple_of(16) {
             d.push(0);
         }
         let start = d.len();
@@ -444,7 +444,7 @@ pub(crate) mod tests {
             start,
             d.len() - start,
         ));
-        while d.len() % 8 != 0 {
+        while !d.len().is_multiple_of(8) {
             d.push(0);
         }
         let start = d.len();
@@ -482,7 +482,7 @@ pub(crate) mod tests {
         let start = d.len();
         d.extend_from_slice(names);
         secs.push((name_at(b".shstrtab"), SHT_STRTAB, 0, start, names.len()));
-        while d.len() % 8 != 0 {
+        while !d.len().is_multiple_of(8) {
             d.push(0);
         }
         let shoff = d.len();

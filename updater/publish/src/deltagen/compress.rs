@@ -196,10 +196,7 @@ fn compress_job(job: &Job<'_>, opts: &XzOpts) -> std::io::Result<Block> {
             for extreme in [false, true] {
                 let f = filter_for(kind, c, len, opts, 9, extreme, 0);
                 let b = xzfmt::compress_block(job.data, &f)?;
-                if best
-                    .as_ref()
-                    .map_or(true, |x| b.bytes.len() < x.bytes.len())
-                {
+                if best.as_ref().is_none_or(|x| b.bytes.len() < x.bytes.len()) {
                     best = Some(b);
                 }
             }

@@ -146,7 +146,7 @@ mod tests {
         let best = idx.best(&f, 3);
         assert_eq!(best[0].0, ObjectId([7; 32]), "{best:?}");
         assert!(best[0].1 > 50, "{best:?}");
-        assert!(best.get(1).map_or(true, |b| b.1 < 5), "{best:?}");
+        assert!(best.get(1).is_none_or(|b| b.1 < 5), "{best:?}");
         assert!(shared(&f, &sketch(&noise(7, 50_000))) > 50);
         assert_eq!(shared(&f, &sketch(&noise(3, 50_000))), 0);
     }

@@ -14,6 +14,8 @@
 #   upstream: ostree static-delta generate --min-fallback-size=0
 #   default:  atomup-publish delta (default options: 8 MiB device -> 2 MiB window)
 #   best:     atomup-publish delta --best
+#   gzip:     atomup-publish delta --gzip-rebuild (atomup's `G` op: upstream's
+#             apply-offline must refuse it; the device applies it)
 # with bytes (superblock + parts) and ratio ours/upstream, generation wall
 # time and ratio (REPS runs each, interleaved; median and range), a check
 # that upstream's apply-offline accepts ours and gives back the tree, and
@@ -151,8 +153,15 @@ device_rss() {
         rm -rf "$WORK/target"
         mkdir "$WORK/target"
         "$RSS_ATOMUP" delta apply --delta "$dir" ${from_root:+--from-root "$from_root" --from-meta "$REPO"} \
-            --to "$WORK/target" --no-verify --stats | awk -F= '/peak_rss_kib=/ { print $2 }'
+            --to "$WORK/target" --no-verify --stats >"$WORK/apply.stats"
+        awk -F= '/^wall_ms=/ { print $2 }' "$WORK/apply.stats" >>"$WORK/apply.walls"
+        awk -F= '/peak_rss_kib=/ { print $2 }' "$WORK/apply.stats"
     done
+}
+
+# The device engine's last apply (left in $WORK/target by device_rss) gave back tree $1.
+check_device() {
+    diff -r --no-dereference "$WORK/target" "$1" >/dev/null || die "the device's apply did not give back $1"
 }
 
 # Upstream's apply-offline accepts delta $1 (from commit $2 or scratch) and gives back tree $4 (commit $3).
@@ -165,6 +174,14 @@ check_upstream() {
     ostree --repo="$WORK/bare" fsck >/dev/null
     ostree --repo="$WORK/bare" checkout "$to" "$WORK/co"
     diff -r --no-dereference "$WORK/co" "$tree" >/dev/null || die "apply-offline of $dir did not give back $tree"
+}
+
+# Does upstream's apply-offline accept delta $1 (from commit $2 or scratch)?
+upstream_accepts() {
+    rm -rf "$WORK/bare"
+    ostree --repo="$WORK/bare" init --mode=bare-user
+    [ -n "$2" ] && ostree --repo="$WORK/bare" pull-local "$REPO" "$2" >/dev/null
+    ostree --repo="$WORK/bare" static-delta apply-offline "$1" 2>/dev/null
 }
 
 # zstd, measured only: our parts' payloads (xz-decoded) recompressed with
@@ -190,7 +207,7 @@ zstd_measure() {
 pair() {
     local label=$1 from=$2 to=$3 tree=$4
     local F=${from:+${ID[$from]}} T=${ID[$to]}
-    local UPD=$WORK/$label-upstream mode r up_ms=() ms_default=() ms_best=()
+    local UPD=$WORK/$label-upstream mode r up_ms=() ms_default=() ms_best=() ms_gzip=()
     local from_opt=(--empty) ours_from=(--scratch)
     [ -n "$from" ] && from_opt=(--from="$F") && ours_from=(--from "$F")
     echo "[$label] ${from:-scratch} -> $to ($(find "$tree" | wc -l) entries)"
@@ -199,30 +216,52 @@ pair() {
         read -r ms _ < <(measure ostree --repo="$REPO" static-delta generate "${from_opt[@]}" --to="$T" \
             --min-fallback-size=0 --filename="$UPD/superblock")
         up_ms+=("$ms")
-        for mode in default best; do
+        for mode in default best gzip; do
             local extra=()
             [ "$mode" = best ] && extra=(--best)
+            [ "$mode" = gzip ] && extra=(--gzip-rebuild)
             read -r ms _ < <(measure "$PUBLISH" delta --repo "$REPO" "${ours_from[@]}" --to "$T" --quiet "${extra[@]}")
             local dir=$WORK/$label-$mode
             rm -rf "$dir"
             cp -r "$REPO/$(cat "$WORK/cmd.out")" "$dir"
-            if [ "$mode" = default ]; then ms_default+=("$ms"); else ms_best+=("$ms"); fi
+            case $mode in
+                default) ms_default+=("$ms") ;;
+                best) ms_best+=("$ms") ;;
+                gzip) ms_gzip+=("$ms") ;;
+            esac
         done
     done
     local up_bytes up_med
     up_bytes=$(bytes "$UPD")
     up_med=$(printf '%s\n' "${up_ms[@]}" | median)
     echo "[$label] upstream: $up_bytes bytes, $(find "$UPD" -type f ! -name superblock | wc -l) parts, $up_med ms (range $(printf '%s\n' "${up_ms[@]}" | range))"
-    for mode in default best; do
-        local dir=$WORK/$label-$mode b med rss times
+    for mode in default best gzip; do
+        local dir=$WORK/$label-$mode b med rss times walls upstream_says
         b=$(bytes "$dir")
-        if [ "$mode" = default ]; then times=("${ms_default[@]}"); else times=("${ms_best[@]}"); fi
+        case $mode in
+            default) times=("${ms_default[@]}") ;;
+            best) times=("${ms_best[@]}") ;;
+            gzip) times=("${ms_gzip[@]}") ;;
+        esac
         med=$(printf '%s\n' "${times[@]}" | median)
-        check_upstream "$dir" "$F" "$T" "$tree"
+        if [ "$mode" = gzip ]; then
+            # atomup's extension: upstream must refuse it, not mis-apply it.
+            if upstream_accepts "$dir" "$F"; then
+                upstream_says="apply-offline ACCEPTED it (unexpected)"
+            else
+                upstream_says="apply-offline refuses it (atomup extension)"
+            fi
+        else
+            check_upstream "$dir" "$F" "$T" "$tree"
+            upstream_says="apply-offline ok"
+        fi
+        rm -f "$WORK/apply.walls"
         rss=$(device_rss "$dir" "${from:+$WORK/active-$from}" | range)
-        printf '[%s] ours %-7s: %s bytes, ratio %s; %s ms (range %s), wall ratio %s; apply-offline ok; device peak RSS %s KiB (%s runs)\n' \
+        check_device "$tree"
+        walls=$(range <"$WORK/apply.walls")
+        printf '[%s] ours %-7s: %s bytes, ratio %s; %s ms (range %s), wall ratio %s; %s; device apply ok, peak RSS %s KiB, wall %s ms (%s runs)\n' \
             "$label" "$mode" "$b" "$(ratio "$b" "$up_bytes")" "$med" "$(printf '%s\n' "${times[@]}" | range)" \
-            "$(ratio "$med" "$up_med")" "$rss" "$RSS_REPS"
+            "$(ratio "$med" "$up_med")" "$upstream_says" "$rss" "$walls" "$RSS_REPS"
     done
     zstd_measure "$WORK/$label-default" "$label"
 }

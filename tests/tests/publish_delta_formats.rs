@@ -328,3 +328,169 @@ fn from_last_reuses_work_across_deltas() {
         &t.root,
     );
 }
+
+/// A changelog-like text: entries of words, as Debian's changelogs are.
+fn changelog(seed: u64, entries: usize) -> Vec<u8> {
+    let words = pseudo_bytes(seed, entries * 200, true);
+    let mut t = Vec::new();
+    for (i, w) in words.chunks(200).enumerate() {
+        t.extend_from_slice(format!("pkg (1.{i}-1) bookworm; urgency=medium\n\n  * ").as_bytes());
+        t.extend_from_slice(w);
+        t.extend_from_slice(b"\n\n -- Maintainer <m@example.org>  Mon, 01 Jan 2024\n\n");
+    }
+    t
+}
+
+/// gzip with the file's name and time in the header (FNAME, MTIME), as
+/// `gzip -9 FILE` writes them.
+fn gzip_named(dir: &Path, name: &str, data: &[u8]) -> Vec<u8> {
+    let f = dir.join(name);
+    fs::write(&f, data).unwrap();
+    run_ok(Command::new("gzip").args(["-9", "-f"]).arg(&f));
+    let gz = dir.join(format!("{name}.gz"));
+    let out = fs::read(&gz).unwrap();
+    fs::remove_file(gz).unwrap();
+    out
+}
+
+fn gzip_rebuilt(summary: &str) -> u64 {
+    let (head, _) = summary.split_once(" gzip-rebuilt").expect("summary line");
+    head.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// `--gzip-rebuild` (atomup's `G` op): changed and new gzip files go as
+/// text or a patch of the old text and the device engine rebuilds them byte
+/// for byte, from a base delta and from scratch; files it cannot rebuild
+/// exactly (two members) or whose text is over the budget go the usual way.
+/// Upstream's apply-offline refuses such a delta and stores nothing of it.
+#[test]
+fn gzip_rebuild_deltas_apply_on_device_and_upstream_refuses_them() {
+    require_tool("ostree");
+    require_tool("gzip");
+    let dir = ScratchDir::new("delta-gzip");
+    let work = dir.join("gz");
+    fs::create_dir(&work).unwrap();
+    let log = changelog(21, 400);
+    let man = changelog(22, 60);
+    let big = changelog(23, 1500); // ~380 KB of text: over 256 KiB
+    let two = [gzip(b"first member\n"), gzip(&changelog(24, 30))].concat();
+    let t = TreeBuilder::new(dir.join("tree"));
+    t.dir("", 0o755)
+        .file("usr/share/doc/pkg/changelog.Debian.gz", &gzip(&log), 0o644)
+        .file(
+            "usr/share/man/man1/pkg.1.gz",
+            &gzip_named(&work, "pkg.1", &man),
+            0o644,
+        )
+        .file("usr/share/doc/big/changelog.gz", &gzip(&big), 0o644)
+        .file("usr/share/doc/two/changelog.gz", &two, 0o644)
+        .file("usr/share/doc/tiny/copyright.gz", &gzip(b"tiny\n"), 0o644);
+    let repo = dir.join("repo");
+    publish_ok(&["init", "--repo", s(&repo)]);
+    let c1 = commit(&repo, &t.root, "v1");
+    let active = dir.join("active");
+    run_ok(ostree(&repo).args(["checkout", &c1]).arg(&active));
+
+    // v2: a new entry on top of each changelog, an edited man page, a new
+    // package's changelog, the two-member file and the big one changed.
+    let entry = b"pkg (2.0-1) bookworm-security; urgency=high\n\n  * Security fix.\n\n".to_vec();
+    let mut man2 = man.clone();
+    man2.splice(500..500, b".SH NOTES\nedited\n".iter().copied());
+    let mut big2 = entry.clone();
+    big2.extend_from_slice(&big);
+    t.file(
+        "usr/share/doc/pkg/changelog.Debian.gz",
+        &gzip(&[&entry[..], &log].concat()),
+        0o644,
+    )
+    .file(
+        "usr/share/man/man1/pkg.1.gz",
+        &gzip_named(&work, "pkg.1", &man2),
+        0o644,
+    )
+    .file(
+        "usr/share/doc/new/changelog.Debian.gz",
+        &gzip(&changelog(25, 80)),
+        0o644,
+    )
+    .file("usr/share/doc/big/changelog.gz", &gzip(&big2), 0o644)
+    .file(
+        "usr/share/doc/two/changelog.gz",
+        &[&two[..], &gzip(b"third\n")].concat(),
+        0o644,
+    );
+    let c2 = commit(&repo, &t.root, "v2");
+
+    let out = publish_ok(&[
+        "delta",
+        "--repo",
+        s(&repo),
+        "--to",
+        &c2,
+        "--from",
+        &c1,
+        "--scratch",
+        "--gzip-rebuild",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let sums: Vec<&str> = stderr.lines().filter(|l| l.starts_with("delta ")).collect();
+    let dirs: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!((sums.len(), dirs.len()), (2, 2), "{stderr}");
+    // From v1: the changelog (patch of its text), the man page with its
+    // name in the header (patch), the new changelog (text). Not: the big
+    // one (text over the budget), the two-member file, the tiny file.
+    assert_eq!(gzip_rebuilt(sums[0]), 3, "{}", sums[0]);
+    // From scratch every one-member file within the budget goes as text
+    // (the tiny one's record costs more than its bytes).
+    assert_eq!(gzip_rebuilt(sums[1]), 3, "{}", sums[1]);
+    let from_delta = repo.join(&dirs[0]);
+    apply_device(dir.path(), &repo, &from_delta, Some(&active), &t.root);
+    apply_device(dir.path(), &repo, &repo.join(&dirs[1]), None, &t.root);
+
+    // Without the option the three rebuilt files are new deflate bytes that
+    // neither xz nor bsdiff shrinks: the rebuilt delta saves most of them.
+    let bytes = |d: &Path| -> u64 {
+        fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let rebuilt_bytes = bytes(&from_delta);
+    let gz_bytes: u64 = [
+        "usr/share/doc/pkg/changelog.Debian.gz",
+        "usr/share/man/man1/pkg.1.gz",
+        "usr/share/doc/new/changelog.Debian.gz",
+    ]
+    .iter()
+    .map(|p| fs::metadata(t.root.join(p)).unwrap().len())
+    .sum();
+    fs::rename(&from_delta, dir.join("rebuilt")).unwrap();
+    let out = publish_ok(&["delta", "--repo", s(&repo), "--to", &c2, "--from", &c1]);
+    let plain = repo.join(String::from_utf8(out.stdout).unwrap().trim());
+    let saved = bytes(&plain).saturating_sub(rebuilt_bytes);
+    assert!(
+        saved * 4 > gz_bytes * 3,
+        "saved {saved} bytes of the {gz_bytes} bytes of rebuilt gzip files"
+    );
+    apply_upstream(dir.path(), &repo, &plain, Some(&c1), &c2, &t.root);
+
+    // Upstream's applier refuses the extension op and keeps nothing.
+    let bare = dir.join("bare-refuses");
+    run_ok(ostree(&bare).args(["init", "--mode=bare-user"]));
+    run_ok(ostree(&bare).arg("pull-local").arg(&repo).arg(&c1));
+    let r = ostree(&bare)
+        .args(["static-delta", "apply-offline"])
+        .arg(dir.join("rebuilt"))
+        .output()
+        .unwrap();
+    assert!(!r.status.success(), "apply-offline accepted a G op");
+    let shown = ostree(&bare).args(["show", &c2]).output().unwrap();
+    assert!(
+        !shown.status.success(),
+        "the refused delta's commit is stored"
+    );
+}

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
-use atomup_ostree::delta::{write_varint, Compression};
+use atomup_ostree::delta::{write_varint, Compression, OP_GZIP_REBUILD};
 use atomup_ostree::encode::{part_file, part_payload, payload_layout, ModeEntry, NewPartInfo};
 use atomup_ostree::object::{ObjectId, ObjectType};
 
@@ -69,6 +69,13 @@ enum Op {
         at: Loc,
         len: u64,
     },
+    /// atomup's `G` (gzip rebuilt from its text): record, then text or patch.
+    Gzip {
+        record: Loc,
+        record_len: u64,
+        data: Loc,
+        data_len: u64,
+    },
 }
 
 #[derive(Default)]
@@ -119,7 +126,7 @@ impl PartBuilder {
             return Loc { kind, offset: *off };
         }
         let align = kind.align() as usize;
-        while region.data.len() % align != 0 {
+        while !region.data.len().is_multiple_of(align) {
             region.data.push(0);
             self.blob_len += 1;
         }
@@ -259,6 +266,53 @@ impl PartBuilder {
         self.usize += size;
     }
 
+    /// A gzip file rebuilt on the device from its text (atomup's `G` op,
+    /// which upstream's applier refuses): with `source`, `data` is a bsdiff
+    /// patch against the old gzip file's text (r, o, G, c, R); without, it is
+    /// the text itself (o, G, c), kept in the text region where xz sees it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_gzip(
+        &mut self,
+        id: ObjectId,
+        mode: ModeEntry,
+        xattrs: &[u8],
+        size: u64,
+        source: Option<&ObjectId>,
+        record: &[u8],
+        data: &[u8],
+    ) {
+        let m = self.mode(mode);
+        let x = self.xattr(xattrs);
+        if let Some(source) = source {
+            let src = self.put(Kind::Meta, &source.0);
+            self.ops.push(Op::SetSource { at: src });
+        }
+        let rec = self.put(Kind::Stored, record);
+        let kind = if source.is_some() {
+            Kind::Patch
+        } else {
+            Kind::Text
+        };
+        let at = self.put(kind, data);
+        self.ops.push(Op::Open {
+            mode: m,
+            xattr: x,
+            size,
+        });
+        self.ops.push(Op::Gzip {
+            record: rec,
+            record_len: record.len() as u64,
+            data: at,
+            data_len: data.len() as u64,
+        });
+        self.ops.push(Op::Close);
+        if source.is_some() {
+            self.ops.push(Op::UnsetSource);
+        }
+        self.objects.push((ObjectType::File, id));
+        self.usize += size;
+    }
+
     /// Serializes and compresses the part; returns the part file, its
     /// superblock entry and what it holds.
     pub fn finish(
@@ -302,6 +356,16 @@ impl PartBuilder {
                 Op::Close => v(&mut ops, OP_CLOSE, &[]),
                 // Upstream's argument order: offset, then length.
                 Op::Bspatch { at: l, len } => v(&mut ops, OP_BSPATCH, &[at(l), *len]),
+                Op::Gzip {
+                    record,
+                    record_len,
+                    data,
+                    data_len,
+                } => v(
+                    &mut ops,
+                    OP_GZIP_REBUILD,
+                    &[at(record), *record_len, at(data), *data_len],
+                ),
             }
         }
         let payload = part_payload(&self.modes, &self.xattrs, &blob, &ops);

@@ -224,6 +224,7 @@ pair() {
             local dir=$WORK/$label-$mode
             rm -rf "$dir"
             cp -r "$REPO/$(cat "$WORK/cmd.out")" "$dir"
+            [ "$mode" = gzip ] && { grep -o '[0-9]* gzip-rebuilt' "$WORK/cmd.err" || echo "0 gzip-rebuilt"; } >"$dir.rebuilt"
             case $mode in
                 default) ms_default+=("$ms") ;;
                 best) ms_best+=("$ms") ;;
@@ -246,10 +247,16 @@ pair() {
         med=$(printf '%s\n' "${times[@]}" | median)
         if [ "$mode" = gzip ]; then
             # atomup's extension: upstream must refuse it, not mis-apply it.
-            if upstream_accepts "$dir" "$F"; then
-                upstream_says="apply-offline ACCEPTED it (unexpected)"
+            local rebuilt
+            rebuilt=$(cat "$dir.rebuilt")
+            if [ "$rebuilt" = "0 gzip-rebuilt" ]; then
+                # No gzip file to rebuild: a plain upstream-format delta.
+                check_upstream "$dir" "$F" "$T" "$tree"
+                upstream_says="$rebuilt, apply-offline ok"
+            elif upstream_accepts "$dir" "$F"; then
+                die "apply-offline accepted $dir, which has G ops ($rebuilt)"
             else
-                upstream_says="apply-offline refuses it (atomup extension)"
+                upstream_says="$rebuilt, apply-offline refuses it (atomup extension)"
             fi
         else
             check_upstream "$dir" "$F" "$T" "$tree"

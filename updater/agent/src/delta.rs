@@ -109,6 +109,11 @@ fn apply(args: &mut lexopt::Parser) -> Result {
             proc_self("io", "rchar:").unwrap_or(0).div_ceil(1024)
         );
         println!("wall_ms={}", start.elapsed().as_millis());
+        // The largest helper process (the `G` op's gzip rebuilds), 0 if none ran.
+        println!(
+            "helper_peak_rss_kib={}",
+            atomup_deploy::gzip_helper::helper_peak_kib()
+        );
     }
     let s = applied?;
     println!(

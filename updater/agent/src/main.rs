@@ -59,6 +59,8 @@ Commands:
   etc mount --slot X   at boot: mount the slot's /etc overlay (its layer on the data partition)
   delta apply          apply a static delta into a directory and verify it
   delta show           describe a static delta (from/to, parts, signed?)
+  gzip-rebuild         internal: rebuilds one gzip file of a delta's G op (stdin to
+                       stdout) in its own process, for delta application
 
 Run `atomup <command> --help` for a command's options. The configuration is read from
 /usr/lib/atomup/config.d/*.toml, then /etc/atomup/config.d/*.toml (--config-dir DIR,
@@ -101,18 +103,28 @@ fn run(args: &mut lexopt::Parser) -> Result {
         }
     };
     logger::init(log_level.as_deref())?;
+    // The `G` op's gzip rebuilds run in `atomup gzip-rebuild`, so a fault in
+    // the rebuilding library on a damaged record fails one file, not the
+    // update (`atomup_deploy::gzip_helper`).
+    if let Ok(exe) = std::env::current_exe() {
+        atomup_deploy::gzip_helper::use_helper(exe);
+    }
     if !config_dirs.is_empty() {
         settings::set_dirs(config_dirs);
     }
     // Every device command runs on a whole, valid configuration (or not at
     // all); the host tools and the help do not read it.
-    if !matches!(command.as_str(), "help" | "version" | "delta") {
+    if !matches!(
+        command.as_str(),
+        "help" | "version" | "delta" | "gzip-rebuild"
+    ) {
         logger::configured(settings::init()?.config.log_level);
     }
     match command.as_str() {
         "help" => print!("{USAGE}"),
         "version" => println!("atomup {}", env!("CARGO_PKG_VERSION")),
         "delta" => delta::run(args)?,
+        "gzip-rebuild" => atomup_deploy::gzip_helper::serve()?,
         "config" => settings::run(args)?,
         "daemon" => daemon::run(args)?,
         "update" | "upgrade" => update::run(args)?,

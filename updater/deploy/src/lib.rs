@@ -14,6 +14,7 @@ mod delta;
 mod error;
 #[cfg(feature = "archive-fallback")]
 mod fallback;
+pub mod gzip_helper;
 pub mod identity;
 pub mod limits;
 mod meta;

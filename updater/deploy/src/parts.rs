@@ -215,6 +215,20 @@ struct PartSink<'s, 'o> {
 impl ObjectSink for PartSink<'_, '_> {
     type Error = DeployError;
 
+    /// In the helper process when one is set (`gzip_helper`).
+    fn rebuild_gzip(
+        &mut self,
+        record: &[u8],
+        text: &[u8],
+    ) -> Result<atomup_ostree::Result<Vec<u8>>> {
+        match crate::gzip_helper::helper() {
+            Some(program) => crate::gzip_helper::rebuild_in(program, record, text)
+                .map_err(io("run the gzip rebuild helper", program)),
+            None => Ok(atomup_ostree::gzip::Record::parse(record)
+                .and_then(|r| atomup_ostree::gzip::rebuild(&r, text))),
+        }
+    }
+
     fn read_blob(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.payload
             .read_exact_at(buf, self.blob_start + offset)

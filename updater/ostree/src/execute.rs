@@ -52,6 +52,15 @@ pub trait ObjectSink {
     fn finish_file(&mut self, id: &ObjectId, header: &FileHeader<'_>) -> Result<(), Self::Error>;
     /// The file begun last failed verification or was cut short: drop it.
     fn discard_file(&mut self);
+    /// Rebuilds the gzip file of a `G` op from its `record` (already parsed
+    /// once by the executor) and `text`. The outer error is the sink's own
+    /// (it could not run the rebuild), the inner one the delta's (the record
+    /// does not rebuild). The default runs [`gzip::rebuild`] in this
+    /// process; a sink can run it in a helper process, so that a fault in the
+    /// rebuilding library on a damaged record cannot take the applier down.
+    fn rebuild_gzip(&mut self, record: &[u8], text: &[u8]) -> Result<Result<Vec<u8>>, Self::Error> {
+        Ok(gzip::Record::parse(record).and_then(|r| gzip::rebuild(&r, text)))
+    }
 }
 
 /// Why a part could not be executed.
@@ -588,7 +597,10 @@ impl<S: ObjectSink> Exec<'_, '_, S> {
                 io.out
             }
         };
-        let file = gzip::rebuild(&record, &text)?;
+        let file = self
+            .sink
+            .rebuild_gzip(&raw, &text)
+            .map_err(PartError::Sink)??;
         drop(text);
         self.reserve(file.len() as u64)?;
         for piece in file.chunks(CHUNK) {

@@ -1138,10 +1138,12 @@ apply-offline` and the device both apply them) and prints their directories.
                         or as a bsdiff of the old file's text, plus a small
                         reconstruction record, instead of as new deflate bytes.
                         Changed changelogs and man pages shrink 20-70x. Costs
-                        about 0.1 s of generation per MB of gzip files; the
-                        device re-deflates each file (about 30 ms per 100 KB of
-                        text on the host) and needs up to 4.5x the text in RAM
-                        while it does: texts are kept under 1/32 of --device-ram
+                        preflate's analysis of every gzip file (up to ~4 s per MB
+                        of gzip data here, partly won back by not bsdiffing the
+                        compressed bytes); the device re-deflates each file in a
+                        helper process (3-5 ms a file on the host) and needs up
+                        to 4.5x the text in RAM there: texts are kept under 1/32
+                        of --device-ram
                         (256 KiB for 8M)
   --stats               also print, per kind of xz block, payload bytes in and
                         compressed bytes out

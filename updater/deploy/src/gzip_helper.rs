@@ -116,8 +116,7 @@ pub fn serve() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     (&mut stdin)
         .take(gzip::MAX_TEXT + 1)
         .read_to_end(&mut text)?;
-    let record = gzip::Record::parse(&record)?;
-    let file = gzip::rebuild(&record, &text)?;
+    let file = gzip::rebuild_encoded(&record, &text)?;
     let peak = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -224,8 +224,7 @@ impl ObjectSink for PartSink<'_, '_> {
         match crate::gzip_helper::helper() {
             Some(program) => crate::gzip_helper::rebuild_in(program, record, text)
                 .map_err(io("run the gzip rebuild helper", program)),
-            None => Ok(atomup_ostree::gzip::Record::parse(record)
-                .and_then(|r| atomup_ostree::gzip::rebuild(&r, text))),
+            None => Ok(atomup_ostree::gzip::rebuild_encoded(record, text)),
         }
     }
 

@@ -59,7 +59,7 @@ pub trait ObjectSink {
     /// process; a sink can run it in a helper process, so that a fault in the
     /// rebuilding library on a damaged record cannot take the applier down.
     fn rebuild_gzip(&mut self, record: &[u8], text: &[u8]) -> Result<Result<Vec<u8>>, Self::Error> {
-        Ok(gzip::Record::parse(record).and_then(|r| gzip::rebuild(&r, text)))
+        Ok(gzip::rebuild_encoded(record, text))
     }
 }
 

@@ -181,6 +181,12 @@ pub fn rebuild(rec: &Record<'_>, text: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// [`rebuild`] from an encoded record: what every rebuilder (in process,
+/// the device's helper, the publisher's check) runs.
+pub fn rebuild_encoded(record: &[u8], text: &[u8]) -> Result<Vec<u8>> {
+    rebuild(&Record::parse(record)?, text)
+}
+
 /// Splits a whole gzip file into its header length and its text, refusing
 /// anything but exactly one member whose CRC-32 and length match, with
 /// nothing after it: what [`rebuild`] gives back, so what the publisher may

@@ -25,6 +25,7 @@
 //!   deltas of `--from-last K` share them; bsdiff runs and blocks are spread
 //!   over `--jobs` threads.
 
+mod bsdiff;
 mod classify;
 mod compress;
 mod part;
@@ -552,6 +553,8 @@ impl<'r> Generator<'r> {
         };
         let outcome = if old_data[..] == new_data[..] {
             Diffed::Same
+        } else if old_data.len() > bsdiff::MAX_OLD {
+            Diffed::Literal
         } else {
             let mut patch = Vec::new();
             bsdiff::diff(&old_data, &new_data, &mut patch).map_err(err)?;

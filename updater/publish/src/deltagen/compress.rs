@@ -33,8 +33,8 @@ pub struct XzOpts {
     pub preset: u32,
     /// `--best`: every candidate at preset 9e, no block splitting.
     pub best: bool,
-    /// Blocks larger than this are split (default mode), so one big kind
-    /// still keeps every core busy. Each split costs the new block's
+    /// Blocks larger than this are split (default mode) into an even number
+    /// of pieces, so one big kind still keeps every core busy. Each split costs the new block's
     /// window warm-up (~0.4 % of a 6 MB code block measured).
     pub max_block: u64,
     /// Worker threads.
@@ -129,7 +129,12 @@ fn split(range: Range<usize>, kind: Kind, max: u64) -> Vec<Range<usize>> {
     if len <= max || max == 0 {
         return vec![range];
     }
-    let n = len.div_ceil(max);
+    // An even number of pieces: a kind that dominates the part (the
+    // upgrade pair's 21 MB of patches) then splits evenly over 2, 4 or 8
+    // workers instead of leaving one finishing alone (3 pieces on 2
+    // threads: 2/3 of the kind's time as wall; 4: 1/2). The output does not
+    // depend on --jobs. Measured: +0.1 % bytes for that kind.
+    let n = len.div_ceil(max).next_multiple_of(2);
     let align = kind.align().max(1);
     let step = (len / n).div_ceil(align) * align;
     let mut out = Vec::new();

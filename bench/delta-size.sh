@@ -155,7 +155,8 @@ device_rss() {
         "$RSS_ATOMUP" delta apply --delta "$dir" ${from_root:+--from-root "$from_root" --from-meta "$REPO"} \
             --to "$WORK/target" --no-verify --stats >"$WORK/apply.stats"
         awk -F= '/^wall_ms=/ { print $2 }' "$WORK/apply.stats" >>"$WORK/apply.walls"
-        awk -F= '/peak_rss_kib=/ { print $2 }' "$WORK/apply.stats"
+        awk -F= '/^helper_peak_rss_kib=/ { print $2 }' "$WORK/apply.stats" >>"$WORK/apply.helpers"
+        awk -F= '/^peak_rss_kib=/ { print $2 }' "$WORK/apply.stats"
     done
 }
 
@@ -262,13 +263,16 @@ pair() {
             check_upstream "$dir" "$F" "$T" "$tree"
             upstream_says="apply-offline ok"
         fi
-        rm -f "$WORK/apply.walls"
+        rm -f "$WORK/apply.walls" "$WORK/apply.helpers"
         rss=$(device_rss "$dir" "${from:+$WORK/active-$from}" | range)
         check_device "$tree"
         walls=$(range <"$WORK/apply.walls")
-        printf '[%s] ours %-7s: %s bytes, ratio %s; %s ms (range %s), wall ratio %s; %s; device apply ok, peak RSS %s KiB, wall %s ms (%s runs)\n' \
+        # The `G` op's helper process (0: none ran) is its own figure: it
+        # runs beside the engine, so the device needs both.
+        helper=$(range <"$WORK/apply.helpers")
+        printf '[%s] ours %-7s: %s bytes, ratio %s; %s ms (range %s), wall ratio %s; %s; device apply ok, peak RSS %s KiB (gzip helper %s KiB), wall %s ms (%s runs)\n' \
             "$label" "$mode" "$b" "$(ratio "$b" "$up_bytes")" "$med" "$(printf '%s\n' "${times[@]}" | range)" \
-            "$(ratio "$med" "$up_med")" "$upstream_says" "$rss" "$walls" "$RSS_REPS"
+            "$(ratio "$med" "$up_med")" "$upstream_says" "$rss" "$helper" "$walls" "$RSS_REPS"
     done
     zstd_measure "$WORK/$label-default" "$label"
 }

@@ -34,8 +34,9 @@ pub struct XzOpts {
     /// `--best`: every candidate at preset 9e, no block splitting.
     pub best: bool,
     /// Blocks larger than this are split (default mode) into an even number
-    /// of pieces, so one big kind still keeps every core busy. Each split costs the new block's
-    /// window warm-up (~0.4 % of a 6 MB code block measured).
+    /// of pieces, so one big kind still keeps every core busy. Each split
+    /// costs the new block's window warm-up (~0.4 % of a 6 MB code block
+    /// measured).
     pub max_block: u64,
     /// Worker threads.
     pub jobs: usize,

@@ -12,15 +12,17 @@
 # Every tree is committed with atomup-publish; the commit ids are
 # cross-checked against upstream `ostree commit`. Per pair, in one run:
 #   upstream: ostree static-delta generate --min-fallback-size=0
-#   default:  atomup-publish delta (default options: 8 MiB device -> 2 MiB window)
+#   default:  atomup-publish delta (default options: 8 MiB device -> 2 MiB
+#             window, atomup's `G` op for gzip files: upstream's apply-offline
+#             must refuse a delta with G ops; the device applies it)
 #   best:     atomup-publish delta --best
-#   gzip:     atomup-publish delta --gzip-rebuild (atomup's `G` op: upstream's
-#             apply-offline must refuse it; the device applies it)
+#   ostree:   atomup-publish delta --ostree-compatible (upstream's format only)
 # with bytes (superblock + parts) and ratio ours/upstream, generation wall
 # time and ratio (REPS runs each, interleaved; median and range), a check
-# that upstream's apply-offline accepts ours and gives back the tree, and
-# the peak RSS of the device engine (`atomup delta apply --stats`) applying
-# ours (RSS_REPS runs; range). zstd is measured only (no code path ships):
+# that upstream's apply-offline accepts ours and gives back the tree (or
+# refuses it, if it has G ops), and the peak RSS of the device engine
+# (`atomup delta apply --stats`) applying ours with the private peak of its
+# gzip helper (RSS_REPS runs; range). zstd is measured only (no code path ships):
 # our default parts' payloads recompressed with `zstd -19 --long` at the
 # same 2 MiB window, bytes and host decode time against xz's.
 # Not a test: nothing here asserts a target; it prints figures.
@@ -155,7 +157,7 @@ device_rss() {
         "$RSS_ATOMUP" delta apply --delta "$dir" ${from_root:+--from-root "$from_root" --from-meta "$REPO"} \
             --to "$WORK/target" --no-verify --stats >"$WORK/apply.stats"
         awk -F= '/^wall_ms=/ { print $2 }' "$WORK/apply.stats" >>"$WORK/apply.walls"
-        awk -F= '/^helper_peak_rss_kib=/ { print $2 }' "$WORK/apply.stats" >>"$WORK/apply.helpers"
+        awk -F= '/^helper_private_peak_kib=/ { print $2 }' "$WORK/apply.stats" >>"$WORK/apply.helpers"
         awk -F= '/^peak_rss_kib=/ { print $2 }' "$WORK/apply.stats"
     done
 }
@@ -208,7 +210,7 @@ zstd_measure() {
 pair() {
     local label=$1 from=$2 to=$3 tree=$4
     local F=${from:+${ID[$from]}} T=${ID[$to]}
-    local UPD=$WORK/$label-upstream mode r up_ms=() ms_default=() ms_best=() ms_gzip=()
+    local UPD=$WORK/$label-upstream mode r up_ms=() ms_default=() ms_best=() ms_ostree=()
     local from_opt=(--empty) ours_from=(--scratch)
     [ -n "$from" ] && from_opt=(--from="$F") && ours_from=(--from "$F")
     echo "[$label] ${from:-scratch} -> $to ($(find "$tree" | wc -l) entries)"
@@ -217,19 +219,19 @@ pair() {
         read -r ms _ < <(measure ostree --repo="$REPO" static-delta generate "${from_opt[@]}" --to="$T" \
             --min-fallback-size=0 --filename="$UPD/superblock")
         up_ms+=("$ms")
-        for mode in default best gzip; do
+        for mode in default best ostree; do
             local extra=()
             [ "$mode" = best ] && extra=(--best)
-            [ "$mode" = gzip ] && extra=(--gzip-rebuild)
+            [ "$mode" = ostree ] && extra=(--ostree-compatible)
             read -r ms _ < <(measure "$PUBLISH" delta --repo "$REPO" "${ours_from[@]}" --to "$T" --quiet "${extra[@]}")
             local dir=$WORK/$label-$mode
             rm -rf "$dir"
             cp -r "$REPO/$(cat "$WORK/cmd.out")" "$dir"
-            [ "$mode" = gzip ] && { grep -o '[0-9]* gzip-rebuilt' "$WORK/cmd.err" || echo "0 gzip-rebuilt"; } >"$dir.rebuilt"
+            { grep -o '[0-9]* gzip-rebuilt' "$WORK/cmd.err" || echo "0 gzip-rebuilt"; } >"$dir.rebuilt"
             case $mode in
                 default) ms_default+=("$ms") ;;
                 best) ms_best+=("$ms") ;;
-                gzip) ms_gzip+=("$ms") ;;
+                ostree) ms_ostree+=("$ms") ;;
             esac
         done
     done
@@ -237,40 +239,38 @@ pair() {
     up_bytes=$(bytes "$UPD")
     up_med=$(printf '%s\n' "${up_ms[@]}" | median)
     echo "[$label] upstream: $up_bytes bytes, $(find "$UPD" -type f ! -name superblock | wc -l) parts, $up_med ms (range $(printf '%s\n' "${up_ms[@]}" | range))"
-    for mode in default best gzip; do
-        local dir=$WORK/$label-$mode b med rss times walls upstream_says
+    for mode in default best ostree; do
+        local dir=$WORK/$label-$mode b med rss times walls upstream_says rebuilt
         b=$(bytes "$dir")
         case $mode in
             default) times=("${ms_default[@]}") ;;
             best) times=("${ms_best[@]}") ;;
-            gzip) times=("${ms_gzip[@]}") ;;
+            ostree) times=("${ms_ostree[@]}") ;;
         esac
         med=$(printf '%s\n' "${times[@]}" | median)
-        if [ "$mode" = gzip ]; then
-            # atomup's extension: upstream must refuse it, not mis-apply it.
-            local rebuilt
-            rebuilt=$(cat "$dir.rebuilt")
-            if [ "$rebuilt" = "0 gzip-rebuilt" ]; then
-                # No gzip file to rebuild: a plain upstream-format delta.
-                check_upstream "$dir" "$F" "$T" "$tree"
-                upstream_says="$rebuilt, apply-offline ok"
-            elif upstream_accepts "$dir" "$F"; then
-                die "apply-offline accepted $dir, which has G ops ($rebuilt)"
-            else
-                upstream_says="$rebuilt, apply-offline refuses it (atomup extension)"
-            fi
-        else
+        rebuilt=$(cat "$dir.rebuilt")
+        if [ "$rebuilt" = "0 gzip-rebuilt" ]; then
+            # No G op (--ostree-compatible, or no gzip file to rebuild): a
+            # plain upstream-format delta.
             check_upstream "$dir" "$F" "$T" "$tree"
-            upstream_says="apply-offline ok"
+            upstream_says="$rebuilt, apply-offline ok"
+        elif [ "$mode" = ostree ]; then
+            die "--ostree-compatible made G ops in $dir ($rebuilt)"
+        elif upstream_accepts "$dir" "$F"; then
+            # atomup's extension: upstream must refuse it, not mis-apply it.
+            die "apply-offline accepted $dir, which has G ops ($rebuilt)"
+        else
+            upstream_says="$rebuilt, apply-offline refuses it (atomup extension)"
         fi
         rm -f "$WORK/apply.walls" "$WORK/apply.helpers"
         rss=$(device_rss "$dir" "${from:+$WORK/active-$from}" | range)
         check_device "$tree"
         walls=$(range <"$WORK/apply.walls")
         # The `G` op's helper process (0: none ran) is its own figure: it
-        # runs beside the engine, so the device needs both.
+        # runs beside the engine, so the device needs both (its private
+        # peak: its code pages are the engine's executable).
         helper=$(range <"$WORK/apply.helpers")
-        printf '[%s] ours %-7s: %s bytes, ratio %s; %s ms (range %s), wall ratio %s; %s; device apply ok, peak RSS %s KiB (gzip helper %s KiB), wall %s ms (%s runs)\n' \
+        printf '[%s] ours %-7s: %s bytes, ratio %s; %s ms (range %s), wall ratio %s; %s; device apply ok, peak RSS %s KiB (gzip helper, private peak %s KiB), wall %s ms (%s runs)\n' \
             "$label" "$mode" "$b" "$(ratio "$b" "$up_bytes")" "$med" "$(printf '%s\n' "${times[@]}" | range)" \
             "$(ratio "$med" "$up_med")" "$upstream_says" "$rss" "$helper" "$walls" "$RSS_REPS"
     done

@@ -169,9 +169,9 @@ make_tree() { # $1 = version, $2 = health exit status, $3 = "bad-init" for a rel
     printf '#!/bin/sh\n# health check of release %s\nexit %s\n' "$1" "$2" >"$t/etc/atomup/health.d/required.d/10-demo"
     chmod 755 "$t/etc/atomup/health.d/required.d/10-demo"
     echo "release $1 of the demo product" >"$t/usr/share/demo/release-$1.txt"
-    # A Debian-style changelog that gains an entry per release: v1 -> v2
-    # ships it as atomup's G op (--gzip-rebuild), which the device rebuilds
-    # byte for byte in its gzip-rebuild helper.
+    # A Debian-style changelog that gains an entry per release: every delta
+    # ships it as atomup's G op (the publisher's default), which the device
+    # rebuilds byte for byte in its gzip-rebuild helper.
     mkdir -p "$t/usr/share/doc/atomup-demo"
     {
         for r in $(seq "$1" -1 1); do
@@ -196,9 +196,9 @@ v1=$(commit 1); v2=$(commit 2); v3=$(commit 3); v4=$(commit 4)
 echo "commits: v1=$v1 v2=$v2 v3=$v3 v4=$v4"
 sign() { "$publish" sign --key "$work/vendor.secret" --delta "$repo/$1" >/dev/null; }
 d_factory=$("$publish" delta --repo "$repo" --to "$v1" --scratch --xz-preset 1 --quiet); sign "$d_factory"
-d12=$("$publish" delta --repo "$repo" --to "$v2" --from "$v1" --gzip-rebuild --quiet 2>"$work/d12.log"); sign "$d12"
+d12=$("$publish" delta --repo "$repo" --to "$v2" --from "$v1" --quiet 2>"$work/d12.log"); sign "$d12"
 grep -q ' 1 gzip-rebuilt' "$work/d12.log" || { cat "$work/d12.log" >&2; echo "demo: the v1 -> v2 delta should rebuild the changelog (G op)" >&2; exit 1; }
-echo "v1 -> v2 delta: $(grep -o '[0-9]* gzip-rebuilt' "$work/d12.log") (atomup's G op, --gzip-rebuild)"
+echo "v1 -> v2 delta: $(grep -o '[0-9]* gzip-rebuilt' "$work/d12.log") (atomup's G op, on by default)"
 d23=$("$publish" delta --repo "$repo" --to "$v3" --from "$v2" --quiet); sign "$d23"
 d24=$("$publish" delta --repo "$repo" --to "$v4" --from "$v2" --quiet); sign "$d24"
 ts=$(date +%s)

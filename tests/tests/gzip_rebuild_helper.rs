@@ -96,7 +96,7 @@ fn damaged_record_that_crashes_the_rebuilder_fails_the_delta_cleanly() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let helper_kib: u64 = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("helper_peak_rss_kib="))
+        .find_map(|l| l.strip_prefix("helper_private_peak_kib="))
         .expect("helper peak in --stats")
         .parse()
         .unwrap();

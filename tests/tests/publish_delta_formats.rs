@@ -225,6 +225,7 @@ fn every_delta_layout_applies_upstream_and_on_device() {
             "--from",
             &c1,
             "--scratch",
+            "--ostree-compatible",
         ];
         args.extend_from_slice(opts);
         let out = publish_ok(&args);
@@ -358,7 +359,7 @@ fn gzip_rebuilt(summary: &str) -> u64 {
     head.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-/// `--gzip-rebuild` (atomup's `G` op): changed and new gzip files go as
+/// The default `G` op (atomup's extension, `--gzip-rebuild`): changed and new gzip files go as
 /// text or a patch of the old text and the device engine rebuilds them byte
 /// for byte, from a base delta and from scratch; files it cannot rebuild
 /// exactly (two members) or whose text is over the budget go the usual way.
@@ -430,7 +431,6 @@ fn gzip_rebuild_deltas_apply_on_device_and_upstream_refuses_them() {
         "--from",
         &c1,
         "--scratch",
-        "--gzip-rebuild",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let sums: Vec<&str> = stderr.lines().filter(|l| l.starts_with("delta ")).collect();
@@ -451,7 +451,7 @@ fn gzip_rebuild_deltas_apply_on_device_and_upstream_refuses_them() {
     apply_device(dir.path(), &repo, &from_delta, Some(&active), &t.root);
     apply_device(dir.path(), &repo, &repo.join(&dirs[1]), None, &t.root);
 
-    // Without the option the three rebuilt files are new deflate bytes that
+    // With --ostree-compatible the three rebuilt files are new deflate bytes that
     // neither xz nor bsdiff shrinks: the rebuilt delta saves most of them.
     let bytes = |d: &Path| -> u64 {
         fs::read_dir(d)
@@ -469,7 +469,16 @@ fn gzip_rebuild_deltas_apply_on_device_and_upstream_refuses_them() {
     .map(|p| fs::metadata(t.root.join(p)).unwrap().len())
     .sum();
     fs::rename(&from_delta, dir.join("rebuilt")).unwrap();
-    let out = publish_ok(&["delta", "--repo", s(&repo), "--to", &c2, "--from", &c1]);
+    let out = publish_ok(&[
+        "delta",
+        "--repo",
+        s(&repo),
+        "--to",
+        &c2,
+        "--from",
+        &c1,
+        "--ostree-compatible",
+    ]);
     let plain = repo.join(String::from_utf8(out.stdout).unwrap().trim());
     let saved = bytes(&plain).saturating_sub(rebuilt_bytes);
     assert!(
@@ -477,6 +486,21 @@ fn gzip_rebuild_deltas_apply_on_device_and_upstream_refuses_them() {
         "saved {saved} bytes of the {gz_bytes} bytes of rebuilt gzip files"
     );
     apply_upstream(dir.path(), &repo, &plain, Some(&c1), &c2, &t.root);
+
+    // The superblock marks the extension and says the longest text the
+    // device rebuilds (what `release` budgets the helper by); the plain
+    // delta carries no mark.
+    let text_max = |d: &Path| {
+        let bytes = fs::read(d.join("superblock")).unwrap();
+        let file = atomup_ostree::delta::SuperblockFile::parse(&bytes).unwrap();
+        let sb = atomup_ostree::delta::Superblock::parse(file.unsigned).unwrap();
+        sb.gzip_text_max().unwrap()
+    };
+    // The changelog with its new entry is the longest text, old or new.
+    let longest = Some((entry.len() + log.len()) as u64);
+    assert!(longest > Some(man2.len() as u64));
+    assert_eq!(text_max(&dir.join("rebuilt")), longest);
+    assert_eq!(text_max(&plain), None);
 
     // Upstream's applier refuses the extension op and keeps nothing.
     let bare = dir.join("bare-refuses");

@@ -307,8 +307,8 @@ fn device_files_refused_or_skipped() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 device files skipped"));
 }
 
-/// Our deltas (from a previous commit, from scratch, split in many parts) are
-/// applied by upstream `ostree static-delta apply-offline` into a bare-user
+/// Our `--ostree-compatible` deltas (from a previous commit, from scratch,
+/// split in many parts) are applied by upstream `ostree static-delta apply-offline` into a bare-user
 /// repo; fsck passes and checkout equals the source tree. The device engine
 /// (`atomup delta apply`) builds the same tree from the same delta.
 #[test]
@@ -332,6 +332,7 @@ fn deltas_apply_offline_upstream_and_on_device_engine() {
         "--from-last",
         "1",
         "--scratch",
+        "--ostree-compatible",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let dirs: Vec<String> = String::from_utf8(out.stdout)
@@ -377,6 +378,7 @@ fn deltas_apply_offline_upstream_and_on_device_engine() {
         "1",
         "--xz-dict",
         "65536",
+        "--ostree-compatible",
     ]);
     let parts = fs::read_dir(repo.join(&dirs[0])).unwrap().count() - 1;
     assert!(
@@ -423,15 +425,26 @@ fn deltas_apply_offline_upstream_and_on_device_engine() {
 }
 
 /// Bad input is refused with a clear error, not a panic: unknown revs, a
-/// directory that is not a repo, an invalid ref, a missing tree.
+/// directory that is not a repo, an invalid ref, a missing tree, flags that
+/// contradict each other.
 #[test]
 fn bad_input_is_refused_cleanly() {
     let dir = ScratchDir::new("publish-bad");
     let repo = dir.join("repo");
     publish_ok(&["init", "--repo", s(&repo)]);
     let missing = dir.join("missing");
-    let cases: [&[&str]; 5] = [
+    let cases: [&[&str]; 6] = [
         &["delta", "--repo", s(&repo), "--to", "nope", "--scratch"],
+        &[
+            "delta",
+            "--repo",
+            s(&repo),
+            "--to",
+            "nope",
+            "--scratch",
+            "--gzip-rebuild",
+            "--ostree-compatible",
+        ],
         &["delta", "--repo", s(dir.path()), "--to", "x", "--scratch"],
         &[
             "commit",

@@ -109,9 +109,11 @@ fn apply(args: &mut lexopt::Parser) -> Result {
             proc_self("io", "rchar:").unwrap_or(0).div_ceil(1024)
         );
         println!("wall_ms={}", start.elapsed().as_millis());
-        // The largest helper process (the `G` op's gzip rebuilds), 0 if none ran.
+        // What the largest helper process (the `G` op's gzip rebuilds) held
+        // besides the executable's pages, which the engine already holds;
+        // 0 if none ran.
         println!(
-            "helper_peak_rss_kib={}",
+            "helper_private_peak_kib={}",
             atomup_deploy::gzip_helper::helper_peak_kib()
         );
     }

@@ -8,9 +8,11 @@
 //!
 //! Protocol: the helper (`atomup gzip-rebuild`, set by [`use_helper`])
 //! reads `u32 LE record length ‖ record ‖ text` from stdin, to its end,
-//! and writes `u32 LE peak RSS in KiB ‖ the rebuilt file` to stdout (its
-//! own VmHWM, which starts afresh at exec: `wait4`'s figure would include
-//! the fork's copy of the parent); exit 0 means success, 1 a record
+//! and writes `u32 LE private peak in KiB ‖ the rebuilt file` to stdout
+//! (its own VmHWM, which starts afresh at exec, minus its RssFile: the pages
+//! of the executable, the engine's own binary and so already in the
+//! device's RAM; `wait4`'s figure would include the fork's copy of the
+//! parent); exit 0 means success, 1 a record
 //! that does not rebuild (said on stderr), anything else (a signal) a
 //! crash. It reads all its input before it writes, so the parent can write
 //! everything, then read: no deadlock on full pipes.
@@ -26,7 +28,9 @@ use atomup_ostree::gzip;
 static HELPER: OnceLock<PathBuf> = OnceLock::new();
 static PEAK_KIB: AtomicU64 = AtomicU64::new(0);
 
-/// The largest peak RSS (KiB) a helper of this process reported, 0 if none ran.
+/// The largest private peak (KiB: VmHWM minus the pages of the executable) a
+/// helper of this process reported, 0 if none ran. What a rebuild adds to
+/// the device's RAM on top of the engine.
 pub fn helper_peak_kib() -> u64 {
     PEAK_KIB.load(Ordering::Relaxed)
 }
@@ -117,13 +121,18 @@ pub fn serve() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .take(gzip::MAX_TEXT + 1)
         .read_to_end(&mut text)?;
     let file = gzip::rebuild_encoded(&record, &text)?;
-    let peak = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_owned();
-            line.split_whitespace().nth(1)?.parse::<u32>().ok()
-        })
-        .unwrap_or(0);
+    // File pages only grow while the helper runs (nothing reclaims them on
+    // a device with room to spare), so peak minus file pages is what the
+    // helper itself held at its peak, give or take pages first touched late.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| -> u32 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let peak = kib("VmHWM:").saturating_sub(kib("RssFile:"));
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&peak.to_le_bytes())?;
     stdout.write_all(&file)?;

@@ -182,6 +182,24 @@ impl<'a> Superblock<'a> {
         }
     }
 
+    /// The longest text a `G` op of this delta rebuilds, as the publisher
+    /// recorded it (`None`: no `G` op, or a publisher that did not say).
+    pub fn gzip_text_max(&self) -> Result<Option<u64>> {
+        match gv::lookup(self.metadata, GZIP_TEXT_MAX_KEY, "superblock metadata")? {
+            None => Ok(None),
+            Some((v, "t")) => v
+                .try_into()
+                .map(|b| Some(u64::from_le_bytes(b)))
+                .map_err(|_| {
+                    Error::malformed("superblock metadata", "gzip text max is not 8 bytes")
+                }),
+            Some(_) => Err(Error::malformed(
+                "superblock metadata",
+                "gzip text max has the wrong type",
+            )),
+        }
+    }
+
     /// Detached metadata of the to-commit carried in the superblock, if any.
     pub fn commitmeta(&self) -> Result<Option<&'a [u8]>> {
         let key = format!("{}/commitmeta", self.delta_path());
@@ -195,6 +213,11 @@ impl<'a> Superblock<'a> {
         }
     }
 }
+
+/// Superblock metadata key (`t`, little-endian) that marks a delta using
+/// atomup's `G` op and says the longest text one rebuilds: the publisher's
+/// RAM check reads it; upstream ignores unknown keys (and refuses the op).
+pub const GZIP_TEXT_MAX_KEY: &str = "atomup.gzip-text-max";
 
 /// `deltas/<F[0:2]>/<F[2:]>-<T>` or `deltas/<T[0:2]>/<T[2:]>` from scratch.
 pub fn delta_path(from: Option<&ObjectId>, to: &ObjectId) -> String {

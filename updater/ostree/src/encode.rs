@@ -140,6 +140,9 @@ pub struct NewSuperblock<'a> {
     pub commitmeta: Option<&'a [u8]>,
     pub parts: &'a [NewPartInfo],
     pub fallbacks: &'a [NewFallback],
+    /// The longest text a `G` op of this delta rebuilds, if it has any (the
+    /// atomup extension's marker, see [`crate::delta::GZIP_TEXT_MAX_KEY`]).
+    pub gzip_text_max: Option<u64>,
 }
 
 impl NewSuperblock<'_> {
@@ -156,6 +159,13 @@ impl NewSuperblock<'_> {
                 crate::delta::delta_path(self.from.as_ref(), &self.to)
             );
             meta.push((key, cm.to_vec(), "a{sv}"));
+        }
+        if let Some(n) = self.gzip_text_max {
+            meta.push((
+                crate::delta::GZIP_TEXT_MAX_KEY.into(),
+                n.to_le_bytes().to_vec(),
+                "t",
+            ));
         }
         let meta_ref: Vec<(&str, Vec<u8>, &str)> = meta
             .iter()
@@ -355,6 +365,7 @@ mod tests {
                 commitmeta: Some(&cm),
                 parts: &parts,
                 fallbacks: &fb,
+                gzip_text_max: Some(300_000),
             }
             .encode();
             let f = SuperblockFile::parse(&sb).unwrap();
@@ -363,6 +374,7 @@ mod tests {
                 (p.endian, p.timestamp, p.from, p.to),
                 (endian, 99, Some(ObjectId([8; 32])), to)
             );
+            assert_eq!(p.gzip_text_max().unwrap(), Some(300_000));
             assert_eq!(p.parts.len(), 2);
             assert_eq!(
                 (p.parts[0].size, p.parts[0].usize, p.parts[0].object_count()),

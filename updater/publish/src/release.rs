@@ -3,8 +3,9 @@
 //! repository that leads to the released commit (with sizes and digests, so a
 //! device can cap and check each download), adds the rollout plan, refuses to
 //! go backwards in version, and signs the canonical bytes. It warns about
-//! any indexed delta whose xz window needs more RAM than the board's budget
-//! (`--device-ram`): devices would run out of memory applying it.
+//! any indexed delta whose xz window and gzip helper need more RAM than the
+//! board's budget (`--device-ram`): devices would run out of memory applying
+//! it.
 
 use crate::repo::Repo;
 use atomup_ostree::delta::{Superblock, SuperblockFile};
@@ -152,7 +153,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result {
         let need = apply_ram(&repo.root().join(&d.path))?;
         if need > a.device_ram {
             eprintln!(
-                "warning: delta {} needs about {} KiB of device RAM to apply (the engine's {} KiB plus its xz window), over the board's budget of {} KiB (--device-ram): devices of this board may run out of memory; regenerate it with `atomup-publish delta --device-ram {}K`",
+                "warning: delta {} needs about {} KiB of device RAM to apply (the engine's {} KiB, its xz window and any gzip helper), over the board's budget of {} KiB (--device-ram): devices of this board may run out of memory; regenerate it with `atomup-publish delta --device-ram {}K`",
                 d.path,
                 need >> 10,
                 crate::deltagen::ENGINE_RSS >> 10,
@@ -350,10 +351,11 @@ fn index_one(root: &Path, superblock: &Path, to: &ObjectId, own: &Trust) -> Resu
     }))
 }
 
-/// Device RAM to apply the delta in `dir`: the engine's own plus the largest
+/// Device RAM to apply the delta in `dir`: the engine's own, the largest
 /// xz window any of its parts declares (a decoder allocates the declared
-/// window whatever the part's size). Inline parts are in the superblock,
-/// which holds no xz stream of its own.
+/// window whatever the part's size) and the gzip helper for the longest
+/// text its `G` ops rebuild. Inline parts are in the superblock, which holds
+/// no xz stream of its own.
 fn apply_ram(dir: &Path) -> Result<u64> {
     let bytes = fs::read(dir.join("superblock"))?;
     let file = SuperblockFile::parse(&bytes)?;
@@ -372,5 +374,7 @@ fn apply_ram(dir: &Path) -> Result<u64> {
             window = window.max(needs.max_dict);
         }
     }
-    Ok(crate::deltagen::ENGINE_RSS + u64::from(window))
+    // A delta with `G` ops says the longest text they rebuild (older
+    // publishers did not: counted as none).
+    Ok(crate::deltagen::apply_ram(window, sb.gzip_text_max()?))
 }

@@ -54,12 +54,26 @@ use crate::repo::{OwnedHeader, Repo, RepoError};
 /// Files smaller than this are always stored literally.
 const MIN_BSDIFF_SIZE: u64 = 512;
 
-/// Device RAM the apply engine needs besides the xz window (binary, tree
-/// metadata store, buffers, the seeding thread): measured 3.8-5.9 MiB over
-/// repeated applies of the Debian benchmark deltas (6,682 entries; host
-/// build, glibc, whose allocator does not always return a freed window),
-/// so 6 MiB.
-pub const ENGINE_RSS: u64 = 6 << 20;
+/// Device RAM the apply engine needs besides the xz window and the gzip
+/// helper (binary, tree metadata store, buffers, the texts of a `G` op, the
+/// seeding thread): its peak minus its window measured at most 4.0 MiB over
+/// repeated applies of the Debian benchmark deltas (6,682 entries) with the
+/// device's static musl build, so 4.5 MiB. (The glibc host build reads
+/// 2 MiB higher: its allocator keeps freed windows.)
+pub const ENGINE_RSS: u64 = 9 << 19;
+
+/// Device RAM a `G` rebuild adds while it runs, for a text of `text` bytes:
+/// the helper's private memory (its code pages are the engine's executable,
+/// already counted): the record, the text, the file and preflate's
+/// predictor. Measured (VmHWM minus the executable's pages, one Debian
+/// changelog cut to each size): 256 KiB at 4 KB of text, 388-708 KiB at
+/// 40-150 KB, 1,092 KiB at 250 KB; 448 KiB for one 20 KB text and 640 KiB
+/// for the upgrade pair's texts of at most 58 KB, so not the text alone: the
+/// corrections vary. Hence 512 KiB plus 4 bytes per text byte, 107 KiB or
+/// more above every figure measured (1.5 MiB at the 256 KiB default cap).
+pub fn gzip_helper_ram(text: u64) -> u64 {
+    (512 << 10) + text.saturating_mul(4)
+}
 
 /// The device RAM budget `delta` sizes its xz windows for by default.
 pub const DEFAULT_DEVICE_RAM: u64 = 8 << 20;
@@ -72,9 +86,19 @@ const PATCH_KEEP: f64 = 0.85;
 /// In-memory file data kept for reuse across the deltas of one run.
 const DATA_CACHE_BYTES: u64 = 512 << 20;
 
-/// The LZMA2 window for a device RAM budget.
+/// Device RAM to apply a delta needing an xz window of `window` bytes and,
+/// if it has `G` ops, rebuilding texts of up to `gzip_text` bytes.
+pub fn apply_ram(window: u32, gzip_text: Option<u64>) -> u64 {
+    ENGINE_RSS + u64::from(window) + gzip_text.map_or(0, gzip_helper_ram)
+}
+
+/// The LZMA2 window for a device RAM budget: what is left once the engine
+/// and a gzip helper at this budget's text cap have theirs (kept in every
+/// mode, so one budget gives one window).
 pub fn dict_for_ram(ram: u64) -> Option<u32> {
-    let room = ram.checked_sub(ENGINE_RSS)?;
+    let room = ram
+        .checked_sub(ENGINE_RSS)?
+        .checked_sub(gzip_helper_ram(gzip_text_for_ram(ram)))?;
     if room < 64 << 10 {
         return None;
     }
@@ -84,8 +108,9 @@ pub fn dict_for_ram(ram: u64) -> Option<u32> {
 }
 
 /// The largest gzip text the `G` op rebuilds for a device RAM budget: 1/32
-/// of it (256 KiB for 8 MiB: the device then needs about 1.1 MiB more while
-/// it rebuilds one file), at most the device's own cap.
+/// of it (256 KiB for 8 MiB: the device then needs up to 1.5 MiB more while
+/// it rebuilds one file, see [`gzip_helper_ram`]), at most the device's own
+/// cap.
 pub fn gzip_text_for_ram(ram: u64) -> u64 {
     (ram / 32).clamp(16 << 10, gzip::MAX_TEXT)
 }
@@ -107,8 +132,9 @@ pub struct Options {
     pub bsdiff: bool,
     /// Files larger than this (old + new) are not bsdiff'ed (time and memory).
     pub max_bsdiff_size: u64,
-    /// atomup's `G` op: gzip files shipped as their text (or a patch of
-    /// it) and rebuilt on the device. Upstream's applier refuses such deltas.
+    /// atomup's `G` op (on by default, off with `--ostree-compatible`): gzip
+    /// files shipped as their text (or a patch of it) and rebuilt on the
+    /// device. Upstream's applier refuses such deltas.
     pub gzip_rebuild: bool,
     /// The largest gzip text (old or new) `G` is used for: the device holds
     /// both texts and about 3 bytes per text byte of predictor at once.
@@ -130,7 +156,7 @@ impl Default for Options {
             min_fallback_size: 0,
             bsdiff: true,
             max_bsdiff_size: 64 << 20,
-            gzip_rebuild: false,
+            gzip_rebuild: true,
             gzip_text_max: gzip_text_for_ram(DEFAULT_DEVICE_RAM),
             progress: false,
         }
@@ -181,8 +207,11 @@ pub struct Summary {
     pub content_objects: u64,
     pub bsdiff_objects: u64,
     pub copy_objects: u64,
-    /// gzip files rebuilt from their text on the device (`--gzip-rebuild`).
+    /// gzip files rebuilt from their text on the device (`G` ops).
     pub gzip_objects: u64,
+    /// The longest text (new, or the old one a patch applies to) a `G` op
+    /// of this delta holds; 0 without `G` ops.
+    pub gzip_text_max: u64,
     pub fallback_objects: u64,
     /// Largest LZMA2 dictionary any block needs to decompress.
     pub max_dict: u32,
@@ -210,9 +239,10 @@ impl Summary {
         s
     }
 
-    /// Device RAM to apply this delta: the engine plus the largest window.
+    /// Device RAM to apply this delta: the engine, the largest window and,
+    /// with `G` ops, the gzip helper for the longest text.
     pub fn device_ram(&self) -> u64 {
-        ENGINE_RSS + u64::from(self.max_dict)
+        apply_ram(self.max_dict, Some(self.gzip_text_max).filter(|&t| t > 0))
     }
 
     pub fn line(&self) -> String {
@@ -928,6 +958,13 @@ impl<'r> Generator<'r> {
                     );
                     summary.content_objects += 1;
                     summary.gzip_objects += 1;
+                    let base_text = match &patch {
+                        Some((base, _)) => self.gz_text(base)?.map_or(0, |t| t.text.len()),
+                        None => 0,
+                    };
+                    summary.gzip_text_max = summary
+                        .gzip_text_max
+                        .max(gz.text.len().max(base_text) as u64);
                 }
             }
         }
@@ -963,6 +1000,7 @@ impl<'r> Generator<'r> {
             commitmeta: commitmeta.as_deref(),
             parts: &part_infos,
             fallbacks: &fallbacks,
+            gzip_text_max: Some(summary.gzip_text_max).filter(|&t| t > 0),
         }
         .encode();
         // Superblock last: its presence marks a complete delta.
@@ -1108,16 +1146,21 @@ pub const HELP: &str = "\
 Usage: atomup-publish delta --repo DIR --to REV (--from REV | --from-last K | --scratch)...
                             [options]
 
-Writes static deltas into DIR/deltas/ (upstream format: `ostree static-delta
-apply-offline` and the device both apply them) and prints their directories.
+Writes static deltas into DIR/deltas/ and prints their directories. They are
+in OSTree's static-delta format plus, by default, atomup's one extension, the
+`G` op (see --gzip-rebuild), which atomup devices apply and upstream's
+`ostree static-delta apply-offline` refuses; with --ostree-compatible they are
+plain upstream deltas that both apply.
 
   --from REV            one delta from REV
   --from-last K         one delta from each of the K previous commits of REV
   --scratch             a from-scratch delta (factory images, lost devices)
   --device-ram BYTES    RAM the device can give the apply (default 8M): sets the
-                        xz window to BYTES minus the engine's 6 MiB (8M -> 2 MiB,
-                        12M -> 6 MiB, 16M -> 8 MiB, 32M -> 24 MiB). Bigger windows
-                        give somewhat smaller deltas; a device with less RAM than
+                        xz window to what is left of BYTES once the engine's
+                        4.5 MiB and a gzip helper's share (512 KiB + 4x the
+                        text cap, BYTES/32) are taken (8M -> 2 MiB, 12M -> 4 MiB,
+                        16M -> 8 MiB, 32M -> 16 MiB). Bigger windows give
+                        somewhat smaller deltas; a device with less RAM than
                         this may fail to apply them.
   --xz-dict BYTES       set the xz window directly instead (expert; K/M/G suffixes)
   --best                smallest output: every xz block is compressed with several
@@ -1126,8 +1169,8 @@ apply-offline` and the device both apply them) and prints their directories.
                         4-12x the default's wall time. The default picks each
                         block's settings from what its bytes are, or from a 1 MiB
                         trial at preset 1, and compresses it once at preset 9, on
-                        --jobs threads (measured: 0.44-0.70x the wall time of
-                        `ostree static-delta generate` on 2 cores, 0.7-1.3x on one).
+                        --jobs threads (measured: 0.46-0.73x the wall time of
+                        `ostree static-delta generate` on 2 cores).
   --xz-preset 0-9       preset of the main compression (default 9; lower = faster,
                         larger)
   --jobs N              worker threads (default: the number of CPUs, at most 8); each
@@ -1136,20 +1179,23 @@ apply-offline` and the device both apply them) and prints their directories.
   --min-fallback-size BYTES  files above this become fallback objects (default 0 =
                         never; devices and apply-offline need none)
   --disable-bsdiff      ship modified files whole
-  --gzip-rebuild        atomup extension, for atomup devices only (upstream's
-                        apply-offline refuses these deltas: unknown opcode 'G'):
+  --gzip-rebuild        (the default) atomup's extension, for atomup devices:
                         a gzip file the device can rebuild byte for byte (one
                         member; checked here by rebuilding it) goes as its text,
                         or as a bsdiff of the old file's text, plus a small
                         reconstruction record, instead of as new deflate bytes.
-                        Changed changelogs and man pages shrink 20-70x. Costs
-                        preflate's analysis of every gzip file (up to ~4 s per MB
-                        of gzip data here, partly won back by not bsdiffing the
-                        compressed bytes); the device re-deflates each file in a
-                        helper process (3-5 ms a file on the host) and needs up
-                        to 4.5x the text in RAM there: texts are kept under 1/32
-                        of --device-ram
-                        (256 KiB for 8M)
+                        Changed changelogs and man pages shrink 20-70x (Debian
+                        security updates: 0.64x upstream's bytes instead of
+                        0.86x). Costs preflate's analysis of every gzip file
+                        (up to ~4 s per MB of gzip data here, partly won back
+                        by not bsdiffing the compressed bytes); the device
+                        re-deflates each file in a helper process (3-5 ms a
+                        file on the host) with texts kept under 1/32 of
+                        --device-ram (256 KiB for 8M). Upstream's apply-offline
+                        refuses such deltas (unknown opcode 'G'); the superblock
+                        says `atomup.gzip-text-max` when a delta has G ops.
+  --ostree-compatible   plain upstream deltas, no atomup extension: for OSTree
+                        clients or `ostree static-delta apply-offline`
   --stats               also print, per kind of xz block, payload bytes in and
                         compressed bytes out
   --quiet               no progress on stderr
@@ -1164,6 +1210,7 @@ pub fn run(args: &mut lexopt::Parser) -> Result<(), Box<dyn std::error::Error>> 
     use lexopt::prelude::*;
     let (mut repo, mut to, mut from, mut from_last) = (None, None, None, None);
     let mut scratch = false;
+    let (mut gzip_asked, mut ostree_compatible) = (false, false);
     let mut opts = Options {
         progress: true,
         ..Options::default()
@@ -1200,7 +1247,8 @@ pub fn run(args: &mut lexopt::Parser) -> Result<(), Box<dyn std::error::Error>> 
                 opts.min_fallback_size = parse_size(&args.value()?.string()?)?
             }
             Long("disable-bsdiff") => opts.bsdiff = false,
-            Long("gzip-rebuild") => opts.gzip_rebuild = true,
+            Long("gzip-rebuild") => gzip_asked = true,
+            Long("ostree-compatible") => ostree_compatible = true,
             Long("quiet") | Short('q') => opts.progress = false,
             Long("stats") => stats = true,
             Long("help") | Short('h') => {
@@ -1210,6 +1258,13 @@ pub fn run(args: &mut lexopt::Parser) -> Result<(), Box<dyn std::error::Error>> 
             other => return Err(other.unexpected().into()),
         }
     }
+    if gzip_asked && ostree_compatible {
+        return Err(
+            "--gzip-rebuild is atomup's extension, which --ostree-compatible leaves out: give one"
+                .into(),
+        );
+    }
+    opts.gzip_rebuild = !ostree_compatible;
     match (device_ram, xz_dict) {
         (Some(_), Some(_)) => return Err("give --device-ram or --xz-dict, not both".into()),
         (Some(ram), None) => {
@@ -1292,12 +1347,16 @@ mod tests {
     fn device_ram_sets_the_window() {
         let d = dict_for_ram(DEFAULT_DEVICE_RAM).unwrap();
         assert_eq!(d, 2 << 20);
-        assert!(ENGINE_RSS + u64::from(d) <= 8 << 20);
-        assert_eq!(dict_for_ram(12 << 20), Some(6 << 20));
+        // The default budget holds the engine, the window and a helper
+        // rebuilding the longest text it allows.
+        let text = gzip_text_for_ram(DEFAULT_DEVICE_RAM);
+        assert_eq!(text, 256 << 10);
+        assert!(apply_ram(d, Some(text)) <= 8 << 20);
+        assert_eq!(dict_for_ram(12 << 20), Some(4 << 20));
         assert_eq!(dict_for_ram(16 << 20), Some(8 << 20));
-        assert_eq!(dict_for_ram(32 << 20), Some(24 << 20));
+        assert_eq!(dict_for_ram(32 << 20), Some(16 << 20));
         assert_eq!(dict_for_ram(1 << 30), Some(48 << 20));
-        assert_eq!(dict_for_ram(6 << 20), None);
+        assert_eq!(dict_for_ram(5 << 20), None);
     }
 
     /// Sizes take K/M/G suffixes; garbage is refused.

@@ -359,9 +359,9 @@ fn gzip_rebuilt(summary: &str) -> u64 {
     head.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-/// The default `G` op (atomup's extension, `--gzip-rebuild`): changed and new gzip files go as
-/// text or a patch of the old text and the device engine rebuilds them byte
-/// for byte, from a base delta and from scratch; files it cannot rebuild
+/// The default `G` op (atomup's extension, `--gzip-rebuild`): changed and
+/// new gzip files go as text or a patch of the old text and the device
+/// engine rebuilds them byte for byte, from a base delta and from scratch; files it cannot rebuild
 /// exactly (two members) or whose text is over the budget go the usual way.
 /// Upstream's apply-offline refuses such a delta and stores nothing of it.
 #[test]

@@ -1,6 +1,8 @@
-//! `atomup-publish delta`: static deltas in upstream's format (so `ostree
-//! static-delta apply-offline` and the device both apply them), made smaller
-//! than upstream's generator by choices the format leaves open:
+//! `atomup-publish delta`: static deltas in upstream's format, made smaller
+//! than upstream's generator by choices the format leaves open, plus by
+//! default atomup's one extension (with `--ostree-compatible` they are plain
+//! upstream deltas, which `ostree static-delta apply-offline` and the device
+//! both apply):
 //!
 //! - **Like with like.** A part's blob is laid out by kind of bytes, not by
 //!   file: the machine code of every new ELF file together, their string
@@ -20,6 +22,10 @@
 //! - **Device-sized windows.** The LZMA2 dictionary (the RAM a device needs
 //!   to decompress) comes from `--device-ram` (default 8 MiB of device RAM
 //!   -> 2 MiB window) and each part gets no more than it can use.
+//! - **gzip files as text** (the `G` op, off with `--ostree-compatible`).
+//!   A changed gzip file is new deflate bytes nothing in upstream's format
+//!   shrinks; it goes as its text, or a patch of the old text, and the
+//!   device rebuilds it byte for byte (checked here first).
 //! - **Work done once.** Headers, file data, sketches, patches, estimates
 //!   and compressed blocks are cached for the whole invocation, so the K
 //!   deltas of `--from-last K` share them; bsdiff runs and blocks are spread
@@ -1169,8 +1175,8 @@ plain upstream deltas that both apply.
                         4-12x the default's wall time. The default picks each
                         block's settings from what its bytes are, or from a 1 MiB
                         trial at preset 1, and compresses it once at preset 9, on
-                        --jobs threads (measured: 0.46-0.73x the wall time of
-                        `ostree static-delta generate` on 2 cores).
+                        --jobs threads (measured: 0.44-0.73x the wall time of
+                        `ostree static-delta generate` on 2 cores, 1.0-1.2x on one).
   --xz-preset 0-9       preset of the main compression (default 9; lower = faster,
                         larger)
   --jobs N              worker threads (default: the number of CPUs, at most 8); each

@@ -422,16 +422,8 @@ fn gzip_rebuild_deltas_apply_on_device_and_upstream_refuses_them() {
     );
     let c2 = commit(&repo, &t.root, "v2");
 
-    let out = publish_ok(&[
-        "delta",
-        "--repo",
-        s(&repo),
-        "--to",
-        &c2,
-        "--from",
-        &c1,
-        "--scratch",
-    ]);
+    let v1_to_v2 = ["delta", "--repo", s(&repo), "--to", &c2, "--from", &c1];
+    let out = publish_ok(&[&v1_to_v2[..], &["--scratch"]].concat());
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let sums: Vec<&str> = stderr.lines().filter(|l| l.starts_with("delta ")).collect();
     let dirs: Vec<String> = String::from_utf8(out.stdout)
@@ -469,16 +461,7 @@ fn gzip_rebuild_deltas_apply_on_device_and_upstream_refuses_them() {
     .map(|p| fs::metadata(t.root.join(p)).unwrap().len())
     .sum();
     fs::rename(&from_delta, dir.join("rebuilt")).unwrap();
-    let out = publish_ok(&[
-        "delta",
-        "--repo",
-        s(&repo),
-        "--to",
-        &c2,
-        "--from",
-        &c1,
-        "--ostree-compatible",
-    ]);
+    let out = publish_ok(&[&v1_to_v2[..], &["--ostree-compatible"]].concat());
     let plain = repo.join(String::from_utf8(out.stdout).unwrap().trim());
     let saved = bytes(&plain).saturating_sub(rebuilt_bytes);
     assert!(

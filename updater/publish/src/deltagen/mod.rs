@@ -388,7 +388,17 @@ enum Item {
 /// record (`gzip::Record`, checked by rebuilding here) and its text.
 struct GzText {
     record: Vec<u8>,
-    text: Vec<u8>,
+    text: Arc<Vec<u8>>,
+}
+
+/// The text of `data` if it is one gzip member (header, deflate stream,
+/// trailer) whose text is at most `max` bytes; and where the stream starts.
+fn gzip_text_of(data: &[u8], max: u64) -> Option<(usize, Vec<u8>)> {
+    if data.len() < 18 || data[..3] != [0x1f, 0x8b, 8] {
+        return None;
+    }
+    let (h, text) = gzip::single_member(data).ok()?;
+    (text.len() as u64 <= max).then_some((h, text))
 }
 
 fn mode_of(h: &OwnedHeader) -> ModeEntry {
@@ -430,6 +440,7 @@ struct Cache {
     estimates: Mutex<HashMap<ObjectId, u64>>,
     gz: Mutex<HashMap<ObjectId, Option<Arc<GzText>>>>,
     gz_patches: Mutex<HashMap<Pair, Arc<Vec<u8>>>>,
+    gz_bases: Mutex<HashMap<ObjectId, Option<Arc<Vec<u8>>>>>,
     blocks: BlockCache,
     reused: AtomicU64,
 }
@@ -618,13 +629,7 @@ impl<'r> Generator<'r> {
         }
         let data = self.data(id)?;
         let plan = (|| {
-            if data.len() < 18 || data[..3] != [0x1f, 0x8b, 8] {
-                return None;
-            }
-            let (h, text) = gzip::single_member(&data).ok()?;
-            if text.len() as u64 > self.opts.gzip_text_max {
-                return None;
-            }
+            let (h, text) = gzip_text_of(&data, self.opts.gzip_text_max)?;
             let config = preflate_rs::PreflateConfig {
                 plain_text_limit: self.opts.gzip_text_max as usize,
                 ..Default::default()
@@ -640,10 +645,31 @@ impl<'r> Generator<'r> {
             .encode();
             // What the device will do, done here: only an exact rebuild ships.
             let back = gzip::rebuild_encoded(&record, &text).ok()?;
-            (back[..] == data[..]).then(|| Arc::new(GzText { record, text }))
+            (back[..] == data[..]).then(|| {
+                Arc::new(GzText {
+                    record,
+                    text: Arc::new(text),
+                })
+            })
         })();
         lock(&self.cache.gz).insert(*id, plan.clone());
         Ok(plan)
+    }
+
+    /// The text of the old gzip file `id` as the base of a `G` patch: one
+    /// member with a text within `gzip_text_max`. The device only inflates a
+    /// base, it never rebuilds one, so unlike [`Self::gz_text`] this runs no
+    /// preflate analysis and no trial rebuild (cached per object).
+    fn gz_base_text(&self, id: &ObjectId) -> Result<Option<Arc<Vec<u8>>>, DeltaError> {
+        if let Some(Some(g)) = lock(&self.cache.gz).get(id) {
+            return Ok(Some(g.text.clone()));
+        }
+        if let Some(t) = lock(&self.cache.gz_bases).get(id) {
+            return Ok(t.clone());
+        }
+        let text = gzip_text_of(&self.data(id)?, self.opts.gzip_text_max).map(|(_, t)| Arc::new(t));
+        lock(&self.cache.gz_bases).insert(*id, text.clone());
+        Ok(text)
     }
 
     /// How the gzip file `p` goes to the device as text: a patch of the
@@ -663,7 +689,7 @@ impl<'r> Generator<'r> {
         };
         let mut best: Option<(u64, ObjectId, Arc<Vec<u8>>)> = None;
         for base in bases {
-            let Some(old) = self.gz_text(base)? else {
+            let Some(old) = self.gz_base_text(base)? else {
                 continue;
             };
             let key = (*base, p.id);
@@ -672,7 +698,7 @@ impl<'r> Generator<'r> {
                 Some(p) => p,
                 None => {
                     let mut patch = Vec::new();
-                    bsdiff::diff(&old.text, &gz.text, &mut patch).map_err(err)?;
+                    bsdiff::diff(&old, &gz.text, &mut patch).map_err(err)?;
                     let patch = Arc::new(patch);
                     lock(&self.cache.gz_patches).insert(key, patch.clone());
                     patch
@@ -965,7 +991,7 @@ impl<'r> Generator<'r> {
                     summary.content_objects += 1;
                     summary.gzip_objects += 1;
                     let base_text = match &patch {
-                        Some((base, _)) => self.gz_text(base)?.map_or(0, |t| t.text.len()),
+                        Some((base, _)) => self.gz_base_text(base)?.map_or(0, |t| t.len()),
                         None => 0,
                     };
                     summary.gzip_text_max = summary
@@ -1192,9 +1218,11 @@ plain upstream deltas that both apply.
                         reconstruction record, instead of as new deflate bytes.
                         Changed changelogs and man pages shrink 20-70x (Debian
                         security updates: 0.64x upstream's bytes instead of
-                        0.86x). Costs preflate's analysis of every gzip file
-                        (up to ~4 s per MB of gzip data here, partly won back
-                        by not bsdiffing the compressed bytes); the device
+                        0.86x). Costs preflate's analysis of every new or
+                        changed gzip file (up to ~4 s per MB of gzip data here,
+                        partly won back by not bsdiffing the compressed bytes;
+                        an old file a text patch applies to is only inflated,
+                        as on the device); the device
                         re-deflates each file in a helper process (3-5 ms a
                         file on the host) with texts kept under 1/32 of
                         --device-ram (256 KiB for 8M). Upstream's apply-offline

@@ -102,11 +102,13 @@ fn apply(args: &mut lexopt::Parser) -> Result {
         // figures of a refused delta are what the bound tests look at.
         println!(
             "peak_rss_kib={}",
-            proc_self("status", "VmHWM:").unwrap_or(0)
+            atomup_fsio::proc_self("status", "VmHWM:").unwrap_or(0)
         );
         println!(
             "read_kib={}",
-            proc_self("io", "rchar:").unwrap_or(0).div_ceil(1024)
+            atomup_fsio::proc_self("io", "rchar:")
+                .unwrap_or(0)
+                .div_ceil(1024)
         );
         println!("wall_ms={}", start.elapsed().as_millis());
         // What the largest helper process (the `G` op's gzip rebuilds) held
@@ -185,13 +187,4 @@ fn show(args: &mut lexopt::Parser) -> Result {
 fn read_key_file(path: &Path) -> Result<String> {
     atomup_fsio::read_text_capped(path, atomup_deploy::limits::MAX_KEY_FILE)
         .map_err(|e| format!("cannot read {}: {e}", path.display()).into())
-}
-
-/// The number after `key` in `/proc/self/<file>`: `VmHWM:` of `status` is
-/// the peak resident set size in KiB, `rchar:` of `io` the bytes this
-/// process has read so far.
-fn proc_self(file: &str, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(Path::new("/proc/self").join(file)).ok()?;
-    let line = s.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }

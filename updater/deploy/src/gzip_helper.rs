@@ -124,15 +124,8 @@ pub fn serve() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // File pages only grow while the helper runs (nothing reclaims them on
     // a device with room to spare), so peak minus file pages is what the
     // helper itself held at its peak, give or take pages first touched late.
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = |key: &str| -> u32 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    let peak = kib("VmHWM:").saturating_sub(kib("RssFile:"));
+    let kib = |key| atomup_fsio::proc_self("status", key).unwrap_or(0);
+    let peak = u32::try_from(kib("VmHWM:").saturating_sub(kib("RssFile:"))).unwrap_or(u32::MAX);
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&peak.to_le_bytes())?;
     stdout.write_all(&file)?;

@@ -183,6 +183,14 @@ fn too_large(limit: u64) -> io::Error {
     )
 }
 
+/// The number after `key` in `/proc/self/<file>`: `VmHWM:` or `RssFile:` of
+/// `status` in KiB, `rchar:` of `io` the bytes this process has read.
+pub fn proc_self(file: &str, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(Path::new("/proc/self").join(file)).ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Reads a regular file of at most `limit` bytes (see [`open`]).
 pub fn read_capped(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     read_all_capped(&mut open(path, Want::Regular)?, limit)

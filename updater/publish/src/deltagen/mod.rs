@@ -216,8 +216,8 @@ pub struct Summary {
     /// gzip files rebuilt from their text on the device (`G` ops).
     pub gzip_objects: u64,
     /// The longest text (new, or the old one a patch applies to) a `G` op
-    /// of this delta holds; 0 without `G` ops.
-    pub gzip_text_max: u64,
+    /// of this delta holds; `None` without `G` ops.
+    pub gzip_text_max: Option<u64>,
     pub fallback_objects: u64,
     /// Largest LZMA2 dictionary any block needs to decompress.
     pub max_dict: u32,
@@ -248,7 +248,7 @@ impl Summary {
     /// Device RAM to apply this delta: the engine, the largest window and,
     /// with `G` ops, the gzip helper for the longest text.
     pub fn device_ram(&self) -> u64 {
-        apply_ram(self.max_dict, Some(self.gzip_text_max).filter(|&t| t > 0))
+        apply_ram(self.max_dict, self.gzip_text_max)
     }
 
     pub fn line(&self) -> String {
@@ -994,9 +994,8 @@ impl<'r> Generator<'r> {
                         Some((base, _)) => self.gz_base_text(base)?.map_or(0, |t| t.len()),
                         None => 0,
                     };
-                    summary.gzip_text_max = summary
-                        .gzip_text_max
-                        .max(gz.text.len().max(base_text) as u64);
+                    let longest = gz.text.len().max(base_text) as u64;
+                    summary.gzip_text_max = summary.gzip_text_max.max(Some(longest));
                 }
             }
         }
@@ -1032,7 +1031,7 @@ impl<'r> Generator<'r> {
             commitmeta: commitmeta.as_deref(),
             parts: &part_infos,
             fallbacks: &fallbacks,
-            gzip_text_max: Some(summary.gzip_text_max).filter(|&t| t > 0),
+            gzip_text_max: summary.gzip_text_max,
         }
         .encode();
         // Superblock last: its presence marks a complete delta.
